@@ -1,0 +1,188 @@
+"""Column roles: which columns go through the network, which become tokens, which stay as they are.
+
+A role is decided once, at fit time, and recorded in the profile; this module is the one place
+that decides it. Inference looks at the Arrow type, the cardinality in the fit sample and hints
+in the column name; a dataset config file (TOML) overrides it per column.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from iae_privacy.errors import ConfigError
+
+__all__ = ["Role", "CodecConfig", "RoleDecision", "infer_role", "network_kind", "dense_values"]
+
+
+class Role(str, enum.Enum):
+    """What happens to a column."""
+
+    FEATURE = "feature"
+    """Through the network: numbers, booleans, dates and times, low-cardinality categories."""
+    IDENTIFIER = "identifier"
+    """Analysts see a keyed token; the value itself is sealed in the vault."""
+    PASSTHROUGH = "passthrough"
+    """Declared non-sensitive: copied to the latent table unchanged."""
+    VAULT = "vault"
+    """A type the network cannot take (binary, nested, ...): kept whole, sealed in the vault."""
+
+
+# Name hints: a column whose name contains one of these words holds identifying values whatever
+# its type. Names are split on non-alphanumerics and camelCase before matching.
+IDENTIFIER_WORDS = frozenset(
+    """
+    id ids uuid guid rownames rowname key name names firstname lastname surname fullname
+    username user login email mail phone tel telephone mobile fax ssn nin sin national passport
+    license licence address street ip iban account card note notes comment comments text
+    description memo remarks
+    """.split()
+)
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def name_hint(column: str) -> str | None:
+    """The identifying word in a column name, if any.
+
+    >>> name_hint("patient_id"), name_hint("EmailAddress"), name_hint("idp")
+    ('id', 'email', None)
+    """
+    words = _SPLIT.split(_CAMEL.sub("_", column).lower())
+    return next((w for w in words if w in IDENTIFIER_WORDS), None)
+
+
+def dense_values(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Dictionary-encoded values as a plain array of the value type; others unchanged."""
+    if pa.types.is_dictionary(values.type):
+        return values.cast(values.type.value_type)
+    return values
+
+
+def network_kind(type_: pa.DataType) -> str | None:
+    """The feature kind the network can take for this Arrow type, or None if it cannot take it.
+
+    Dictionary-encoded columns are judged by their value type.
+    """
+    t = type_.value_type if pa.types.is_dictionary(type_) else type_
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_duration(t)
+    ):
+        return "number"
+    if pa.types.is_decimal128(t):
+        return "decimal"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "category"
+    return None
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Per-dataset settings: role overrides and how finely numbers are cut for the network.
+
+    Loaded from a TOML file::
+
+        [columns]
+        zper = "identifier"      # a person number the name does not give away
+        region = "passthrough"   # declared non-sensitive
+
+        [codec]
+        levels = 4096            # coarse levels per numeric column
+        max_categories = 256     # more distinct strings than this: an identifier
+        sample_rows = 200000     # rows read to fit the codec
+    """
+
+    roles: dict[str, Role] = field(default_factory=dict)
+    levels: int = 4096
+    max_categories: int = 256
+    sample_rows: int = 200_000
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.levels <= 1 << 20:
+            raise ConfigError(f"codec.levels must be between 2 and {1 << 20}, got {self.levels}")
+        if not 1 <= self.max_categories <= 1 << 16:
+            raise ConfigError(
+                f"codec.max_categories must be between 1 and {1 << 16}, got {self.max_categories}"
+            )
+        if self.sample_rows < 1:
+            raise ConfigError(f"codec.sample_rows must be positive, got {self.sample_rows}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CodecConfig:
+        """Read a dataset config file; errors name the file and the key at fault."""
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        unknown = set(doc) - {"columns", "codec"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec]")
+        roles = {}
+        for column, value in doc.get("columns", {}).items():
+            try:
+                roles[column] = Role(value)
+            except ValueError:
+                allowed = ", ".join(r.value for r in Role)
+                raise ConfigError(
+                    f"{path}: column {column!r} has role {value!r}; expected one of {allowed}"
+                ) from None
+        codec = dict(doc.get("codec", {}))
+        unknown = set(codec) - {"levels", "max_categories", "sample_rows"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) in [codec]: {sorted(unknown)}")
+        for key, value in codec.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{path}: codec.{key} must be an integer")
+        try:
+            return cls(roles=roles, **codec)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RoleDecision:
+    role: Role
+    reason: str
+
+
+def infer_role(name: str, column: pa.ChunkedArray, config: CodecConfig) -> RoleDecision:
+    """Decide a column's role from the config, its type, its name and its cardinality."""
+    kind = network_kind(column.type)
+    if name in config.roles:
+        role = config.roles[name]
+        if role is Role.FEATURE and kind is None:
+            raise ConfigError(
+                f"column {name!r} is declared a feature, but the network cannot take its type "
+                f"{column.type}; declare it identifier, passthrough or vault"
+            )
+        return RoleDecision(role, "set in config")
+    if kind is None:
+        return RoleDecision(Role.VAULT, f"type {column.type} is kept whole")
+    hint = name_hint(name)
+    if hint is not None and kind != "boolean":
+        return RoleDecision(Role.IDENTIFIER, f"name hint {hint!r}")
+    if kind == "category":
+        values = dense_values(column)
+        distinct = pc.count_distinct(values).as_py()
+        present = len(values) - values.null_count
+        if distinct > config.max_categories or (present > 0 and distinct > present // 2):
+            return RoleDecision(Role.IDENTIFIER, f"{distinct:,} distinct of {present:,}: high cardinality")
+        return RoleDecision(Role.FEATURE, f"{distinct:,} categories")
+    return RoleDecision(Role.FEATURE, f"{kind}")

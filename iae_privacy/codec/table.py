@@ -1,0 +1,297 @@
+"""The table codec: a fitted profile that turns Arrow record batches into network features and back.
+
+``TableCodec.encode`` splits a record batch into
+
+* ``features``: an ``int64`` matrix, one row per record, one column per network feature;
+* ``passthrough``: the columns declared non-sensitive, unchanged;
+* ``identifiers``: the identifier columns as they are (the keyring turns them into tokens for the
+  latent table and sealed cells for the vault);
+* ``detail``: everything else that exact restoration needs (remainders, escaped values, columns
+  the network cannot take, the batch's own schema and dictionaries when they differ from the fit).
+
+``TableCodec.decode`` is the exact inverse: the record batch it returns is bit-identical to the one
+that was encoded. The fitted profile serialises to JSON (``to_json``/``from_json``) so that a model
+bundle can carry it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from iae_privacy.codec.columns import FeatureColumn, feature_column
+from iae_privacy.codec.roles import CodecConfig, Role, infer_role, network_kind
+from iae_privacy.errors import CodecError, IaeError, ProfileError, SchemaDriftError
+
+__all__ = ["TableCodec", "EncodedBatch", "ColumnSpec", "read_batches", "PROFILE_FORMAT", "PROFILE_VERSION"]
+
+PROFILE_FORMAT = "iae-privacy/codec-profile"
+PROFILE_VERSION = 1
+_SCHEMA_KEY = b"iae.schema"
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """One record batch, encoded. Row ``i`` of every part belongs to record ``i``."""
+
+    features: np.ndarray
+    passthrough: pa.RecordBatch
+    identifiers: pa.RecordBatch
+    detail: pa.RecordBatch
+
+    @property
+    def num_rows(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column of the fitted profile: its role, why, and its feature coding if it has one."""
+
+    name: str
+    role: Role
+    reason: str
+    feature: FeatureColumn | None = None
+
+
+def read_batches(path: str | Path, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet file as record batches, so memory does not grow with the file."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise IaeError(f"{path}: no such file") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    yield from parquet.iter_batches(batch_size=batch_size)
+
+
+def _as_table(data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch], limit: int) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data.slice(0, limit)
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data]).slice(0, limit)
+    batches, rows = [], 0
+    for batch in data:
+        batches.append(batch.slice(0, limit - rows))
+        rows += batches[-1].num_rows
+        if rows >= limit:
+            break
+    if not batches:
+        raise IaeError("cannot fit a codec on no data")
+    return pa.Table.from_batches(batches)
+
+
+class TableCodec:
+    """A fitted codec for one dataset's schema."""
+
+    def __init__(self, schema: pa.Schema, columns: list[ColumnSpec], config: CodecConfig,
+                 fit_rows: int) -> None:
+        self.schema = schema
+        self.columns = columns
+        self.config = config
+        self.fit_rows = fit_rows
+        self._features = [c.feature for c in columns if c.feature is not None]
+        widths = [f.width for f in self._features]
+        self._slices = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        self.detail_schema = pa.schema(
+            [fld for spec in columns for fld in self._detail_fields(spec)]
+        )
+
+    def _detail_fields(self, spec: ColumnSpec) -> list[pa.Field]:
+        if spec.feature is not None:
+            return spec.feature.detail_fields
+        if spec.role is Role.VAULT:
+            return [self.schema.field(self._index(spec)).with_name(f"c{self._index(spec)}")]
+        return []
+
+    def _index(self, spec: ColumnSpec) -> int:
+        return self.schema.get_field_index(spec.name)
+
+    # -- fitting -----------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch] | str | Path,
+            config: CodecConfig | None = None) -> TableCodec:
+        """Fit a codec on (the first ``config.sample_rows`` rows of) a table, batches or a Parquet file."""
+        config = config or CodecConfig()
+        source = read_batches(data) if isinstance(data, (str, Path)) else data
+        table = _as_table(source, config.sample_rows)
+        names = table.schema.names
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise IaeError(f"column name(s) {duplicated} appear more than once; rename them first")
+        unknown = sorted(set(config.roles) - set(names))
+        if unknown:
+            raise IaeError(f"config names column(s) {unknown} that the data does not have")
+        specs = []
+        for index, name in enumerate(names):
+            column = table.column(index)
+            decision = infer_role(name, column, config)
+            feature = None
+            if decision.role is Role.FEATURE:
+                feature = feature_column(network_kind(column.type), index, name, column, config)
+            specs.append(ColumnSpec(name, decision.role, decision.reason, feature))
+        return cls(table.schema, specs, config, table.num_rows)
+
+    # -- what the network sees ---------------------------------------------------------------
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [n for f in self._features for n in f.feature_names]
+
+    @property
+    def feature_levels(self) -> list[int]:
+        """Feature ``j`` takes values in ``[0, feature_levels[j])``."""
+        return [n for f in self._features for n in f.feature_levels]
+
+    def names_with_role(self, role: Role) -> list[str]:
+        return [c.name for c in self.columns if c.role is role]
+
+    # -- schema drift --------------------------------------------------------------------------
+
+    def check_schema(self, schema: pa.Schema, source: str | None = None) -> None:
+        """Refuse a schema whose columns differ from the fitted profile, naming each change."""
+        fitted = {f.name: f.type for f in self.schema}
+        seen = {f.name: f.type for f in schema}
+        problems = [f"column {n!r} is missing (it was {fitted[n]} at fit time)"
+                    for n in fitted if n not in seen]
+        problems += [f"column {n!r} is new ({seen[n]}); it is not in the fitted profile"
+                     for n in seen if n not in fitted]
+        problems += [f"column {n!r} changed type: {fitted[n]} at fit time, {seen[n]} now"
+                     for n in fitted if n in seen and not seen[n].equals(fitted[n])]
+        if not problems and schema.names != self.schema.names:
+            moved = next(n for n, m in zip(schema.names, self.schema.names) if n != m)
+            problems.append(
+                f"column order changed: {moved!r} is at position {schema.names.index(moved)}, "
+                f"was at {self.schema.names.index(moved)}"
+            )
+        if len(set(schema.names)) != len(schema.names):
+            problems.append("a column name appears more than once")
+        if problems:
+            raise SchemaDriftError(problems, source)
+
+    # -- encode / decode -----------------------------------------------------------------------
+
+    def encode(self, batch: pa.RecordBatch, source: str | None = None) -> EncodedBatch:
+        """Encode one record batch. Raises :class:`SchemaDriftError` before doing any work."""
+        self.check_schema(batch.schema, source)
+        n = batch.num_rows
+        features = np.empty((n, self._slices[-1]), dtype=np.int64)
+        detail: dict[str, pa.Array] = {}
+        meta: dict[str, bytes] = {}
+        for spec in self.columns:
+            index = self._index(spec)
+            if spec.feature is not None:
+                encoded = spec.feature.encode(batch.column(index))
+                j = self._slices[self._features.index(spec.feature)]
+                for k, values in enumerate(encoded.features):
+                    features[:, j + k] = values
+                detail.update(encoded.detail)
+                meta.update(encoded.meta)
+            elif spec.role is Role.VAULT:
+                detail[f"c{index}"] = batch.column(index)
+        if not batch.schema.equals(self.schema, check_metadata=True):
+            meta[_SCHEMA_KEY.decode()] = batch.schema.serialize().to_pybytes()
+        detail_batch = pa.RecordBatch.from_arrays(
+            [detail[f.name] for f in self.detail_schema],
+            schema=self.detail_schema.with_metadata(meta or None),
+        )
+        return EncodedBatch(
+            features=features,
+            passthrough=batch.select(self.names_with_role(Role.PASSTHROUGH)),
+            identifiers=batch.select(self.names_with_role(Role.IDENTIFIER)),
+            detail=detail_batch,
+        )
+
+    def decode(self, encoded: EncodedBatch) -> pa.RecordBatch:
+        """The exact inverse of :meth:`encode`."""
+        features = encoded.features
+        n = features.shape[0]
+        if features.ndim != 2 or features.shape[1] != self._slices[-1] or features.dtype != np.int64:
+            raise CodecError(
+                f"feature matrix has shape {features.shape} and dtype {features.dtype}; "
+                f"this profile expects (rows, {self._slices[-1]}) int64"
+            )
+        for part, name in ((encoded.passthrough, "passthrough"), (encoded.identifiers, "identifier"),
+                           (encoded.detail, "detail")):
+            if part.num_rows != n:
+                raise CodecError(f"{name} part has {part.num_rows} rows, the features {n}")
+        meta = encoded.detail.schema.metadata or {}
+        schema = self.schema
+        if _SCHEMA_KEY in meta:
+            schema = pa.ipc.read_schema(pa.py_buffer(meta[_SCHEMA_KEY]))
+        arrays = []
+        for spec in self.columns:
+            if spec.feature is not None:
+                j = self._slices[self._features.index(spec.feature)]
+                arrays.append(spec.feature.decode(features[:, j : j + spec.feature.width],
+                                                  encoded.detail, meta))
+            elif spec.role is Role.VAULT:
+                arrays.append(encoded.detail.column(f"c{self._index(spec)}"))
+            elif spec.role is Role.PASSTHROUGH:
+                arrays.append(encoded.passthrough.column(spec.name))
+            else:
+                arrays.append(encoded.identifiers.column(spec.name))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    # -- the profile as data ------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PROFILE_FORMAT,
+            "version": PROFILE_VERSION,
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
+            "config": {"levels": self.config.levels, "max_categories": self.config.max_categories,
+                       "sample_rows": self.config.sample_rows},
+            "fit_rows": self.fit_rows,
+            "columns": [
+                {"name": c.name, "role": c.role.value, "reason": c.reason,
+                 "feature": c.feature.to_dict() if c.feature is not None else None}
+                for c in self.columns
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TableCodec:
+        if doc.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"not a codec profile (format {doc.get('format')!r})")
+        if doc.get("version") != PROFILE_VERSION:
+            raise ProfileError(
+                f"codec profile version {doc.get('version')!r} is not supported "
+                f"(this release reads version {PROFILE_VERSION})"
+            )
+        try:
+            schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["schema"])))
+            config = CodecConfig(**doc["config"])
+            columns = [
+                ColumnSpec(
+                    c["name"], Role(c["role"]), c["reason"],
+                    FeatureColumn.from_dict(i, c["name"], schema.field(i).type, c["feature"])
+                    if c["feature"] is not None else None,
+                )
+                for i, c in enumerate(doc["columns"])
+            ]
+            return cls(schema, columns, config, doc["fit_rows"])
+        except KeyError as exc:
+            raise ProfileError(f"codec profile is malformed: no {exc} entry") from None
+        except (TypeError, ValueError, pa.ArrowInvalid) as exc:
+            # the message of such an error may quote a fitted category: name the error only
+            raise ProfileError(f"codec profile is malformed ({type(exc).__name__})") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> TableCodec:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"codec profile is not valid JSON ({exc})") from None
+        return cls.from_dict(doc)

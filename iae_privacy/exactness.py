@@ -1,0 +1,82 @@
+"""Bit-level comparison of Arrow data: the check behind every "restores bit for bit" promise.
+
+``Table.equals`` is not enough: it treats NaN as unequal to itself and cannot see a NaN payload or
+the sign of zero. Here floats are compared by their bit patterns, at any depth of nesting, along
+with the schema and all its metadata. Messages name columns and rows, never values.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = ["first_difference", "bits_view"]
+
+
+def _has_float(type_: pa.DataType) -> bool:
+    if pa.types.is_floating(type_):
+        return True
+    if pa.types.is_dictionary(type_):
+        return _has_float(type_.value_type)
+    return any(_has_float(type_.field(i).type) for i in range(type_.num_fields))
+
+
+def bits_view(array: pa.Array) -> pa.Array:
+    """The same array with every float reinterpreted as an integer of the same width.
+
+    >>> import math
+    >>> bits_view(pa.array([-0.0])).equals(bits_view(pa.array([0.0])))
+    False
+    >>> bits_view(pa.array([math.nan])).equals(bits_view(pa.array([math.nan])))
+    True
+    """
+    t = array.type
+    if not _has_float(t):
+        return array
+    if pa.types.is_floating(t):
+        return array.view(getattr(pa, f"int{t.bit_width}")())
+    if pa.types.is_dictionary(t):
+        return pa.DictionaryArray.from_arrays(array.indices, bits_view(array.dictionary))
+    mask = array.is_null() if array.null_count else None
+    if pa.types.is_map(t):
+        return pa.MapArray.from_arrays(array.offsets, bits_view(array.keys), bits_view(array.items),
+                                       mask=mask)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        cls = pa.ListArray if pa.types.is_list(t) else pa.LargeListArray
+        return cls.from_arrays(array.offsets, bits_view(array.values), mask=mask)
+    if pa.types.is_fixed_size_list(t):
+        return pa.FixedSizeListArray.from_arrays(bits_view(array.flatten()), t.list_size, mask=mask)
+    if pa.types.is_struct(t):
+        children = [bits_view(array.field(i)) for i in range(t.num_fields)]
+        return pa.StructArray.from_arrays(children, names=[f.name for f in t], mask=mask)
+    raise TypeError(f"bit comparison of {t} is not supported")
+
+
+def _column_bits_equal(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
+    if not a.type.equals(b.type):
+        return False
+    return bits_view(a.combine_chunks()).equals(bits_view(b.combine_chunks()))
+
+
+def first_difference(expected: pa.Table | pa.RecordBatch, actual: pa.Table | pa.RecordBatch) -> str | None:
+    """None when ``actual`` is bit-identical to ``expected``; else where they first differ."""
+    if isinstance(expected, pa.RecordBatch):
+        expected = pa.Table.from_batches([expected])
+    if isinstance(actual, pa.RecordBatch):
+        actual = pa.Table.from_batches([actual])
+    if expected.schema.names != actual.schema.names:
+        return f"column names differ: {expected.schema.names} vs {actual.schema.names}"
+    for want, got in zip(expected.schema, actual.schema):
+        if not want.type.equals(got.type):
+            return f"column {want.name!r}: type {want.type} became {got.type}"
+        if want.nullable != got.nullable:
+            return f"column {want.name!r}: nullable {want.nullable} became {got.nullable}"
+        if not want.equals(got, check_metadata=True):
+            return f"column {want.name!r}: field metadata differs"
+    if (expected.schema.metadata or {}) != (actual.schema.metadata or {}):
+        return "schema metadata differs"
+    if expected.num_rows != actual.num_rows:
+        return f"row count {expected.num_rows} became {actual.num_rows}"
+    for name, a, b in zip(expected.schema.names, expected.columns, actual.columns):
+        if not _column_bits_equal(a, b):
+            return f"column {name!r}: values differ"
+    return None
