@@ -199,10 +199,13 @@ class TableCodec:
                 detail[f"c{index}"] = batch.column(index)
         if not batch.schema.equals(self.schema, check_metadata=True):
             meta[_SCHEMA_KEY.decode()] = batch.schema.serialize().to_pybytes()
-        detail_batch = pa.RecordBatch.from_arrays(
-            [detail[f.name] for f in self.detail_schema],
-            schema=self.detail_schema.with_metadata(meta or None),
-        )
+        # selecting no columns keeps the row count, which from_arrays([]) would lose
+        detail_batch = batch.select([]).replace_schema_metadata(meta or None)
+        if len(self.detail_schema):
+            detail_batch = pa.RecordBatch.from_arrays(
+                [detail[f.name] for f in self.detail_schema],
+                schema=self.detail_schema.with_metadata(meta or None),
+            )
         return EncodedBatch(
             features=features,
             passthrough=batch.select(self.names_with_role(Role.PASSTHROUGH)),
