@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   installs what is missing, then runs the main job end to end on the bundled samples
+#   make test   installs what is missing, then runs the whole test suite
+# `make bench` runs every benchmark and rewrites docs/benchmarks.md.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# PyTorch goes in first, so that pip does not pick a build for us. torch==2.13.0 is a CUDA build
+# on a Linux machine with PyPI; on this project's CPU machines it is the CPU build on their disk.
+# Any torch >= 2.3 works: e.g. make TORCH="torch==2.13.0 --index-url <a CPU-only index>".
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/iae-privacy demo
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) work .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,88 @@
+"""Run every benchmark and write docs/benchmarks.json and docs/benchmarks.md.
+
+    python -m bench                 # every benchmark, default sizes
+    python -m bench --only codec    # one of them
+    python -m bench --rows 100000   # smaller, for a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from bench import codec
+from bench.common import machine
+
+BENCHMARKS = {
+    "codec": (codec.run, 1_000_000),
+}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _format(value: float, unit: str) -> str:
+    if unit == "rows/s":
+        return f"{value:,.0f} rows/s"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "%":
+        return f"{value:.1f} %"
+    return f"{value:.3g} {unit}"
+
+
+def markdown(run: dict) -> str:
+    m = run["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`python -m bench`); numbers from one run on the machine below.",
+        "",
+        f"- date: {run['date']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, GPU: {m['gpu']}",
+        f"- software: Python {m['python']}, NumPy {m['numpy']}, pyarrow {m['pyarrow']}"
+        + (f", torch {m['torch']}" if "torch" in m else ""),
+        "",
+    ]
+    for r in run["results"]:
+        status = {True: "met", False: "NOT met", None: "no target"}[r["target_met"]]
+        lines += [f"## {r['benchmark']}: {r['description']}", "", f"{r['rows']:,} rows.", "",
+                  "| metric | value |", "| --- | --- |"]
+        lines += [f"| {x['name']} | {_format(x['value'], x['unit'])} |" for x in r["metrics"]]
+        if r["target"]:
+            lines += ["", f"Target: {r['target']}: **{status}**."]
+        if r["notes"]:
+            lines += ["", r["notes"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--rows", type=int, help="rows for every benchmark (default: each its own)")
+    parser.add_argument("--out", type=Path, default=DOCS, help="folder for benchmarks.json/.md")
+    args = parser.parse_args()
+    previous = {}
+    json_path = args.out / "benchmarks.json"
+    if args.only and json_path.exists():
+        previous = {r["benchmark"]: r for r in json.loads(json_path.read_text())["results"]}
+    for name in args.only or BENCHMARKS:
+        run_one, rows = BENCHMARKS[name]
+        print(f"running {name} on {args.rows or rows:,} rows ...", flush=True)
+        result = run_one(args.rows or rows).to_dict()
+        previous[name] = result
+        for metric in result["metrics"]:
+            print(f"  {metric['name']}: {_format(metric['value'], metric['unit'])}")
+    run = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": machine(),
+           "results": [previous[n] for n in BENCHMARKS if n in previous]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(run, indent=1) + "\n")
+    (args.out / "benchmarks.md").write_text(markdown(run))
+    print(f"wrote {json_path} and {args.out / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
