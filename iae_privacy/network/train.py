@@ -1,0 +1,211 @@
+r"""Training the keyed invertible autoencoder: a float relaxation, then quantization.
+
+The relaxed network is the exact one with every rounding replaced by straight-through rounding
+(quantization-aware training), so freezing it changes little. Correctness never depends on
+training: whatever the weights, the frozen network restores every row exactly. Training only
+decides how much of each record ``z_public`` carries.
+
+The objective, per batch of feature codes :math:`x` with :math:`z = f(x)`:
+
+.. math::
+
+    \mathcal{L} = \underbrace{\Big\|\frac{f^{-1}([z_\text{public}, 0]) - x}{\sigma_x}\Big\|^2}_{\text{two-way reconstruction}}
+    + \lambda \Big\|\frac{z_\text{detail}}{\sigma_z}\Big\|^2 + \beta \Big\|\frac{z_\text{public}}{\sigma_z}\Big\|^2
+
+The first term asks that ``z_public`` alone, with ``z_detail`` at its prior mean, give back
+:math:`x`; the second and third are Gaussian priors on :math:`z` that push the information out of
+``z_detail`` and keep the latent sampleable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from iae_privacy.network.model import ExactINN, NetworkConfig, NetworkError
+
+__all__ = ["TrainConfig", "EpochStats", "FeatureQuality", "TrainReport", "train", "resolve_device",
+           "feature_quality"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    detail_weight: float = 0.05
+    public_prior_weight: float = 0.001
+    validation_fraction: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    device: str = "auto"
+    max_seconds: float | None = None
+    """Stop after the epoch that passes this many seconds (None: no limit)."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    validation_loss: float
+    rows_per_second: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FeatureQuality:
+    """How well ``z_public`` alone reconstructs one feature, on the validation rows."""
+
+    name: str
+    levels: int
+    exact_match: float
+    """Fraction of rows whose code comes back exactly."""
+    r2: float
+    """1 - MSE / variance of the codes (1 is perfect, 0 is no better than the mean)."""
+
+
+@dataclass
+class TrainReport:
+    device: str
+    rows: int
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    features: list[FeatureQuality] = field(default_factory=list)
+    exact_rows_checked: int = 0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NetworkError("device 'cuda' was asked for, but this machine has no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise NetworkError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+@contextmanager
+def _training_precision(device: torch.device) -> Iterator[None]:
+    """On a GPU the relaxed network may use TF32 matrix products: it only steers training.
+    The exact path turns it off for itself (layers.exact_matmul)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def _loss(model: ExactINN, x: torch.Tensor, x_scale: torch.Tensor, z_scale: torch.Tensor,
+          config: TrainConfig) -> torch.Tensor:
+    k = model.config.public_dims
+    z = model.relaxed_forward(x)
+    z_public, z_detail = z[:, :k], z[:, k:]
+    x_hat = model.relaxed_inverse(torch.cat([z_public, torch.zeros_like(z_detail)], dim=1))
+    loss = (((x_hat - x) / x_scale) ** 2).mean()
+    loss = loss + config.public_prior_weight * ((z_public / z_scale[:k]) ** 2).mean()
+    if z_detail.shape[1]:
+        loss = loss + config.detail_weight * ((z_detail / z_scale[k:]) ** 2).mean()
+    return loss
+
+
+def feature_quality(model: ExactINN, x: torch.Tensor, names: list[str]) -> list[FeatureQuality]:
+    """Per feature: how much of it ``z_public`` alone gives back (exact path, frozen model)."""
+    z = model.encode(x)
+    x_hat = model.reconstruct_from_public(model.split(z)[0])
+    out = []
+    for j, name in enumerate(names):
+        truth, guess = x[:, j].to(torch.float64), x_hat[:, j].to(torch.float64)
+        variance = float(truth.var(unbiased=False)) if len(truth) > 1 else 0.0
+        mse = float(((guess - truth) ** 2).mean()) if len(truth) else 0.0
+        r2 = 1.0 - mse / variance if variance > 0 else (1.0 if mse == 0 else 0.0)
+        out.append(FeatureQuality(name, model.config.levels[j],
+                                  float((x_hat[:, j] == x[:, j]).float().mean()) if len(truth) else 1.0,
+                                  r2))
+    return out
+
+
+def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: TrainConfig = TrainConfig(),
+          feature_names: list[str] | None = None,
+          on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[ExactINN, TrainReport]:
+    """Train on integer feature codes (``int64``, ``(rows, features)``); return the frozen model.
+
+    The model is frozen, moved to the CPU, and checked: every validation row restores exactly.
+    """
+    if features.ndim != 2 or features.shape[1] != len(network.levels):
+        raise NetworkError(f"features must be (rows, {len(network.levels)}), got {features.shape}")
+    device = resolve_device(config.device)
+    names = feature_names or [f"f{j}" for j in range(features.shape[1])]
+    all_x = torch.as_tensor(np.ascontiguousarray(features), dtype=torch.int64)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(all_x), generator=generator)
+    n_val = min(max(1, int(len(all_x) * config.validation_fraction)), 20_000) if len(all_x) > 1 else 0
+    val_x, train_x = all_x[order[:n_val]], all_x[order[n_val:]]
+    if len(train_x) == 0:
+        raise NetworkError("no rows to train on")
+    report = TrainReport(device=str(device), rows=len(train_x))
+
+    with torch.random.fork_rng(devices=[]):  # seeded weights, without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        model = ExactINN(network, key).to(device)
+    train_f = train_x.to(device=device, dtype=torch.float32)
+    val_f = (val_x if len(val_x) else train_x[:1]).to(device=device, dtype=torch.float32)
+    x_scale = train_f.std(0, unbiased=False).clamp(min=0.5)
+    with torch.no_grad():
+        z_scale = model.relaxed_forward(train_f[:8192]).std(0, unbiased=False).clamp(min=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+
+    best = (math.inf, None)
+    started = time.perf_counter()
+    with _training_precision(device):
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            permutation = torch.randperm(len(train_f), generator=generator).to(device)
+            total = 0.0
+            for batch in permutation.split(config.batch_size):
+                loss = _loss(model, train_f[batch], x_scale, z_scale, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            schedule.step()
+            model.eval()
+            with torch.no_grad():
+                validation = float(_loss(model, val_f, x_scale, z_scale, config))
+            seconds = time.perf_counter() - t0
+            stats = EpochStats(epoch, total / len(train_f), validation, len(train_f) / seconds, seconds)
+            report.history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+            if validation < best[0]:
+                best = (validation, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                report.best_epoch = epoch
+            elif epoch - report.best_epoch >= config.patience:
+                report.stopped_early = True
+                break
+            if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+                report.stopped_early = True
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    model = model.cpu().freeze()
+
+    if len(val_x):
+        restored = model.decode(model.encode(val_x))
+        if not torch.equal(restored, val_x):
+            raise AssertionError("frozen network did not restore its validation rows exactly")  # a bug
+        report.exact_rows_checked = len(val_x)
+        report.features = feature_quality(model, val_x, names)
+    return model, report
