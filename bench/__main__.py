@@ -12,11 +12,12 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec
+from bench import codec, network
 from bench.common import machine
 
 BENCHMARKS = {
     "codec": (codec.run, 1_000_000),
+    "network": (network.run, 1_000_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

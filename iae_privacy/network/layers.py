@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Permutation", "UnitTriangularMixing", "AdditiveCoupling", "QuantizedMLP", "exact_matmul"]
+__all__ = ["KeyedMixing", "AdditiveCoupling", "QuantizedMLP", "exact_matmul"]
 
 Q = 127
 """Activations and weights of the shift network are integers in [-Q, Q] (8 bits)."""
@@ -56,54 +56,43 @@ def exact_matmul(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-class Permutation(nn.Module):
-    """A fixed permutation of the features: :math:`y = x_{[\sigma]}`, :math:`x = y_{[\sigma^{-1}]}`."""
+class KeyedMixing(nn.Module):
+    r"""A keyed unimodular integer map: permute, then mix, :math:`y = (I + M) P x`.
 
-    def __init__(self, order: np.ndarray) -> None:
-        super().__init__()
-        order = torch.as_tensor(order, dtype=torch.long)
-        # derived from the key at load time: never saved with the weights
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("inverse_order", torch.argsort(order), persistent=False)
-
-    def forward(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        return x[..., self.order]
-
-    def inverse(self, y: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        return y[..., self.inverse_order]
-
-    def bound(self, b: np.ndarray) -> np.ndarray:
-        return b[self.order.cpu().numpy()]
-
-
-class UnitTriangularMixing(nn.Module):
-    r"""A unimodular integer map :math:`y = (I + M) x` whose inverse is :math:`x = (I - M) y`.
-
-    :math:`M` has entries in :math:`\{-1, 0, +1\}`, nonzero only from a set of *source* features
-    into a disjoint set of *target* features, so :math:`M^2 = 0`: sources pass unchanged, every
-    target gets a few sources added or subtracted, and :math:`(I + M)^{-1} = I - M` exactly. (A
-    general unit-triangular inverse can have exponentially large entries; this one cannot, so
-    errors in an approximate latent do not compound.) With targets after sources the matrix is
-    lower triangular with unit diagonal; alternating blocks put them the other way round.
-    On integer values bounded below :math:`2^{53}` both directions are exact in float64.
+    :math:`P` permutes the features. :math:`M` has entries in :math:`\{-1, 0, +1\}`, nonzero only
+    from a set of *source* features into a disjoint set of *target* features, so :math:`M^2 = 0`
+    and :math:`(I + M)^{-1} = I - M`: the inverse is :math:`x = P^\top (I - M) y`. (A general
+    unit-triangular inverse can have exponentially large entries; this one cannot, so errors in an
+    approximate latent do not compound.) With targets after sources, :math:`I + M` is lower
+    triangular with unit diagonal. Both directions are one product with a matrix of entries in
+    :math:`\{-1, 0, +1\}`, exact in float64 on integers whose bounds (:meth:`bound`) stay below
+    :math:`2^{52}`.
     """
 
-    def __init__(self, matrix: np.ndarray) -> None:
+    def __init__(self, order: np.ndarray, mixing: np.ndarray) -> None:
         super().__init__()
-        offdiagonal = matrix - np.eye(len(matrix))
+        d = len(order)
+        offdiagonal = mixing - np.eye(d)
         if np.any(offdiagonal @ offdiagonal):
             raise ValueError("mixing matrix must satisfy M @ M == 0")
-        self.register_buffer("mixing", torch.as_tensor(offdiagonal.T.copy()), persistent=False)
-        self._abs_mixing = np.abs(offdiagonal)
+        permutation = np.eye(d)[order]  # (P x)_i = x_order[i]
+        forward = mixing @ permutation
+        inverse = permutation.T @ (np.eye(d) - offdiagonal)
+        # derived from the key at load time: never saved with the weights
+        self.register_buffer("forward_t", torch.as_tensor(forward.T.copy()), persistent=False)
+        self.register_buffer("inverse_t", torch.as_tensor(inverse.T.copy()), persistent=False)
+        self._order = np.asarray(order)
+        self._abs_offdiagonal = np.abs(offdiagonal)
 
     def forward(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        return x + x @ self.mixing.to(x.dtype)
+        return x @ self.forward_t.to(x.dtype)
 
     def inverse(self, y: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        return y - y @ self.mixing.to(y.dtype)
+        return y @ self.inverse_t.to(y.dtype)
 
     def bound(self, b: np.ndarray) -> np.ndarray:
-        return b + self._abs_mixing @ b
+        permuted = b[self._order]
+        return permuted + self._abs_offdiagonal @ permuted
 
 
 class QuantizedMLP(nn.Module):
@@ -193,43 +182,113 @@ class QuantizedMLP(nn.Module):
     def quantized_tensors(self) -> dict[str, torch.Tensor]:
         return {n: t for n, t in self.named_buffers() if n.startswith("q")}
 
-    @staticmethod
-    def _round_scale_(a: torch.Tensor, exponent: int) -> torch.Tensor:
-        """round(a * 2**exponent) in place, for integer-valued ``a``: add half, scale, floor.
+    def _operands(self, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """Per layer, as ``dtype`` on ``device`` (converted once): weight and bias with the layer's
+        power-of-two rescale folded in, and whether the result needs rounding down.
 
-        Each step is exact: the sum is an integer below the partial-sum bound, and scaling by a
-        power of two only moves the exponent.
+        A layer computes round((h W^T + b) 2**e) = floor(h (W 2**e)^T + (b + 2**(-e-1)) 2**e) for
+        e < 0. Folding 2**e into the operands keeps every product and partial sum a multiple of
+        2**e below the partial-sum bound times 2**e: exactly representable, so still exact.
         """
-        if exponent >= 0:
-            return a.mul_(2.0**exponent)
-        return a.add_(2.0 ** (-exponent - 1)).mul_(2.0**exponent).floor_()
-
-    def _operands(self, dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(bias, weight transposed) per layer as ``dtype`` on ``device``, converted once."""
         cache = self.__dict__.setdefault("_operand_cache", {})
         if (dtype, device) not in cache:
-            cache[(dtype, device)] = [
-                (getattr(self, f"qbias{i}").to(device, dtype),
-                 getattr(self, f"qweight{i}").to(device, dtype).T.contiguous())
-                for i in range(len(self.linears))
-            ]
+            operands = []
+            for i, exponent in enumerate(self._exponents()):
+                bias = getattr(self, f"qbias{i}").to(torch.float64)
+                if exponent < 0:
+                    bias = bias + 2.0 ** (-exponent - 1)
+                scale = 2.0**exponent
+                weight_t = (getattr(self, f"qweight{i}").to(torch.float64) * scale).T.contiguous()
+                operands.append((weight_t.to(device, dtype), (bias * scale).to(device, dtype), exponent < 0))
+            cache[(dtype, device)] = operands
         return cache[(dtype, device)]
 
-    def exact(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The shift for integer-valued float64 inputs, integer-valued float64 out; identical bits
-        on every device."""
-        dtype = dtype or self.compute_dtype
-        h = (x * self.in_scale).add_(0.5).floor_().clamp_(-Q, Q).to(dtype)
+    def _int8_operands(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """Per layer (converted once): int8 weight transposed, int32 bias plus rounding addend,
+        and the exponent e of the rescale (an arithmetic shift right by -e when e < 0)."""
+        cache = self.__dict__.setdefault("_operand_cache", {})
+        if ("int8", device) not in cache:
+            operands = []
+            for i, exponent in enumerate(self._exponents()):
+                bias = getattr(self, f"qbias{i}").to(torch.int64)
+                if exponent < 0:
+                    bias = bias + (1 << (-exponent - 1))
+                weight_t = _canonical(getattr(self, f"qweight{i}").T.to(device))
+                operands.append((weight_t, bias.to(device, torch.int32), exponent))
+            cache[("int8", device)] = operands
+        return cache[("int8", device)]
+
+    def backend_for(self, device: torch.device) -> str:
+        """int8 matrix products where they run exactly and fast (the CPU), else the float program."""
+        if device.type == "cpu" and self.partial_sum_bound < 1 << 31 and int8_matmul_is_exact():
+            return "int8"
+        return "float32" if self.compute_dtype == torch.float32 else "float64"
+
+    def exact(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        """The shift for integer-valued float64 inputs, integer-valued float64 out.
+
+        Three programs compute the same integers: ``int8`` (integer products, int32 sums, shifts),
+        and ``float32``/``float64`` (exact float arithmetic on integers); all give identical bits
+        on every device.
+        """
+        backend = backend or self.backend_for(x.device)
+        h = (x * self.in_scale).add_(0.5).floor_().clamp_(-Q, Q)
         n = len(self.linears)
+        if backend == "int8":
+            h = h.to(torch.int8)
+            for i, (weight_t, bias, exponent) in enumerate(self._int8_operands(x.device)):
+                a = torch._int_mm(_canonical(h), weight_t).add_(bias)
+                if exponent < 0:
+                    a = a.bitwise_right_shift_(-exponent)  # floor division by 2**-exponent
+                if i < n - 1:
+                    h = a.clamp_(0, Q).to(torch.int8)
+                else:
+                    t = a.to(torch.int64).bitwise_left_shift_(max(exponent, 0))
+                    return t.clamp_(-self.out_max, self.out_max).to(torch.float64)
+        dtype = {"float32": torch.float32, "float64": torch.float64}[backend]
+        h = h.to(dtype)
         with exact_matmul(x.device):
-            for i, ((bias, weight_t), exponent) in enumerate(zip(self._operands(dtype, x.device),
-                                                                 self._exponents())):
-                a = self._round_scale_(torch.addmm(bias, h, weight_t), exponent)
+            for i, (weight_t, bias, rounds) in enumerate(self._operands(dtype, x.device)):
+                # mm + add_ rather than addmm: addmm's copy of the broadcast bias costs more
+                # than the product itself on a CPU
+                a = torch.mm(h, weight_t).add_(bias)
+                if rounds:
+                    a = a.floor_()
                 if i < n - 1:
                     h = a.clamp_(0, Q)
                 else:
                     return a.clamp_(-self.out_max, self.out_max).to(torch.float64)
         raise AssertionError("unreachable")
+
+
+def _canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with row-major strides. A (rows, 1) tensor may carry strides like (1, 1) and still
+    count as contiguous; PyTorch's CPU int8 product then reads the wrong memory (seen in 2.13)."""
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+_INT8_CHECK: list[bool] = []
+
+
+def int8_matmul_is_exact() -> bool:
+    """Whether this PyTorch has a CPU int8 matrix product with exact int32 sums (checked once)."""
+    if not _INT8_CHECK:
+        ok = hasattr(torch, "_int_mm")
+        if ok:
+            generator = torch.Generator().manual_seed(0)
+            a = torch.randint(-Q, Q + 1, (33, 70), dtype=torch.int8, generator=generator)
+            b = torch.randint(-Q, Q + 1, (70, 9), dtype=torch.int8, generator=generator)
+            # one column: the shape whose degenerate strides once broke it (see _canonical)
+            pairs = [(a, b), (a[:, :1], _canonical(b[:1])), (a[:, :1], _canonical(b[:1, :1]))]
+            try:
+                ok = all(torch.equal(torch._int_mm(_canonical(x), _canonical(y)).to(torch.int64),
+                                     x.to(torch.int64) @ y.to(torch.int64)) for x, y in pairs)
+            except RuntimeError:
+                ok = False
+        _INT8_CHECK.append(ok)
+    return _INT8_CHECK[0]
 
 
 class AdditiveCoupling(nn.Module):
@@ -248,12 +307,18 @@ class AdditiveCoupling(nn.Module):
         return self.shift.exact(x_a) if exact else self.shift.relaxed(x_a)
 
     def forward(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        x_a, x_b = x[..., : self.split], x[..., self.split :]
-        return torch.cat([x_a, x_b + self._t(x_a, exact)], dim=-1)
+        return self._shifted(x, +1, exact)
 
     def inverse(self, y: torch.Tensor, exact: bool = True) -> torch.Tensor:
-        y_a, y_b = y[..., : self.split], y[..., self.split :]
-        return torch.cat([y_a, y_b - self._t(y_a, exact)], dim=-1)
+        return self._shifted(y, -1, exact)
+
+    def _shifted(self, x: torch.Tensor, sign: int, exact: bool) -> torch.Tensor:
+        x_a, x_b = x[..., : self.split], x[..., self.split :]
+        if not exact:  # keep the graph simple for autograd
+            return torch.cat([x_a, x_b + sign * self._t(x_a, exact)], dim=-1)
+        y = x.clone()
+        y[..., self.split :].add_(self._t(x_a, exact), alpha=sign)
+        return y
 
     def bound(self, b: np.ndarray) -> np.ndarray:
         out = b.copy()

@@ -23,14 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iae_privacy.network.layers import (
-    ACTIVATION_BITS,
-    Q,
-    AdditiveCoupling,
-    Permutation,
-    QuantizedMLP,
-    UnitTriangularMixing,
-)
+from iae_privacy.network.layers import ACTIVATION_BITS, AdditiveCoupling, KeyedMixing, QuantizedMLP
 
 __all__ = ["NetworkConfig", "ExactINN", "NetworkError"]
 
@@ -142,10 +135,10 @@ class ExactINN(nn.Module):
         layers: list[nn.Module] = []
         split = d // 2
         for block in range(config.blocks):
-            permutation = Permutation(keyed_permutation(key, block, d))
-            mixing = UnitTriangularMixing(keyed_mixing(key, block, d, config.mixing_terms))
-            bound = mixing.bound(permutation.bound(bound))
-            layers += [permutation, mixing]
+            mixing = KeyedMixing(keyed_permutation(key, block, d),
+                                 keyed_mixing(key, block, d, config.mixing_terms))
+            bound = mixing.bound(bound)
+            layers.append(mixing)
             if split == 0:
                 continue  # one feature: nothing to condition on
             b_a, b_b = bound[:split], bound[split:]
