@@ -206,3 +206,18 @@ def test_synthetic_patients_are_reproducible_and_cover_the_sensitive_kinds():
     for feature in ("birth_date", "diagnosis_code", "admitted_at", "billed_amount", "copay", "smoker"):
         assert roles[feature] is Role.FEATURE, feature
     assert a.column("email").null_count > 0 and a.column("notes").null_count > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=300),
+       st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=300),
+       st.sampled_from([2, 7, 64, 4096]))
+def test_bucket_lookup_gives_the_same_codes_as_a_binary_search(fit_values, values, levels):
+    from iae_privacy.codec.ordered import to_ordered
+
+    codec = TableCodec.fit(pa.table({"v": fit_values}), CodecConfig(levels=levels))
+    column = codec.columns[0].feature
+    u = to_ordered(np.array(values))
+    inside = (u >= column.edges[0]) & (u <= column.upper)
+    expected = np.searchsorted(column.edges, u, side="right") - 1
+    assert (column.codes_for(u)[inside] == expected[inside]).all()

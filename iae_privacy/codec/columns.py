@@ -45,6 +45,10 @@ class ColumnEncoding:
     meta: dict[str, bytes] = field(default_factory=dict)
 
 
+LOOKUP_BITS = 16
+"""Cells in a number column's bucket lookup table: 2**16 (512 KiB of codes, in cache)."""
+
+
 def array_to_ipc(array: pa.Array) -> bytes:
     """One Arrow array as Arrow IPC stream bytes (for batch-level facts in detail metadata)."""
     batch = pa.record_batch([array], names=["v"])
@@ -279,14 +283,42 @@ class NumberColumn(FeatureColumn):
     def _from_ordered(self, u: np.ndarray, valid: np.ndarray) -> pa.Array:
         return array_from_values(self.value_type, from_ordered(u, storage_dtype(self.value_type)), valid)
 
+    def _bucket_lookup(self) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """A table over the top ``LOOKUP_BITS`` bits of ``u - edges[0]``: for each cell, the bucket
+        of its first value, how many edges lie inside it, and the first such edge. With none the
+        table gives the code, with one a comparison does (on discrete data the edges are data
+        values, so most cells hold at most one); only cells with several need the binary search.
+        Built once, on first use."""
+        if "_lookup" not in self.__dict__:
+            span = int(self.upper) - int(self.edges[0])
+            shift = max(0, span.bit_length() - LOOKUP_BITS)
+            starts = self.edges[0] + (np.arange((span >> shift) + 1, dtype=np.uint64) << np.uint64(shift))
+            ends = np.minimum(starts + np.uint64((1 << shift) - 1), self.upper)
+            first = np.searchsorted(self.edges, starts, side="right") - 1
+            inside = np.searchsorted(self.edges, ends, side="right") - 1 - first
+            split = self.edges[np.minimum(first + 1, len(self.edges) - 1)]
+            self._lookup = (shift, first.astype(np.int32), inside.astype(np.int32), split)
+        return self._lookup
+
+    def codes_for(self, u: np.ndarray) -> np.ndarray:
+        """The bucket of every ordered value in ``[edges[0], upper]`` (others: any code)."""
+        shift, first, inside, split = self._bucket_lookup()
+        cell = np.minimum((u - self.edges[0]) >> np.uint64(shift), np.uint64(len(first) - 1))
+        edges_inside = inside[cell]
+        codes = first[cell].astype(np.int64)
+        codes += (edges_inside == 1) & (u >= split[cell])
+        several = edges_inside > 1
+        if several.any():
+            codes[several] = np.searchsorted(self.edges, u[several], side="right") - 1
+        return codes
+
     def _encode_values(self, values):
         u, representable = self._ordered(values)
         if len(self.edges) == 0:
             zeros = np.zeros(len(u), dtype=np.int64)
             return zeros, zeros.astype(np.uint8), np.zeros(len(u), dtype=bool)
-        codes = np.searchsorted(self.edges, u, side="right").astype(np.int64) - 1
-        representable &= (codes >= 0) & (u <= self.upper)
-        codes = np.maximum(codes, 0)
+        representable &= (u >= self.edges[0]) & (u <= self.upper)
+        codes = np.where(representable, self.codes_for(u), 0)
         remainder = None
         if self.remainder_type is not None:
             remainder = (u - self.edges[codes]).astype(self.remainder_type.to_pandas_dtype())
