@@ -44,7 +44,7 @@ def _measure(result: Result, device: torch.device, ours: ExactINN, x: torch.Tens
         def work():
             holder[name] = fn(arg)
             sync()
-        return best_of(2, work)
+        return best_of(3, work)
 
     forward = run("z", ours.encode, x)
     inverse = run("x", ours.decode, holder["z"])

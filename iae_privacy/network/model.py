@@ -203,12 +203,13 @@ class ExactINN(nn.Module):
         """Features (int64, ``[0, levels)`` per column) to latent ``z`` (int64), exactly."""
         self._check(x, "features")
         levels = torch.as_tensor(self.config.levels, device=x.device)
-        if x.shape[0] and ((x < 0).any() or (x >= levels).any()):
-            bad = int(((x < 0) | (x >= levels)).any(0).nonzero()[0, 0])
-            raise NetworkError(f"feature {bad} has values outside [0, {self.config.levels[bad]})")
-        return torch.cat([self._forward(c) for c in x.split(CHUNK_ROWS)]) if len(x) else x.clone()
+        return self._by_chunk(x, lambda c: self._forward(c, levels))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        outside = (x < 0) | (x >= levels)
+        if outside.any():
+            bad = int(outside.any(0).nonzero()[0, 0])
+            raise NetworkError(f"feature {bad} has values outside [0, {self.config.levels[bad]})")
         # the exact path runs on integer-valued float64: every value stays below 2**52 (see bounds)
         h = x.to(torch.float64) * self.scale - self.offset
         for layer in self.layers:
@@ -219,14 +220,23 @@ class ExactINN(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``z`` back to the features, bit for bit."""
         self._check(z, "latent")
-        bound = torch.as_tensor(self.output_bound, device=z.device)
-        if z.shape[0] and (z.abs().to(torch.float64) > bound).any():
-            raise NetworkError("latent values outside the network's range: not produced by this model")
-        return self._inverse(z)
+        bound = torch.as_tensor(self.output_bound, device=z.device).to(torch.int64)
+
+        def chunk(c: torch.Tensor) -> torch.Tensor:
+            if (c.abs() > bound).any():
+                raise NetworkError("latent values outside the network's range: not produced by this model")
+            return self._inverse(c)
+
+        return self._by_chunk(z, chunk)
+
+    @staticmethod
+    def _by_chunk(values: torch.Tensor, fn) -> torch.Tensor:
+        """``fn`` over CHUNK_ROWS rows at a time (cache-sized), concatenated."""
+        if len(values) <= CHUNK_ROWS:
+            return fn(values)
+        return torch.cat([fn(c) for c in values.split(CHUNK_ROWS)])
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
-        if len(z) > CHUNK_ROWS:
-            return torch.cat([self._inverse(c) for c in z.split(CHUNK_ROWS)])
         h = z.to(torch.float64)
         for layer in reversed(self.layers):
             h = layer.inverse(h, exact=True)
@@ -244,7 +254,7 @@ class ExactINN(nn.Module):
         d = len(self.config.levels)
         z = torch.zeros((z_public.shape[0], d), dtype=torch.int64, device=z_public.device)
         z[:, : self.config.public_dims] = z_public
-        x = self._inverse(z)
+        x = self._by_chunk(z, self._inverse)
         levels = torch.as_tensor(self.config.levels, device=z.device)
         return torch.minimum(torch.clamp(x, min=0), levels - 1)
 
