@@ -31,6 +31,35 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+keys_app = typer.Typer(help="Create, inspect, rotate and retire the keyring under HOME/keys.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+_state: dict[str, Path | None] = {"home": None}
+
+
+@app.callback()
+def _main_options(
+    home: Annotated[Optional[Path], typer.Option(
+        "--home", envvar="IAE_HOME",
+        help="Workspace folder holding keys/ and models/ (default: the current folder).")] = None,
+) -> None:
+    _state["home"] = home
+
+
+def _workspace():
+    from iae_privacy.workspace import Workspace
+
+    return Workspace.at(_state["home"])
+
+
+def _ask_passphrase() -> str:
+    if not sys.stdin.isatty():
+        raise IaeError("the master key is passphrase-protected; set IAE_PASSPHRASE")
+    return typer.prompt("Passphrase for the master key", hide_input=True)
+
+
+def _keyring():
+    return _workspace().keyring(_ask_passphrase)
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -200,6 +229,153 @@ def demo_command(
     if failures:
         raise IaeError("round trip not bit-identical:\n  " + "\n  ".join(failures))
     console.print("demo finished: every dataset restored bit for bit")
+
+
+@keys_app.command("init")
+def keys_init_command(
+    passphrase: Annotated[bool, typer.Option(
+        "--passphrase/--no-passphrase",
+        help="Wrap the master key with a passphrase (scrypt); asked for, or read from IAE_PASSPHRASE.")] = False,
+) -> None:
+    """Create a keyring: a 256-bit master key (version 1) and a root secret, owner-only.
+
+    Set IAE_MASTER_KEY_V1 (base64 of 32 bytes) beforehand to take the master key from the
+    environment instead of a key file.
+    """
+    import os
+
+    from iae_privacy.keyring import Keyring
+
+    secret = None
+    if passphrase:
+        secret = os.environ.get("IAE_PASSPHRASE") or typer.prompt(
+            "Passphrase for the new master key", hide_input=True, confirmation_prompt=True)
+    workspace = _workspace()
+    keyring = Keyring.init(workspace.keys, secret)
+    console.print(f"keyring created in {keyring.folder} (key version {keyring.current}); "
+                  "keep a backup of this folder: without it nothing sealed can be opened")
+
+
+@keys_app.command("status")
+def keys_status_command() -> None:
+    """Show the key versions, what each still protects, and warnings."""
+    import os
+
+    from iae_privacy.keyring import ENV_MASTER_KEY
+
+    workspace = _workspace()
+    keyring = _keyring()
+    sealed = workspace.models.headers()
+    table = Table(title=f"keyring {keyring.folder}")
+    for heading in ("version", "status", "created", "source", "passphrase", "model bundles"):
+        table.add_column(heading)
+    warnings = []
+    for v in keyring.versions:
+        count = sum(1 for _, h in sealed if h.key_version == v.number)
+        source = "environment" if os.environ.get(ENV_MASTER_KEY.format(version=v.number)) else "file"
+        status = v.status + (" (current)" if v.number == keyring.current else "")
+        table.add_row(f"v{v.number}", status, v.created, "-" if v.status == "retired" else source,
+                      "yes" if v.passphrase else "no", str(count))
+        if v.status == "retired" and count:
+            warnings.append(f"{count} model bundle(s) are sealed under retired key version {v.number} "
+                            "and can no longer be opened")
+        elif v.number != keyring.current and count:
+            warnings.append(f"{count} model bundle(s) are still sealed under key version {v.number}; "
+                            "'keys rotate' re-wraps everything under a new current version")
+    console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate_command() -> None:
+    """Add a new key version, make it current, and re-wrap every sealed model bundle under it.
+
+    Encoded data and the latent transform are untouched: only the data keys are re-wrapped.
+    Retire the old version afterwards with 'keys retire N'.
+    """
+    import os
+
+    workspace = _workspace()
+    keyring = _keyring()
+    passphrase = None
+    if keyring.version(keyring.current).passphrase:
+        passphrase = os.environ.get("IAE_PASSPHRASE") or _ask_passphrase()
+    number = keyring.rotate(passphrase)
+    changed = workspace.models.rewrap_all(keyring)
+    console.print(f"key version {number} is now current; {changed} model bundle(s) re-wrapped")
+
+
+@keys_app.command("retire")
+def keys_retire_command(
+    version: Annotated[int, typer.Argument(help="The key version to retire.")],
+    force: Annotated[bool, typer.Option(help="Retire even if something is still sealed under it.")] = False,
+) -> None:
+    """Retire a key version: its key is deleted, and anything still sealed under it is refused."""
+    workspace = _workspace()
+    keyring = _keyring()
+    if version == keyring.current or keyring.version(version).status == "retired":
+        keyring.retire(version)  # refuses, saying why
+    count = sum(1 for _, h in workspace.models.headers() if h.key_version == version)
+    if count and not force:
+        raise IaeError(f"{count} model bundle(s) are still sealed under key version {version}; run "
+                       "'iae-privacy keys rotate' first to re-wrap them, or pass --force to lose them")
+    keyring.retire(version)
+    console.print(f"key version {version} retired")
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(help="The Parquet file to learn from.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name; each run adds a version.")],
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    public_dims: Annotated[Optional[int], typer.Option(
+        help="Latent columns analysts get (z_public); default half the features.")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Training time limit.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
+
+    The model is checked to restore its validation rows bit for bit before it is sealed.
+    """
+    from iae_privacy.network.train import TrainConfig
+    from iae_privacy.pipeline import fit_model
+    from iae_privacy.registry import transform_key
+
+    workspace = _workspace()
+    keyring = _keyring()
+    registry = workspace.models
+    version = registry.next_version(registry.check_name(model))
+    trained, report = fit_model(
+        data, transform_key(keyring, model, version), _config_for(data, config),
+        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims,
+        on_epoch=lambda s: console.print(
+            f"epoch {s.epoch:>3}  loss {s.train_loss:9.4f}  validation {s.validation_loss:9.4f}  "
+            f"{s.rows_per_second:,.0f} rows/s", highlight=False))
+    path = registry.save(trained, model, version, keyring, report)
+    table = Table(title=f"{model}:v{version}: what z_public ({trained.network.config.public_dims} of "
+                  f"{len(trained.codec.feature_names)} columns) alone gives back")
+    for heading in ("feature", "levels", "exact match", "R2"):
+        table.add_column(heading, justify="left" if heading == "feature" else "right")
+    for f in report.features:
+        table.add_row(f.name, str(f.levels), f"{f.exact_match:.1%}", f"{f.r2:.2f}")
+    console.print(table)
+    console.print(f"sealed {model}:v{version} to {path} (device {report.device}, best epoch "
+                  f"{report.best_epoch} of {len(report.history)}; {report.exact_rows_checked:,} "
+                  "validation rows restored bit for bit)")
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the sealed models in the workspace (reads headers only: no key needed)."""
+    rows = _workspace().models.headers()
+    table = Table(title="models")
+    for heading in ("model", "version", "sealed", "key version", "file"):
+        table.add_column(heading)
+    for path, header in rows:
+        table.add_row(header.model, f"v{header.model_version}", header.created, f"v{header.key_version}", str(path))
+    console.print(table)
 
 
 def main() -> None:
