@@ -12,12 +12,13 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec, network
+from bench import codec, keys, network
 from bench.common import machine
 
 BENCHMARKS = {
     "codec": (codec.run, 1_000_000),
     "network": (network.run, 1_000_000),
+    "keys": (keys.run, 1_000_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -4,6 +4,10 @@ Strings and binaries are their bytes; fixed-width values (integers, floats, temp
 decimals, fixed-size binaries) their little-endian bit patterns; booleans one byte; anything else
 (nested types, ...) a one-value Arrow IPC stream. Nulls stay ``None``. Vectorised where the layout
 allows: no per-value Arrow calls for the common types.
+
+Dictionary-encoded columns become cells of their values; :func:`from_cells` re-encodes them with a
+fresh dictionary. The batch's own dictionary layout is a fact of the part, not of a cell: whoever
+stores a part keeps it (as the codec does in its detail metadata).
 """
 
 from __future__ import annotations

@@ -101,18 +101,14 @@ class VaultCells:
     def seal(self, column: str, array: pa.Array | pa.ChunkedArray, first_row: int = 0) -> pa.Array:
         """A binary array of sealed cells (null where the value is null)."""
         cipher, prefix = self._cipher(column)
-        cells = to_cells(array)
-        aads = [prefix + i.to_bytes(8, "little") for i in range(first_row, first_row + len(cells))]
-        return pa.array(cipher.seal_many(cells, aads), type=pa.binary())
+        return pa.array(cipher.seal_many(to_cells(array), prefix, first_row), type=pa.binary())
 
     def open(self, column: str, sealed: pa.Array | pa.ChunkedArray, type_: pa.DataType,
              first_row: int = 0) -> pa.Array:
         """The original values of ``type_``, exactly; fails if any cell was moved or altered."""
         cipher, prefix = self._cipher(column)
-        cells = sealed.to_pylist()
-        aads = [prefix + i.to_bytes(8, "little") for i in range(first_row, first_row + len(cells))]
         try:
-            return from_cells(cipher.open_many(cells, aads), type_)
+            return from_cells(cipher.open_many(sealed.to_pylist(), prefix, first_row), type_)
         except crypto.AuthenticationFailed:
             raise VaultCellError(f"column {column!r} of vault part {self.part!r} (dataset {self.dataset!r}) "
                                  "does not open: cells were moved, swapped or altered, or the key is wrong") from None

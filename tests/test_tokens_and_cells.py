@@ -1,0 +1,82 @@
+"""Identifier tokens are deterministic per keyring and fixed-length; vault cells restore exactly
+and open only where they were sealed."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arrow_strategies import arrow_schema, table_for
+from iae_privacy.cells import from_cells, to_cells
+from iae_privacy.exactness import first_difference
+from iae_privacy.keyring import Keyring
+from iae_privacy.tokens import TOKEN_BYTES, Tokenizer, VaultCellError, VaultCells
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory) -> Keyring:
+    return Keyring.init(tmp_path_factory.mktemp("ws") / "keys")
+
+
+def test_tokens_are_deterministic_across_files_runs_and_string_types(keyring):
+    a = Tokenizer(keyring).tokens(pa.array(["ana@example.org", "bo@example.org", None, "ana@example.org"]))
+    reopened = Keyring.open(keyring.folder)
+    b = Tokenizer(reopened).tokens(pa.chunked_array([["x", "ana@example.org"]], type=pa.large_string()))
+    assert a[0] == a[3] == b[1] and a[0] != a[1]
+    assert a[2].as_py() is None
+    assert {len(t) for t in a.drop_null().to_pylist()} == {2 * TOKEN_BYTES}
+
+
+def test_tokens_have_a_fixed_length_whatever_the_value(keyring):
+    tokens = Tokenizer(keyring).tokens(pa.array(["", "x", "y" * 10_000, "名前"]))
+    assert {len(t) for t in tokens.to_pylist()} == {2 * TOKEN_BYTES}
+
+
+def test_another_keyring_gives_other_tokens(keyring, tmp_path):
+    other = Keyring.init(tmp_path / "keys")
+    values = pa.array([str(i) for i in range(100)])
+    mine, theirs = Tokenizer(keyring).tokens(values), Tokenizer(other).tokens(values)
+    assert all(x != y for x, y in zip(mine.to_pylist(), theirs.to_pylist()))
+
+
+def test_tokens_keep_joins_and_counts(keyring):
+    ids = pa.array([7, 3, 7, 7, None, 3], type=pa.int64())
+    tokens = Tokenizer(keyring).tokens(ids).to_pylist()
+    assert tokens[0] == tokens[2] == tokens[3] and tokens[1] == tokens[5] and tokens[0] != tokens[1]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_cells_restore_any_column_bit_for_bit(data):
+    schema = data.draw(arrow_schema())
+    table = data.draw(table_for(schema, max_rows=15))
+    for field, column in zip(schema, table.columns):
+        restored = from_cells(to_cells(column), field.type)
+        expected = column.combine_chunks()
+        if pa.types.is_dictionary(field.type):  # values, not the batch's dictionary layout
+            expected, restored = expected.dictionary_decode(), restored.dictionary_decode()
+        assert first_difference(pa.table({"v": expected}), pa.table({"v": restored})) is None, field.type
+
+
+def test_vault_cells_restore_and_refuse_to_open_anywhere_else(keyring):
+    values = pa.array(["ana@example.org", None, "bo@exämple.org"])
+    cells, version, wrapped = VaultCells.new(keyring, "patients", "part-00001")
+    sealed = cells.seal("email", values)
+    assert sealed.null_count == 1 and b"ana" not in b"".join(sealed.drop_null().to_pylist())
+    opened = VaultCells.opened(keyring, "patients", "part-00001", version, wrapped)
+    assert opened.open("email", sealed, pa.string()).equals(values)
+    with pytest.raises(VaultCellError):
+        opened.open("full_name", sealed, pa.string())  # another column
+    with pytest.raises(VaultCellError):
+        opened.open("email", sealed.take([2, 1, 0]), pa.string())  # rows swapped
+    with pytest.raises(VaultCellError):
+        opened.open("email", sealed, pa.string(), first_row=10)  # another place in the part
+    moved = VaultCells(opened._data_key, "patients", "part-00002")
+    with pytest.raises(VaultCellError):
+        moved.open("email", sealed, pa.string())  # another part
+    from iae_privacy.keyring import WrongKeyError
+
+    with pytest.raises(WrongKeyError):
+        VaultCells.opened(keyring, "patients", "part-00002", version, wrapped)  # key moved to another part
