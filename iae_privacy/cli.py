@@ -30,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, for logs and grep
 keys_app = typer.Typer(help="Create, inspect, rotate and retire the keyring under HOME/keys.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -187,33 +187,46 @@ def demo_command(
 ) -> None:
     """The main job, end to end on the bundled samples and a synthetic patients table.
 
-    For each dataset: fit the lossless codec, train the keyed exactly invertible network, encode
-    every record batch to latents and decode it back, and check that every bit returns. Reports how
-    much of each dataset z_public alone carries. (Keys, sealing, the latent store and the audited
-    decode join as they land; until the keyring exists the demo uses a fresh random key.)
+    In the workspace WORK (a keyring is created there on the first run): for each dataset, fit the
+    lossless codec, train the keyed exactly invertible network, seal it as a model bundle, open the
+    bundle again, encode every record batch to latents with the reopened model and decode it back,
+    checking every bit. Reports how much of each dataset z_public alone carries. (The latent store,
+    query and the audited decode join as they land.)
     """
-    import os
-
+    from iae_privacy.keyring import Keyring
     from iae_privacy.network.train import TrainConfig
     from iae_privacy.pipeline import fit_model
+    from iae_privacy.registry import transform_key
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
+    from iae_privacy.workspace import Workspace
 
     datasets = sample_datasets(data_dir)
     if not datasets:
         raise IaeError(f"{data_dir}: no sample Parquet files found")
+    workspace = Workspace.at(work)
+    if (workspace.keys / "keyring.json").exists():
+        keyring = workspace.keyring(_ask_passphrase)
+    else:
+        keyring = Keyring.init(workspace.keys)
+        console.print(f"created a keyring in {workspace.keys}")
     datasets["patients"] = write_synthetic_patients(work / "patients.parquet", patients, seed=0)
-    key = os.urandom(32)
-    summary = Table(title="train, encode, decode: every bit back?")
+    registry = workspace.models
+    summary = Table(title="train, seal, reopen, encode, decode: every bit back?")
     for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "enc/s", "dec/s", "exact"):
         summary.add_column(heading, justify="left" if heading == "dataset" else "right")
     failures = []
     for name, path in datasets.items():
-        console.print(f"[bold]{name}[/]: training", highlight=False)
-        model, report = fit_model(
-            path, key, _config_for(path, None), TrainConfig(epochs=epochs, max_seconds=seconds),
+        version = registry.next_version(name)
+        console.print(f"[bold]{name}[/]: training {name}:v{version}", highlight=False)
+        trained, report = fit_model(
+            path, transform_key(keyring, name, version), _config_for(path, None),
+            TrainConfig(epochs=epochs, max_seconds=seconds),
             on_epoch=lambda s: console.print(
                 f"  epoch {s.epoch:>3}  loss {s.train_loss:9.4f}  validation {s.validation_loss:9.4f}  "
                 f"{s.rows_per_second:,.0f} rows/s", highlight=False))
+        sealed = registry.save(trained, name, version, keyring, report)
+        model = registry.load(f"{name}:v{version}", keyring).model
+        console.print(f"  sealed to {sealed} and reopened", highlight=False)
         with progress(f"  encode + decode {path.name}", _rows(path)) as advance:
             check = verify_roundtrip(path, model.encode, model.decode, on_batch=advance)
         r2 = sum(max(f.r2, 0.0) for f in report.features) / max(len(report.features), 1)
