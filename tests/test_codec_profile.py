@@ -116,3 +116,18 @@ def test_malformed_profile_is_refused_without_quoting_values():
         TableCodec.from_dict(doc)
     with pytest.raises(ProfileError, match="not valid JSON"):
         TableCodec.from_json("{")
+
+
+def test_duplicate_column_names_restore_by_position():
+    table = pa.Table.from_arrays(
+        [pa.array([1, 2, 3] * 10), pa.array(["a", "b", "c"] * 10), pa.array([f"id{i}" for i in range(30)]),
+         pa.array([0.5, None, 2.0] * 10)],
+        names=["x", "x", "patient_id", "x"])
+    codec = TableCodec.from_json(TableCodec.fit(table).to_json())
+    restored = codec.decode(codec.encode(batch(table)))
+    from iae_privacy.exactness import first_difference
+
+    assert first_difference(table, restored) is None
+    retyped = table.set_column(1, "x", pa.array([1, 2, 3] * 10))
+    with pytest.raises(SchemaDriftError, match=r"column 'x' \(position 1\) changed type: string"):
+        codec.encode(batch(retyped))

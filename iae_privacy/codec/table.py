@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -55,6 +56,8 @@ class EncodedBatch:
 class ColumnSpec:
     """One column of the fitted profile: its role, why, and its feature coding if it has one."""
 
+    index: int
+    """Position in the schema: names may repeat in Parquet, positions do not."""
     name: str
     role: Role
     reason: str
@@ -108,11 +111,8 @@ class TableCodec:
         if spec.feature is not None:
             return spec.feature.detail_fields
         if spec.role is Role.VAULT:
-            return [self.schema.field(self._index(spec)).with_name(f"c{self._index(spec)}")]
+            return [self.schema.field(spec.index).with_name(f"c{spec.index}")]
         return []
-
-    def _index(self, spec: ColumnSpec) -> int:
-        return self.schema.get_field_index(spec.name)
 
     # -- fitting -----------------------------------------------------------------------------
 
@@ -124,9 +124,6 @@ class TableCodec:
         source = read_batches(data) if isinstance(data, (str, Path)) else data
         table = _as_table(source, config.sample_rows)
         names = table.schema.names
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise IaeError(f"column name(s) {duplicated} appear more than once; rename them first")
         unknown = sorted(set(config.roles) - set(names))
         if unknown:
             raise IaeError(f"config names column(s) {unknown} that the data does not have")
@@ -137,7 +134,7 @@ class TableCodec:
             feature = None
             if decision.role is Role.FEATURE:
                 feature = feature_column(network_kind(column.type), index, name, column, config)
-            specs.append(ColumnSpec(name, decision.role, decision.reason, feature))
+            specs.append(ColumnSpec(index, name, decision.role, decision.reason, feature))
         return cls(table.schema, specs, config, table.num_rows)
 
     # -- what the network sees ---------------------------------------------------------------
@@ -154,28 +151,34 @@ class TableCodec:
     def names_with_role(self, role: Role) -> list[str]:
         return [c.name for c in self.columns if c.role is role]
 
+    def indices_with_role(self, role: Role) -> list[int]:
+        return [c.index for c in self.columns if c.role is role]
+
     # -- schema drift --------------------------------------------------------------------------
 
     def check_schema(self, schema: pa.Schema, source: str | None = None) -> None:
         """Refuse a schema whose columns differ from the fitted profile, naming each change."""
-        fitted = {f.name: f.type for f in self.schema}
-        seen = {f.name: f.type for f in schema}
-        problems = [f"column {n!r} is missing (it was {fitted[n]} at fit time)"
-                    for n in fitted if n not in seen]
-        problems += [f"column {n!r} is new ({seen[n]}); it is not in the fitted profile"
-                     for n in seen if n not in fitted]
-        problems += [f"column {n!r} changed type: {fitted[n]} at fit time, {seen[n]} now"
-                     for n in fitted if n in seen and not seen[n].equals(fitted[n])]
+        fitted, seen = Counter(self.schema.names), Counter(schema.names)
+        types = {f.name: f.type for f in self.schema}
+        seen_types = {f.name: f.type for f in schema}
+        problems = [f"column {n!r} is missing (it was {types[n]} at fit time)" for n in fitted - seen]
+        problems += [f"column {n!r} is new ({seen_types[n]}); it is not in the fitted profile"
+                     for n in seen - fitted]
         if not problems and schema.names != self.schema.names:
-            moved = next(n for n, m in zip(schema.names, self.schema.names) if n != m)
-            problems.append(
-                f"column order changed: {moved!r} is at position {schema.names.index(moved)}, "
-                f"was at {self.schema.names.index(moved)}"
-            )
-        if len(set(schema.names)) != len(schema.names):
-            problems.append("a column name appears more than once")
+            at = next(i for i, (n, m) in enumerate(zip(schema.names, self.schema.names)) if n != m)
+            problems.append(f"column order changed: {schema.names[at]!r} is at position {at}, "
+                            f"where the fitted profile has {self.schema.names[at]!r}")
+        if not problems:
+            problems = [
+                f"column {want.name!r}{self._where(i)} changed type: {want.type} at fit time, {got.type} now"
+                for i, (want, got) in enumerate(zip(self.schema, schema)) if not got.type.equals(want.type)
+            ]
         if problems:
             raise SchemaDriftError(problems, source)
+
+    def _where(self, index: int) -> str:
+        """' (position N)' when the name alone does not say which column."""
+        return f" (position {index})" if self.schema.names.count(self.schema.names[index]) > 1 else ""
 
     # -- encode / decode -----------------------------------------------------------------------
 
@@ -187,7 +190,7 @@ class TableCodec:
         detail: dict[str, pa.Array] = {}
         meta: dict[str, bytes] = {}
         for spec in self.columns:
-            index = self._index(spec)
+            index = spec.index
             if spec.feature is not None:
                 encoded = spec.feature.encode(batch.column(index))
                 j = self._slices[self._features.index(spec.feature)]
@@ -208,8 +211,8 @@ class TableCodec:
             )
         return EncodedBatch(
             features=features,
-            passthrough=batch.select(self.names_with_role(Role.PASSTHROUGH)),
-            identifiers=batch.select(self.names_with_role(Role.IDENTIFIER)),
+            passthrough=batch.select(self.indices_with_role(Role.PASSTHROUGH)),
+            identifiers=batch.select(self.indices_with_role(Role.IDENTIFIER)),
             detail=detail_batch,
         )
 
@@ -231,17 +234,19 @@ class TableCodec:
         if _SCHEMA_KEY in meta:
             schema = pa.ipc.read_schema(pa.py_buffer(meta[_SCHEMA_KEY]))
         arrays = []
+        passthrough = iter(encoded.passthrough.columns)
+        identifiers = iter(encoded.identifiers.columns)
         for spec in self.columns:
             if spec.feature is not None:
                 j = self._slices[self._features.index(spec.feature)]
                 arrays.append(spec.feature.decode(features[:, j : j + spec.feature.width],
                                                   encoded.detail, meta))
             elif spec.role is Role.VAULT:
-                arrays.append(encoded.detail.column(f"c{self._index(spec)}"))
+                arrays.append(encoded.detail.column(f"c{spec.index}"))
             elif spec.role is Role.PASSTHROUGH:
-                arrays.append(encoded.passthrough.column(spec.name))
+                arrays.append(next(passthrough))
             else:
-                arrays.append(encoded.identifiers.column(spec.name))
+                arrays.append(next(identifiers))
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     # -- the profile as data ------------------------------------------------------------------
@@ -278,7 +283,7 @@ class TableCodec:
             config = CodecConfig(**doc["config"])
             columns = [
                 ColumnSpec(
-                    c["name"], Role(c["role"]), c["reason"],
+                    i, c["name"], Role(c["role"]), c["reason"],
                     FeatureColumn.from_dict(i, c["name"], schema.field(i).type, c["feature"])
                     if c["feature"] is not None else None,
                 )
