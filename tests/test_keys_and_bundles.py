@@ -169,24 +169,35 @@ def test_bundle_moved_to_another_name_or_version_is_refused(tmp_path, keyring):
         registry.load("other", keyring)
 
 
-def test_swapped_associated_data_does_not_open(tmp_path, keyring):
-    """A key envelope from another model cannot open this payload, nor can it pass as its own."""
-    registry, _, path_a = saved(keyring, tmp_path, "a")
-    _, _, path_b = saved(keyring, tmp_path, "b")
-    from iae_privacy.bundle import _split
-
-    header_a, envelope_a, payload_a = _split(path_a.read_bytes(), path_a)
-    header_b, envelope_b, _ = _split(path_b.read_bytes(), path_b)
+def _blocks(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header, key envelope, segments) of a sealed file."""
     import struct
 
-    def assemble(header, envelope, payload):
-        return (b"IAE-BUNDLE\x01" + struct.pack("<I", len(header)) + header + struct.pack("<I", len(envelope))
-                + envelope + payload)
+    at = len(b"IAE-BUNDLE\x01")
+    (n,) = struct.unpack_from("<I", data, at)
+    header = data[at + 4 : at + 4 + n]
+    at += 4 + n
+    (m,) = struct.unpack_from("<I", data, at)
+    return header, data[at + 4 : at + 4 + m], data[at + 4 + m :]
 
-    path_a.write_bytes(assemble(header_a, envelope_b, payload_a))  # b's data key, a's payload
+
+def _assemble(header: bytes, envelope: bytes, segments: bytes) -> bytes:
+    import struct
+
+    return (b"IAE-BUNDLE\x01" + struct.pack("<I", len(header)) + header + struct.pack("<I", len(envelope))
+            + envelope + segments)
+
+
+def test_swapped_associated_data_does_not_open(tmp_path, keyring):
+    """A key envelope from another model cannot open this payload, nor can it pass as its own."""
+    _, _, path_a = saved(keyring, tmp_path, "a")
+    _, _, path_b = saved(keyring, tmp_path, "b")
+    header_a, _, segments_a = _blocks(path_a.read_bytes())
+    header_b, envelope_b, _ = _blocks(path_b.read_bytes())
+    path_a.write_bytes(_assemble(header_a, envelope_b, segments_a))  # b's data key, a's payload
     with pytest.raises(WrongKeyError):
         open_bundle(path_a, keyring)
-    path_a.write_bytes(assemble(header_b, envelope_b, payload_a))  # all of b's header, a's payload
+    path_a.write_bytes(_assemble(header_b, envelope_b, segments_a))  # all of b's header, a's payload
     with pytest.raises(BundleError, match="fails authentication"):
         open_bundle(path_a, keyring)
 

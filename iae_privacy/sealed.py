@@ -1,0 +1,180 @@
+"""Sealed files: the one on-disk format for everything iae-privacy keeps encrypted.
+
+Layout::
+
+    MAGIC | u32 length | header (canonical JSON) | u32 length | key envelope (canonical JSON) | segments
+
+* the **header** (what the file is: model and version, or dataset and part) is the associated data
+  of every segment, so no byte of it can change;
+* the **key envelope** holds the key version and a random data key sealed under that version's key
+  for the file's purpose, with associated data naming what the file is; key rotation rewrites only
+  this part;
+* **segments** (``u32 length | AES-256-GCM``) are sealed one by one so a file can be written and read
+  as a stream; each one's associated data adds its index and whether it is the last, so segments
+  cannot be dropped, reordered or cut off at the end.
+
+Only canonical encodings are accepted: no single byte of a sealed file can change and still open.
+Files are written to a temporary name and renamed: a sealed file is whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
+
+from iae_privacy import crypto
+from iae_privacy.errors import IaeError
+from iae_privacy.keyring import Keyring, Purpose, write_private
+
+__all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed"]
+
+_U32 = struct.Struct("<I")
+
+
+class SealedFileError(IaeError):
+    """A sealed file is not one, is truncated or damaged, or was altered."""
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _envelope(key_version: int, wrapped: bytes) -> bytes:
+    return _canonical({"key_version": key_version, "wrapped_key": wrapped.hex()})
+
+
+def _segment_aad(magic: bytes, header: bytes, index: int, last: bool) -> bytes:
+    return magic + header + struct.pack("<QB", index, last)
+
+
+def _read_block(f: BinaryIO, path: Path) -> bytes | None:
+    """One ``u32 length | bytes`` block; None at a clean end of file."""
+    prefix = f.read(4)
+    if not prefix:
+        return None
+    if len(prefix) < 4:
+        raise SealedFileError(f"{path} is truncated")
+    (length,) = _U32.unpack(prefix)
+    block = f.read(length)
+    if len(block) < length:
+        raise SealedFileError(f"{path} is truncated")
+    return block
+
+
+def _read_preamble(f: BinaryIO, path: Path, magic: bytes, what: str) -> tuple[bytes, dict, int, bytes]:
+    if f.read(len(magic)) != magic:
+        raise SealedFileError(f"{path} is not an iae-privacy {what}")
+    header, envelope = _read_block(f, path), _read_block(f, path)
+    if header is None or envelope is None:
+        raise SealedFileError(f"{path} is truncated")
+    try:
+        doc, env = json.loads(header), json.loads(envelope)
+        key_version, wrapped = int(env["key_version"]), bytes.fromhex(env["wrapped_key"])
+    except (ValueError, KeyError, TypeError):
+        raise SealedFileError(f"{path} has a damaged header") from None
+    if not isinstance(doc, dict) or header != _canonical(doc) or envelope != _envelope(key_version, wrapped):
+        raise SealedFileError(f"{path} has a damaged header")
+    return header, doc, key_version, wrapped
+
+
+def write_sealed(path: Path, magic: bytes, header: dict[str, Any], purpose: Purpose, key_aad: bytes,
+                 segments: Iterable[bytes], keyring: Keyring) -> int:
+    """Seal ``segments`` (consumed as a stream) into ``path``; returns how many were written."""
+    header_bytes = _canonical(header)
+    data_key = crypto.random_key()
+    key_version, wrapped = keyring.wrap(purpose, data_key, key_aad)
+    envelope = _envelope(key_version, wrapped)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    try:
+        with open(tmp, "wb") as f:
+            f.write(magic + _U32.pack(len(header_bytes)) + header_bytes + _U32.pack(len(envelope)) + envelope)
+            pending = None
+            for segment in segments:
+                if pending is not None:  # only now is it known not to be the last
+                    _write_segment(f, data_key, magic, header_bytes, count, False, pending)
+                    count += 1
+                pending = segment
+            _write_segment(f, data_key, magic, header_bytes, count, True, pending or b"")
+            count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_segment(f: BinaryIO, key: bytes, magic: bytes, header: bytes, index: int, last: bool, data: bytes) -> None:
+    sealed = crypto.seal(key, data, _segment_aad(magic, header, index, last))
+    f.write(_U32.pack(len(sealed)) + sealed)
+
+
+def read_sealed_header(path: Path, magic: bytes, what: str) -> tuple[dict[str, Any], int]:
+    """The header and key version, without opening anything (listings, rotation)."""
+    try:
+        with open(path, "rb") as f:
+            _, doc, key_version, _ = _read_preamble(f, path, magic, what)
+    except FileNotFoundError:
+        raise SealedFileError(f"{path}: no such {what}") from None
+    return doc, key_version
+
+
+def open_sealed_file(path: Path, magic: bytes, purpose: Purpose, key_aad: Callable[[dict], bytes],
+                     keyring: Keyring, what: str,
+                     check: Callable[[dict], None] | None = None) -> tuple[dict[str, Any], Iterator[bytes]]:
+    """Open ``path``: its header (checked by ``check`` before any key is used) and an iterator of
+    authenticated segments. A segment is only yielded once it authenticates; the iterator raises
+    :class:`SealedFileError` at the first that does not, or if the file ends early."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise SealedFileError(f"{path}: no such {what}") from None
+    try:
+        header, doc, key_version, wrapped = _read_preamble(f, path, magic, what)
+        if check is not None:
+            check(doc)
+        data_key = keyring.unwrap(purpose, key_version, wrapped, key_aad(doc), f"{what} {path}")
+    except BaseException:
+        f.close()
+        raise
+
+    def segments() -> Iterator[bytes]:
+        with f:
+            index, block = 0, _read_block(f, path)
+            if block is None:
+                raise SealedFileError(f"{what} {path} is truncated")
+            while block is not None:
+                following = _read_block(f, path)
+                try:
+                    yield crypto.open_sealed(data_key, block, _segment_aad(magic, header, index, following is None))
+                except crypto.AuthenticationFailed:
+                    raise SealedFileError(f"{what} {path} fails authentication at segment {index}: "
+                                          "altered, reordered, truncated or damaged") from None
+                index, block = index + 1, following
+
+    return doc, segments()
+
+
+def rewrap_sealed(path: Path, magic: bytes, purpose: Purpose, key_aad: Callable[[dict], bytes],
+                  keyring: Keyring, what: str) -> bool:
+    """Re-seal the data key under the keyring's current version, leaving every segment as it is.
+
+    Returns False when the file already is under the current version.
+    """
+    with open(path, "rb") as f:
+        header, doc, key_version, wrapped = _read_preamble(f, path, magic, what)
+        rest = f.read()
+    if key_version == keyring.current:
+        return False
+    aad = key_aad(doc)
+    data_key = keyring.unwrap(purpose, key_version, wrapped, aad, f"{what} {path}")
+    new_version, rewrapped = keyring.wrap(purpose, data_key, aad)
+    envelope = _envelope(new_version, rewrapped)
+    write_private(path, magic + _U32.pack(len(header)) + header + _U32.pack(len(envelope)) + envelope + rest)
+    return True
