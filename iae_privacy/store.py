@@ -1,0 +1,397 @@
+"""The encoded dataset on disk: latent parts for analysts, sealed vault parts, a signed manifest.
+
+Layout of an encoded dataset folder::
+
+    manifest.json                     every part: source file and hash, rows, part hashes; signed
+    latent/part-00001.parquet         row_id, passthrough columns, identifier tokens, z_public columns
+    vault/part-00001.vault            sealed: z_detail, codec detail, identifier values (per batch)
+
+One part per source file, one Parquet row group and one vault segment per record batch, so both
+are written and read as streams and memory stays at a batch or two whatever the file's size.
+Parts are written to temporary names and renamed; the manifest is rewritten (atomically) only
+after both files of a part are in place, so a run killed at any point leaves no part that the
+manifest lists half-written, and the next run removes strays and finishes the job. A source whose
+content (SHA-256) was already encoded with the same model version is skipped.
+
+``row_id`` is ``part << 32 | row``: unique in the dataset, stable, and what a decode request names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from iae_privacy.codec import EncodedBatch, Role, read_batches
+from iae_privacy.errors import IaeError
+from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.pipeline import LatentBatch, Model
+from iae_privacy.sealed import open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.tokens import Tokenizer
+
+__all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "file_sha256"]
+
+ROW_ID = "row_id"
+VAULT_MAGIC = b"IAE-VAULT\x01"
+MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
+_PART_SHIFT = 32
+
+
+class StoreError(IaeError):
+    """An encoded dataset is inconsistent, tampered with, or not one."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def public_name(j: int) -> str:
+    return f"z_public_{j}"
+
+
+@dataclass
+class PartRecord:
+    part: int
+    source: str
+    source_sha256: str
+    rows: int
+    batches: int
+    latent: str
+    latent_sha256: str
+    vault: str
+    vault_sha256: str
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    model: str
+    model_version: int
+    parts: list[PartRecord] = field(default_factory=list)
+    updated: str = ""
+
+    def body(self) -> bytes:
+        doc = {"format": MANIFEST_FORMAT, "version": 1, "dataset": self.dataset, "model": self.model,
+               "model_version": self.model_version, "updated": self.updated,
+               "parts": [asdict(p) for p in sorted(self.parts, key=lambda p: p.part)]}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _manifest_key(keyring: Keyring) -> bytes:
+    return keyring.subkey(Purpose.MANIFEST)
+
+
+class EncodedDataset:
+    """An encoded dataset folder. Every method takes paths and the keyring; none returns data to
+    a caller who did not open the vault."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.folder / "manifest.json"
+
+    # -- manifest --------------------------------------------------------------------------------
+
+    def read_manifest(self, keyring: Keyring) -> Manifest:
+        """The manifest, after checking its signature."""
+        try:
+            doc = json.loads(self.manifest_path.read_bytes())
+            body = json.dumps(doc["body"], sort_keys=True, separators=(",", ":")).encode()
+            signature = bytes.fromhex(doc["signature"])
+            b = doc["body"]
+            if b["format"] != MANIFEST_FORMAT:
+                raise ValueError("format")
+            manifest = Manifest(b["dataset"], b["model"], int(b["model_version"]),
+                                [PartRecord(**p) for p in b["parts"]], b["updated"])
+        except FileNotFoundError:
+            raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.manifest_path} is damaged") from None
+        expected = hmac.new(_manifest_key(keyring), body, "sha256").digest()
+        if not hmac.compare_digest(signature, expected) or manifest.body() != body:
+            raise StoreError(f"{self.manifest_path} fails its signature: it was altered, or signed by "
+                             "another keyring")
+        return manifest
+
+    def write_manifest(self, manifest: Manifest, keyring: Keyring) -> None:
+        manifest.updated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        body = manifest.body()
+        signature = hmac.new(_manifest_key(keyring), body, "sha256").hexdigest()
+        doc = {"body": json.loads(body), "signature": signature}
+        write_private(self.manifest_path, json.dumps(doc, indent=1, ensure_ascii=False).encode())
+
+    def manifest_or_new(self, keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
+        if not self.manifest_path.exists():
+            return Manifest(dataset, model, version)
+        manifest = self.read_manifest(keyring)
+        if (manifest.model, manifest.model_version) != (model, version):
+            raise StoreError(f"{self.folder} was encoded with model {manifest.model}:v{manifest.model_version}; "
+                             f"it cannot take parts from {model}:v{version} (use another output folder)")
+        return manifest
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def part_paths(self, part: int) -> tuple[Path, Path]:
+        return (self.folder / "latent" / f"part-{part:05d}.parquet",
+                self.folder / "vault" / f"part-{part:05d}.vault")
+
+    def remove_strays(self, manifest: Manifest) -> list[Path]:
+        """Delete part files and temporaries the manifest does not list (a run killed midway)."""
+        listed = {p.latent for p in manifest.parts} | {p.vault for p in manifest.parts}
+        strays = [f for sub in ("latent", "vault") for f in (self.folder / sub).glob("*")
+                  if str(f.relative_to(self.folder)) not in listed]
+        for f in strays:
+            f.unlink()
+        return strays
+
+    def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
+                      keyring: Keyring, dataset: str, source_sha256: str | None = None,
+                      batch_size: int = 65_536) -> PartRecord:
+        """Encode one source file into part ``part`` (latent + vault, written atomically)."""
+        latent_path, vault_path = self.part_paths(part)
+        latent_tmp = latent_path.with_name(f".{latent_path.name}.tmp")
+        latent_path.parent.mkdir(parents=True, exist_ok=True)
+        source_sha256 = source_sha256 or file_sha256(source)
+        tokenizer = Tokenizer(keyring)
+        codec = model.codec
+        identifier_fields = [codec.schema.field(i) for i in codec.indices_with_role(Role.IDENTIFIER)]
+        reserved = {ROW_ID} | {public_name(j) for j in range(model.network.config.public_dims)}
+        clash = [f.name for i in codec.indices_with_role(Role.PASSTHROUGH) + codec.indices_with_role(Role.IDENTIFIER)
+                 if (f := codec.schema.field(i)).name in reserved]
+        if clash:
+            raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
+        counts = {"rows": 0, "batches": 0}
+        writer: pq.ParquetWriter | None = None
+
+        def segments() -> Iterator[bytes]:
+            nonlocal writer
+            for batch in read_batches(source, batch_size):
+                latent = model.encode(batch, source=str(source))
+                rows = np.arange(counts["rows"], counts["rows"] + batch.num_rows, dtype=np.int64)
+                row_ids = pa.array((np.int64(part) << _PART_SHIFT) | rows)
+                table = self._latent_table(row_ids, latent, identifier_fields, tokenizer,
+                                           model_name, model_version)
+                if writer is None:
+                    writer = pq.ParquetWriter(latent_tmp, table.schema)
+                writer.write_table(table, row_group_size=max(batch.num_rows, 1))
+                counts["rows"] += batch.num_rows
+                counts["batches"] += 1
+                yield self._vault_segment(latent)
+
+        try:
+            write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
+                         Purpose.VAULT, self._vault_key_aad({"dataset": dataset, "part": part}),
+                         segments(), keyring)
+            if writer is None:
+                raise StoreError(f"{source} has no record batches to encode")
+            writer.close()
+            os.replace(latent_tmp, latent_path)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            latent_tmp.unlink(missing_ok=True)
+            vault_path.unlink(missing_ok=True)
+            raise
+        return PartRecord(part, str(source), source_sha256, counts["rows"], counts["batches"],
+                          str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
+                          str(vault_path.relative_to(self.folder)), file_sha256(vault_path))
+
+    @staticmethod
+    def _vault_key_aad(doc: dict) -> bytes:
+        return f"iae-privacy/vault-part|{doc['dataset']}|{doc['part']}".encode()
+
+    @staticmethod
+    def _latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
+                      tokenizer: Tokenizer, model_name: str, model_version: int) -> pa.Table:
+        e = latent.encoded
+        columns = [row_ids] + list(e.passthrough.columns) + [tokenizer.tokens(c) for c in e.identifiers.columns]
+        columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
+        meanings = {"row_id": "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
+                    "tokens": [f.name for f in identifier_fields],
+                    "z_public": [public_name(j) for j in range(latent.z_public.shape[1])]}
+        metadata = {"iae.model": model_name, "iae.model_version": str(model_version),
+                    "iae.columns": json.dumps(meanings)}
+        fields = ([pa.field(ROW_ID, pa.int64(), nullable=False)] + list(e.passthrough.schema)
+                  + [pa.field(f.name, pa.string()) for f in identifier_fields]
+                  + [pa.field(public_name(j), pa.int64(), nullable=False) for j in range(latent.z_public.shape[1])])
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
+
+    @staticmethod
+    def _vault_segment(latent: LatentBatch) -> bytes:
+        """One batch's vault contents as an Arrow IPC stream: z_detail, codec detail, identifiers."""
+        e = latent.encoded
+        columns = [pa.array(latent.z_detail[:, j]) for j in range(latent.z_detail.shape[1])]
+        names = [f"z_detail_{j}" for j in range(latent.z_detail.shape[1])]
+        columns += list(e.detail.columns) + list(e.identifiers.columns)
+        names += e.detail.schema.names + [f"identifier_{j}" for j in range(e.identifiers.num_columns)]
+        metadata = dict(e.detail.schema.metadata or {})
+        metadata[b"iae.z_detail"] = str(latent.z_detail.shape[1]).encode()
+        metadata[b"iae.detail"] = str(e.detail.num_columns).encode()
+        batch = pa.RecordBatch.from_arrays(columns, names=names, metadata=metadata) if columns else \
+            e.detail.select([]).replace_schema_metadata(metadata)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def verify_part(self, record: PartRecord) -> None:
+        """Refuse a part whose files are missing or differ from what the manifest recorded."""
+        for rel, expected, what in ((record.latent, record.latent_sha256, "latent"),
+                                    (record.vault, record.vault_sha256, "vault")):
+            path = self.folder / rel
+            if not path.exists():
+                raise StoreError(f"{what} part {path} listed in the manifest is missing")
+            if file_sha256(path) != expected:
+                raise StoreError(f"{what} part {path} differs from the manifest: altered or swapped")
+
+    def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str) -> Iterator[pa.RecordBatch]:
+        """The part's original record batches, bit for bit (after :meth:`verify_part`)."""
+        latent_file = pq.ParquetFile(self.folder / record.latent)
+        if latent_file.num_row_groups != record.batches:
+            raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
+                             f"the manifest says {record.batches}")
+
+        def check(doc: dict) -> None:
+            if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
+                raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
+
+        _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
+                                       self._vault_key_aad, keyring, "vault part", check)
+        k = model.network.config.public_dims
+        codec = model.codec
+        passthrough_n = len(codec.indices_with_role(Role.PASSTHROUGH))
+        group = -1
+        for group, segment in enumerate(segments):
+            if group >= record.batches:
+                raise StoreError(f"vault part {record.vault} has more batches than its latent part")
+            vault = pa.ipc.open_stream(segment).read_next_batch()
+            latent = latent_file.read_row_group(group)
+            meta = vault.schema.metadata or {}
+            d, detail_n = int(meta[b"iae.z_detail"]), int(meta[b"iae.detail"])
+            z_public = np.stack([latent.column(public_name(j)).to_numpy() for j in range(k)], axis=1) \
+                if k else np.zeros((latent.num_rows, 0), dtype=np.int64)
+            z_detail = np.stack([vault.column(j).to_numpy() for j in range(d)], axis=1) \
+                if d else np.zeros((vault.num_rows, 0), dtype=np.int64)
+            detail_meta = {key: v for key, v in meta.items() if not key.startswith(b"iae.z_detail")
+                           and key != b"iae.detail"}
+            detail = pa.RecordBatch.from_arrays(
+                vault.columns[d : d + detail_n], schema=pa.schema(
+                    [vault.schema.field(j) for j in range(d, d + detail_n)], metadata=detail_meta or None)
+            ) if detail_n else vault.select([]).replace_schema_metadata(detail_meta or None)
+            identifiers = vault.select(list(range(d + detail_n, vault.num_columns)))
+            passthrough = pa.RecordBatch.from_arrays(
+                [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)],
+                schema=pa.schema([latent.schema.field(1 + j) for j in range(passthrough_n)])
+            ) if passthrough_n else vault.select([])
+            encoded = EncodedBatch(np.empty((vault.num_rows, 0), dtype=np.int64), passthrough, identifiers, detail)
+            yield model.decode(LatentBatch(np.ascontiguousarray(z_public), np.ascontiguousarray(z_detail), encoded))
+        if group + 1 != record.batches:
+            raise StoreError(f"vault part {record.vault} has fewer batches than its latent part")
+
+    def rewrap_all(self, keyring: Keyring) -> int:
+        """Re-wrap every vault part's data key under the current key version."""
+        return sum(rewrap_sealed(p, VAULT_MAGIC, Purpose.VAULT, self._vault_key_aad, keyring, "vault part")
+                   for p in sorted((self.folder / "vault").glob("part-*.vault")))
+
+    def vault_key_versions(self) -> dict[int, int]:
+        """How many vault parts each key version protects."""
+        counts: dict[int, int] = {}
+        for path in (self.folder / "vault").glob("part-*.vault"):
+            version = read_sealed_header(path, VAULT_MAGIC, "vault part")[1]
+            counts[version] = counts.get(version, 0) + 1
+        return counts
+
+    # -- whole datasets (what the flows call) ------------------------------------------------------
+
+    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str, version: int) -> list[tuple[Path, str, int]]:
+        """(source, sha256, part) for every source not yet encoded with this model version.
+
+        Clears what a killed run left behind first. Sources with identical content are encoded once.
+        """
+        manifest = self.manifest_or_new(keyring, dataset, model, version)
+        self.remove_strays(manifest)
+        done = {p.source_sha256 for p in manifest.parts}
+        part = max((p.part for p in manifest.parts), default=0) + 1
+        todo = []
+        for source in sorted(sources):
+            digest = file_sha256(source)
+            if digest in done:
+                continue
+            done.add(digest)
+            todo.append((source, digest, part))
+            part += 1
+        return todo
+
+    def commit(self, records: list[PartRecord], keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
+        """Add finished parts to the manifest (re-signed, written atomically)."""
+        manifest = self.manifest_or_new(keyring, dataset, model, version)
+        taken = {p.part for p in manifest.parts}
+        for record in records:
+            if record.part in taken:
+                raise StoreError(f"part {record.part} is already in the manifest of {self.folder}")
+            self.verify_part(record)
+        manifest.parts.extend(records)
+        self.write_manifest(manifest, keyring)
+        return manifest
+
+    def decode_all(self, model: Model, keyring: Keyring, out: Path) -> int:
+        """Restore every part, after checking the manifest's signature and every part's hash.
+
+        One part restores to ``out`` when it ends in ``.parquet``; otherwise ``out`` is a folder with
+        one file per part. Written atomically with owner-only permissions; returns the rows restored.
+        """
+        manifest = self.read_manifest(keyring)
+        if not manifest.parts:
+            raise StoreError(f"{self.folder} has no encoded parts")
+        for record in manifest.parts:
+            self.verify_part(record)
+        single = out.suffix == ".parquet"
+        if single and len(manifest.parts) != 1:
+            raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
+        rows = 0
+        for record in sorted(manifest.parts, key=lambda p: p.part):
+            target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
+            rows += _write_restored(target, self.decode_part(record, model, keyring, manifest.dataset))
+        return rows
+
+
+def _write_restored(path: Path, batches: Iterator[pa.RecordBatch]) -> int:
+    """Stream batches to a Parquet file only its owner can read; nothing is left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer, rows = None, 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        for batch in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is not None:
+            writer.close()
+            writer = None
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return rows
