@@ -337,6 +337,13 @@ def keys_retire_command(
     console.print(f"key version {version} retired")
 
 
+def _config_path(data: Path, config: Path | None) -> str | None:
+    if config is not None:
+        return str(config)
+    beside = data.with_suffix(".toml")
+    return str(beside) if beside.exists() else None
+
+
 @app.command("train")
 def train_command(
     data: Annotated[Path, typer.Argument(help="The Parquet file to learn from.")],
@@ -350,33 +357,65 @@ def train_command(
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
 
-    The model is checked to restore its validation rows bit for bit before it is sealed.
+    Runs the Prefect flow 'iae-train'. The model must restore its validation rows and the file's
+    first rows bit for bit before it is sealed. The report (per-feature reconstruction from
+    z_public) is also a Prefect artifact.
     """
-    from iae_privacy.network.train import TrainConfig
-    from iae_privacy.pipeline import fit_model
-    from iae_privacy.registry import transform_key
+    from flows.train import train_flow
 
+    _rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
     workspace = _workspace()
-    keyring = _keyring()
-    registry = workspace.models
-    version = registry.next_version(registry.check_name(model))
-    trained, report = fit_model(
-        data, transform_key(keyring, model, version), _config_for(data, config),
-        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims,
-        on_epoch=lambda s: console.print(
-            f"epoch {s.epoch:>3}  loss {s.train_loss:9.4f}  validation {s.validation_loss:9.4f}  "
-            f"{s.rows_per_second:,.0f} rows/s", highlight=False))
-    path = registry.save(trained, model, version, keyring, report)
-    table = Table(title=f"{model}:v{version}: what z_public ({trained.network.config.public_dims} of "
-                  f"{len(trained.codec.feature_names)} columns) alone gives back")
+    workspace.keyring(_ask_passphrase)  # fail early, with the keyring's own message
+    result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
+                        public_dims=public_dims, config=_config_path(data, config), seconds=seconds)
+    table = Table(title=f"{model}:v{result['version']}: what z_public ({result['public_dims']} columns) "
+                  "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
         table.add_column(heading, justify="left" if heading == "feature" else "right")
-    for f in report.features:
-        table.add_row(f.name, str(f.levels), f"{f.exact_match:.1%}", f"{f.r2:.2f}")
+    for f in result["features"]:
+        table.add_row(f["name"], str(f["levels"]), f"{f['exact_match']:.1%}", f"{f['r2']:.2f}")
     console.print(table)
-    console.print(f"sealed {model}:v{version} to {path} (device {report.device}, best epoch "
-                  f"{report.best_epoch} of {len(report.history)}; {report.exact_rows_checked:,} "
-                  "validation rows restored bit for bit)")
+    console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, best "
+                  f"epoch {result['best_epoch']} of {result['epochs']})")
+
+
+@app.command("encode")
+def encode_command(
+    source: Annotated[Path, typer.Argument(help="A Parquet file, or a folder of them.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME (latest version) or NAME:vN.")],
+    out: Annotated[Path, typer.Option(help="The encoded dataset folder (created or extended).")],
+) -> None:
+    """Encode SOURCE into an encoded dataset: latent/ for analysts, vault/ sealed, manifest.json signed.
+
+    Runs the Prefect flow 'iae-encode'. Sources already encoded with the same model version are
+    skipped; a run killed at any point leaves nothing half-written, and the next run finishes the job.
+    """
+    from flows.encode import encode_flow, sources_of
+
+    sources_of(str(source))
+    workspace = _workspace()
+    workspace.keyring(_ask_passphrase)
+    result = encode_flow(source=str(source), model=model, out=str(out), home=str(workspace.home))
+    console.print(f"encoded {result['encoded_rows']:,} rows in {result['encoded_parts']} new part(s), "
+                  f"skipped {result['skipped_sources']} source(s) already encoded; {out} now holds "
+                  f"{result['parts']} part(s), {result['rows']:,} rows")
+
+
+@app.command("decode")
+def decode_command(
+    encoded: Annotated[Path, typer.Argument(help="An encoded dataset folder.")],
+    out: Annotated[Path, typer.Option(help="RESTORED.parquet (one part), or a folder.")],
+) -> None:
+    """Restore a whole encoded dataset, bit for bit, after checking its signed manifest and parts.
+
+    Runs the Prefect flow 'iae-decode'. Needs the keyring; the output is readable by its owner only.
+    """
+    from flows.decode import decode_flow
+
+    workspace = _workspace()
+    workspace.keyring(_ask_passphrase)
+    result = decode_flow(encoded=str(encoded), out=str(out), home=str(workspace.home))
+    console.print(f"restored {result['restored_rows']:,} rows to {out}")
 
 
 @app.command("models")

@@ -37,12 +37,13 @@ class RoundtripReport:
 
 def verify_roundtrip(path: str | Path, encode: Callable[[pa.RecordBatch, str], Any],
                      decode: Callable[[Any], pa.RecordBatch], batch_size: int = 65_536,
-                     on_batch: Callable[[int], None] | None = None) -> RoundtripReport:
+                     on_batch: Callable[[int], None] | None = None,
+                     limit_rows: int | None = None) -> RoundtripReport:
     """Encode and decode every batch of ``path``; stop at the first batch that is not bit-identical.
 
     ``encode(batch, source)`` and ``decode(encoded)`` are the two directions under test, e.g. a
     ``TableCodec``'s or a ``Model``'s. Memory stays at a batch or two whatever the file's size.
-    ``on_batch`` gets each batch's row count.
+    ``on_batch`` gets each batch's row count; ``limit_rows`` stops once that many were checked.
     """
     report = RoundtripReport()
     for batch in read_batches(path, batch_size):
@@ -61,4 +62,6 @@ def verify_roundtrip(path: str | Path, encode: Callable[[pa.RecordBatch, str], A
         report.batches += 1
         if on_batch is not None:
             on_batch(batch.num_rows)
+        if limit_rows is not None and report.rows >= limit_rows:
+            break
     return report

@@ -1,0 +1,21 @@
+"""What every flow shares: task settings that keep data out of Prefect, and opening the workspace.
+
+Tasks take and return paths, names, hashes and counts; the keyring is opened inside each task
+from the workspace (never passed as a parameter), and no task result is persisted or cached.
+"""
+
+from __future__ import annotations
+
+from prefect.cache_policies import NO_CACHE
+
+from iae_privacy.keyring import Keyring
+from iae_privacy.workspace import Workspace
+
+SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}
+"""Settings for every task: results stay in memory, never in Prefect's storage or database."""
+
+
+def open_workspace(home: str) -> tuple[Workspace, Keyring]:
+    """The workspace and its keyring (a passphrase, if any, comes from IAE_PASSPHRASE)."""
+    workspace = Workspace.at(home)
+    return workspace, workspace.keyring()
