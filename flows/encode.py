@@ -53,6 +53,7 @@ def commit_parts(records: list[dict], out: str, model: str, home: str, dataset: 
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
     manifest = EncodedDataset(out).commit([PartRecord(**r) for r in records], keyring, dataset, name, version)
+    workspace.register_dataset(out)  # so that key rotation reaches its vault parts
     return {"parts": len(manifest.parts), "rows": sum(p.rows for p in manifest.parts)}
 
 

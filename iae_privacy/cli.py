@@ -269,6 +269,19 @@ def keys_init_command(
                   "keep a backup of this folder: without it nothing sealed can be opened")
 
 
+def _protected_by_version(workspace) -> dict[int, int]:
+    """Sealed files (model bundles and vault parts) per key version."""
+    from iae_privacy.store import EncodedDataset
+
+    counts: dict[int, int] = {}
+    for _, header in workspace.models.headers():
+        counts[header.key_version] = counts.get(header.key_version, 0) + 1
+    for folder in workspace.datasets():
+        for version, n in EncodedDataset(folder).vault_key_versions().items():
+            counts[version] = counts.get(version, 0) + n
+    return counts
+
+
 @keys_app.command("status")
 def keys_status_command() -> None:
     """Show the key versions, what each still protects, and warnings."""
@@ -278,22 +291,22 @@ def keys_status_command() -> None:
 
     workspace = _workspace()
     keyring = _keyring()
-    sealed = workspace.models.headers()
+    protected = _protected_by_version(workspace)
     table = Table(title=f"keyring {keyring.folder}")
-    for heading in ("version", "status", "created", "source", "passphrase", "model bundles"):
+    for heading in ("version", "status", "created", "source", "passphrase", "protects"):
         table.add_column(heading)
     warnings = []
     for v in keyring.versions:
-        count = sum(1 for _, h in sealed if h.key_version == v.number)
+        count = protected.get(v.number, 0)
         source = "environment" if os.environ.get(ENV_MASTER_KEY.format(version=v.number)) else "file"
         status = v.status + (" (current)" if v.number == keyring.current else "")
         table.add_row(f"v{v.number}", status, v.created, "-" if v.status == "retired" else source,
-                      "yes" if v.passphrase else "no", str(count))
+                      "yes" if v.passphrase else "no", f"{count} sealed file(s)")
         if v.status == "retired" and count:
-            warnings.append(f"{count} model bundle(s) are sealed under retired key version {v.number} "
+            warnings.append(f"{count} sealed file(s) are under retired key version {v.number} "
                             "and can no longer be opened")
         elif v.number != keyring.current and count:
-            warnings.append(f"{count} model bundle(s) are still sealed under key version {v.number}; "
+            warnings.append(f"{count} sealed file(s) are still under key version {v.number}; "
                             "'keys rotate' re-wraps everything under a new current version")
     console.print(table)
     for warning in warnings:
@@ -314,9 +327,13 @@ def keys_rotate_command() -> None:
     passphrase = None
     if keyring.version(keyring.current).passphrase:
         passphrase = os.environ.get("IAE_PASSPHRASE") or _ask_passphrase()
+    from iae_privacy.store import EncodedDataset
+
     number = keyring.rotate(passphrase)
     changed = workspace.models.rewrap_all(keyring)
-    console.print(f"key version {number} is now current; {changed} model bundle(s) re-wrapped")
+    parts = sum(EncodedDataset(folder).rewrap_all(keyring) for folder in workspace.datasets())
+    console.print(f"key version {number} is now current; {changed} model bundle(s) and {parts} vault "
+                  "part(s) re-wrapped")
 
 
 @keys_app.command("retire")
@@ -329,9 +346,9 @@ def keys_retire_command(
     keyring = _keyring()
     if version == keyring.current or keyring.version(version).status == "retired":
         keyring.retire(version)  # refuses, saying why
-    count = sum(1 for _, h in workspace.models.headers() if h.key_version == version)
+    count = _protected_by_version(workspace).get(version, 0)
     if count and not force:
-        raise IaeError(f"{count} model bundle(s) are still sealed under key version {version}; run "
+        raise IaeError(f"{count} sealed file(s) (model bundles, vault parts) are still under key version {version}; run "
                        "'iae-privacy keys rotate' first to re-wrap them, or pass --force to lose them")
     keyring.retire(version)
     console.print(f"key version {version} retired")

@@ -19,6 +19,7 @@ Files are written to a temporary name and renamed: a sealed file is whole or abs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -29,7 +30,8 @@ from iae_privacy import crypto
 from iae_privacy.errors import IaeError
 from iae_privacy.keyring import Keyring, Purpose, write_private
 
-__all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed"]
+__all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
+           "content_sha256"]
 
 _U32 = struct.Struct("<I")
 
@@ -123,6 +125,18 @@ def read_sealed_header(path: Path, magic: bytes, what: str) -> tuple[dict[str, A
     except FileNotFoundError:
         raise SealedFileError(f"{path}: no such {what}") from None
     return doc, key_version
+
+
+def content_sha256(path: Path, magic: bytes, what: str) -> str:
+    """SHA-256 of everything but the key envelope: what a manifest records, since rotation
+    rewrites the envelope and nothing else."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        header, _, _, _ = _read_preamble(f, path, magic, what)
+        digest.update(magic + _U32.pack(len(header)) + header)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_sealed_file(path: Path, magic: bytes, purpose: Purpose, key_aad: Callable[[dict], bytes],

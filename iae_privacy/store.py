@@ -35,7 +35,7 @@ from iae_privacy.codec import EncodedBatch, Role, read_batches
 from iae_privacy.errors import IaeError
 from iae_privacy.keyring import Keyring, Purpose, write_private
 from iae_privacy.pipeline import LatentBatch, Model
-from iae_privacy.sealed import open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
 from iae_privacy.tokens import Tokenizer
 
 __all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "file_sha256"]
@@ -73,6 +73,7 @@ class PartRecord:
     latent_sha256: str
     vault: str
     vault_sha256: str
+    """Of the vault part less its key envelope, which key rotation rewrites."""
 
 
 @dataclass
@@ -209,7 +210,11 @@ class EncodedDataset:
             raise
         return PartRecord(part, str(source), source_sha256, counts["rows"], counts["batches"],
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
-                          str(vault_path.relative_to(self.folder)), file_sha256(vault_path))
+                          str(vault_path.relative_to(self.folder)), self._vault_sha256(vault_path))
+
+    @staticmethod
+    def _vault_sha256(path: Path) -> str:
+        return content_sha256(path, VAULT_MAGIC, "vault part")
 
     @staticmethod
     def _vault_key_aad(doc: dict) -> bytes:
@@ -253,12 +258,16 @@ class EncodedDataset:
 
     def verify_part(self, record: PartRecord) -> None:
         """Refuse a part whose files are missing or differ from what the manifest recorded."""
-        for rel, expected, what in ((record.latent, record.latent_sha256, "latent"),
-                                    (record.vault, record.vault_sha256, "vault")):
+        for rel, expected, what, digest in ((record.latent, record.latent_sha256, "latent", file_sha256),
+                                            (record.vault, record.vault_sha256, "vault", self._vault_sha256)):
             path = self.folder / rel
             if not path.exists():
                 raise StoreError(f"{what} part {path} listed in the manifest is missing")
-            if file_sha256(path) != expected:
+            try:
+                matches = digest(path) == expected
+            except SealedFileError:
+                matches = False
+            if not matches:
                 raise StoreError(f"{what} part {path} differs from the manifest: altered or swapped")
 
     def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str) -> Iterator[pa.RecordBatch]:

@@ -1,16 +1,18 @@
 """A workspace: the folder where keys/, models/ (and later the audit log) live.
 
-``--home DIR`` or ``IAE_HOME``; the current folder by default.
+``--home DIR`` or ``IAE_HOME``; the current folder by default. ``datasets.json`` lists the encoded
+dataset folders made with it, wherever they are, so that key rotation reaches their vault parts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from iae_privacy.keyring import Keyring
+from iae_privacy.keyring import Keyring, write_private
 from iae_privacy.registry import ModelRegistry
 
 __all__ = ["Workspace", "ENV_HOME"]
@@ -36,3 +38,19 @@ class Workspace:
 
     def keyring(self, passphrase: Callable[[], str] | None = None) -> Keyring:
         return Keyring.open(self.keys, passphrase)
+
+    @property
+    def _datasets_file(self) -> Path:
+        return self.home / "datasets.json"
+
+    def datasets(self) -> list[Path]:
+        """Encoded dataset folders made with this workspace (that still exist)."""
+        if not self._datasets_file.exists():
+            return []
+        return [Path(p) for p in json.loads(self._datasets_file.read_text()) if Path(p).exists()]
+
+    def register_dataset(self, folder: str | Path) -> None:
+        folder = str(Path(folder).resolve())
+        known = [str(p) for p in self.datasets()]
+        if folder not in known:
+            write_private(self._datasets_file, json.dumps(sorted(known + [folder]), indent=1).encode())

@@ -45,7 +45,7 @@ def test_keys_train_models_rotate_retire(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert "sealed hi:v1" in result.output and (tmp_path / "models" / "hi" / "v1.iae").exists()
     assert "hi" in run("models", home=tmp_path).output
-    assert "key version 2 is now current; 1 model bundle(s) re-wrapped" in run("keys", "rotate", home=tmp_path).output
+    assert "key version 2 is now current; 1 model bundle(s) and 0 vault part(s) re-wrapped" in run("keys", "rotate", home=tmp_path).output
     assert run("keys", "retire", "1", home=tmp_path).exit_code == 0
     status = run("keys", "status", home=tmp_path).output
     assert "retired" in status and "current" in status

@@ -1,0 +1,167 @@
+"""The encoded dataset on disk: exact restore, idempotent reruns, nothing half-written, tampering refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from iae_privacy.codec import CodecConfig, Role
+from iae_privacy.exactness import first_difference
+from iae_privacy.keyring import Keyring, WrongKeyError
+from iae_privacy.network.train import TrainConfig
+from iae_privacy.pipeline import fit_model
+from iae_privacy.registry import transform_key
+from iae_privacy.samples import write_synthetic_patients
+from iae_privacy.sealed import SealedFileError
+from iae_privacy.store import ROW_ID, EncodedDataset, StoreError
+
+DATASET = "patients"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    keyring = Keyring.init(root / "keys")
+    sources = root / "landing"
+    write_synthetic_patients(sources / "a.parquet", 9_000, seed=1, row_group_size=4_000)
+    write_synthetic_patients(sources / "b.parquet", 5_000, seed=2, row_group_size=4_000)
+    model, _ = fit_model(sources / "a.parquet", transform_key(keyring, "p", 1),
+                         CodecConfig(roles={"sex": Role.PASSTHROUGH}), TrainConfig(epochs=1))
+    return root, keyring, sources, model
+
+
+def encode_all(folder, keyring, sources, model, batch_size=3_000):
+    dataset = EncodedDataset(folder)
+    todo = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    records = [dataset.encode_source(s, part, model, "p", 1, keyring, DATASET, digest, batch_size)
+               for s, digest, part in todo]
+    dataset.commit(records, keyring, DATASET, "p", 1)
+    return dataset, records
+
+
+def test_every_part_restores_bit_for_bit_with_owner_only_output(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    from iae_privacy.codec import read_batches
+
+    assert [r.rows for r in records] == [9_000, 5_000]
+    assert [r.batches for r in records] == [len(list(read_batches(sources / n, 3_000))) for n in ("a.parquet", "b.parquet")]
+    rows = dataset.decode_all(model, keyring, tmp_path / "restored")
+    assert rows == 14_000
+    for record, name in zip(records, ("a", "b")):
+        restored = tmp_path / "restored" / f"part-{record.part:05d}-{name}.parquet"
+        assert stat.S_IMODE(os.stat(restored).st_mode) == 0o600
+        assert first_difference(pq.read_table(sources / f"{name}.parquet"), pq.read_table(restored)) is None
+
+
+def test_latent_parts_hold_tokens_and_z_public_but_no_raw_identifiers(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    latent = pq.read_table(tmp_path / "enc" / records[0].latent)
+    source = pq.read_table(sources / "a.parquet")
+    assert latent.column(ROW_ID).to_pylist()[:2] == [records[0].part << 32, (records[0].part << 32) + 1]
+    assert latent.column("sex").equals(source.column("sex"))  # passthrough, unchanged
+    emails = set(source.column("email").drop_null().to_pylist())
+    assert not emails & set(latent.column("email").drop_null().to_pylist())
+    raw = (tmp_path / "enc" / records[0].latent).read_bytes() + (tmp_path / "enc" / records[0].vault).read_bytes()
+    for value in source.column("national_id").to_pylist()[:200]:
+        assert value.encode() not in raw
+    assert latent.schema.metadata[b"iae.model"] == b"p"
+
+
+def test_rerun_skips_what_is_encoded(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
+    assert dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1) == []
+    copy = tmp_path / "more"
+    copy.mkdir()
+    shutil.copy(sources / "a.parquet", copy / "same-content.parquet")
+    assert dataset.plan([copy / "same-content.parquet"], keyring, DATASET, "p", 1) == []
+
+
+def test_a_run_killed_mid_part_leaves_nothing_and_the_next_run_finishes(setup, tmp_path, monkeypatch):
+    _, keyring, sources, model = setup
+    dataset = EncodedDataset(tmp_path / "enc")
+    todo = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    real_encode, calls = model.encode, []
+
+    def dies_on_the_second_batch(batch, source=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_encode(batch, source)
+
+    monkeypatch.setattr(model, "encode", dies_on_the_second_batch)
+    source, digest, part = todo[0]
+    with pytest.raises(KeyboardInterrupt):
+        dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000)
+    monkeypatch.setattr(model, "encode", real_encode)
+    assert not (tmp_path / "enc" / "manifest.json").exists()
+    assert [p.name for p in (tmp_path / "enc").rglob("*") if p.is_file()] == []  # no part, no temporary
+    # a stray left by a kill between the two renames is cleared by the next plan
+    (tmp_path / "enc" / "latent" / "part-00001.parquet").write_bytes(b"half")
+    encode_all(tmp_path / "enc", keyring, sources, model)
+    assert EncodedDataset(tmp_path / "enc").decode_all(model, keyring, tmp_path / "out") == 14_000
+
+
+@pytest.mark.parametrize("damage", ["latent-bytes", "vault-bytes", "vault-swapped", "latent-missing",
+                                    "manifest-edited", "vault-truncated"])
+def test_tampered_datasets_are_refused_before_anything_is_written(setup, tmp_path, damage):
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    enc = tmp_path / "enc"
+    a_latent, a_vault, b_vault = enc / records[0].latent, enc / records[0].vault, enc / records[1].vault
+    if damage == "latent-bytes":
+        data = bytearray(a_latent.read_bytes())
+        data[len(data) // 2] ^= 1
+        a_latent.write_bytes(bytes(data))
+    elif damage == "vault-bytes":
+        data = bytearray(a_vault.read_bytes())
+        data[-10] ^= 1
+        a_vault.write_bytes(bytes(data))
+    elif damage == "vault-swapped":
+        a, b = a_vault.read_bytes(), b_vault.read_bytes()
+        a_vault.write_bytes(b)
+        b_vault.write_bytes(a)
+    elif damage == "latent-missing":
+        a_latent.unlink()
+    elif damage == "manifest-edited":
+        text = (enc / "manifest.json").read_text().replace('"rows": 9000', '"rows": 9001')
+        (enc / "manifest.json").write_text(text)
+    elif damage == "vault-truncated":
+        a_vault.write_bytes(a_vault.read_bytes()[:-100])
+    with pytest.raises(StoreError):
+        dataset.decode_all(model, keyring, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_vault_that_still_hashes_right_must_also_authenticate(setup, tmp_path):
+    """Defence in depth: even with the manifest hash check bypassed, a swapped vault part fails."""
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    shutil.copy(tmp_path / "enc" / records[1].vault, tmp_path / "enc" / records[0].vault)
+    with pytest.raises((StoreError, SealedFileError, WrongKeyError)):
+        list(dataset.decode_part(records[0], model, keyring, DATASET))
+
+
+def test_manifest_signed_by_another_keyring_is_refused(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
+    with pytest.raises(StoreError, match="fails its signature"):
+        dataset.read_manifest(Keyring.init(tmp_path / "other-keys"))
+
+
+def test_rotation_rewraps_vault_parts_and_they_still_restore(setup, tmp_path):
+    root, _, sources, model = setup
+    keyring = Keyring.open(root / "keys")
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
+    before = dataset.vault_key_versions()
+    keyring.rotate()
+    assert dataset.rewrap_all(keyring) == 2
+    assert dataset.vault_key_versions() == {keyring.current: 2} != before
+    assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
