@@ -38,7 +38,7 @@ def test_user_mistakes_are_one_line_errors_not_tracebacks(monkeypatch, capsys, t
     assert code == 2 and "no keyring in" in out and "keys init" in out
 
 
-def test_keys_train_models_rotate_retire(tmp_path, data_dir):
+def test_keys_train_models_rotate_retire(tmp_path, data_dir, prefect_harness):
     assert run("keys", "init", home=tmp_path).exit_code == 0
     result = run("train", str(data_dir / "health_insurance.parquet"), "--model", "hi", "--epochs", "2",
                  home=tmp_path)

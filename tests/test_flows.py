@@ -1,0 +1,81 @@
+"""The Prefect flows run the product end to end, and Prefect never sees a sensitive value."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from iae_privacy.exactness import first_difference
+from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.samples import write_synthetic_patients
+
+
+def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness):
+    from flows.decode import decode_flow
+    from flows.encode import encode_flow
+    from flows.train import train_flow
+
+    Keyring.init(tmp_path / "keys")
+    landing = tmp_path / "landing"
+    write_synthetic_patients(landing / "day1.parquet", 4_000, seed=1)
+    home = str(tmp_path)
+    trained = train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=2)
+    assert trained["version"] == 1 and trained["features"]
+    first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+    assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
+
+    write_synthetic_patients(landing / "day2.parquet", 2_500, seed=2)
+    second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+    assert (second["encoded_parts"], second["skipped_sources"], second["rows"]) == (1, 1, 6_500)
+
+    restored = decode_flow(encoded=str(tmp_path / "enc"), out=str(tmp_path / "restored"), home=home)
+    assert restored["restored_rows"] == 6_500
+    for part, name in ((1, "day1"), (2, "day2")):
+        got = pq.read_table(tmp_path / "restored" / f"part-{part:05d}-{name}.parquet")
+        assert first_difference(pq.read_table(landing / f"{name}.parquet"), got) is None
+
+
+def test_the_library_never_imports_prefect():
+    code = ("import sys, importlib, pkgutil, iae_privacy\n"
+            "for m in pkgutil.walk_packages(iae_privacy.__path__, 'iae_privacy.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print(sorted(n for n in sys.modules if n == 'prefect' or n.startswith('prefect.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
+    """train → encode → decode through the CLI with a private PREFECT_HOME, then scan all of it."""
+    home, prefect_home = tmp_path / "ws", tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "IAE_HOME": str(home),
+           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    source = write_synthetic_patients(home / "landing" / "patients.parquet", 3_000, seed=5)
+    cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()"]
+    for args in (["keys", "init"], ["train", str(source), "--model", "pat", "--epochs", "2"],
+                 ["encode", str(source), "--model", "pat", "--out", str(home / "enc")],
+                 ["decode", str(home / "enc"), "--out", str(home / "restored.parquet")]):
+        result = subprocess.run(cli + args, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+    files = [p for p in prefect_home.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in files), "Prefect's database should be under PREFECT_HOME"
+    stored = b"".join(p.read_bytes() for p in files)
+
+    table = pq.read_table(source)
+    needles = set()
+    for column in ("full_name", "email", "national_id", "patient_id", "notes"):
+        needles |= {v.encode() for v in table.column(column).drop_null().to_pylist()[:300]}
+    found = [n for n in needles if n in stored]
+    assert found == []
+    keyring = Keyring.open(home / "keys")
+    secrets = [keyring.subkey(p) for p in Purpose] + [keyring.master(1), (home / "keys" / "master-v1.key").read_bytes()]
+    for secret in secrets:
+        for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
+            assert form not in stored
