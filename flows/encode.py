@@ -2,6 +2,8 @@
 
 Plan (skip what is already encoded, clear what a killed run left) → encode each source in its own
 task (mapped: a thread pool by default, a Dask cluster with prefect-dask) → commit the manifest.
+On a Dask cluster every worker must see the workspace and the data at the same paths (a shared
+file system); tasks still pass only paths, and each opens the keyring itself.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def commit_parts(records: list[dict], out: str, model: str, home: str, dataset: 
     manifest = EncodedDataset(out).commit([PartRecord(**r) for r in records], keyring, dataset, name, version)
     workspace.register_dataset(out)  # so that key rotation reaches its vault parts
     return {"parts": len(manifest.parts), "rows": sum(p.rows for p in manifest.parts)}
+
+
+def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
+               runner: str = "local", dask_address: str | None = None) -> dict:
+    """Run :func:`encode_flow` on the local thread pool or on a Dask cluster (``runner="dask"``:
+    the cluster at ``dask_address``, or a temporary local one with two worker processes)."""
+    if runner == "local":
+        return encode_flow(source, model, out, home, dataset)
+    if runner != "dask":
+        raise IaeError(f"runner must be local or dask, got {runner!r}")
+    from prefect_dask import DaskTaskRunner
+
+    task_runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True})
+    return encode_flow.with_options(task_runner=task_runner)(source, model, out, home, dataset)
 
 
 @flow(name="iae-encode")

@@ -401,18 +401,22 @@ def encode_command(
     source: Annotated[Path, typer.Argument(help="A Parquet file, or a folder of them.")],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME (latest version) or NAME:vN.")],
     out: Annotated[Path, typer.Option(help="The encoded dataset folder (created or extended).")],
+    runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask).")] = "local",
+    dask_address: Annotated[Optional[str], typer.Option(
+        help="Scheduler address of a running Dask cluster; default a temporary local one.")] = None,
 ) -> None:
     """Encode SOURCE into an encoded dataset: latent/ for analysts, vault/ sealed, manifest.json signed.
 
     Runs the Prefect flow 'iae-encode'. Sources already encoded with the same model version are
     skipped; a run killed at any point leaves nothing half-written, and the next run finishes the job.
     """
-    from flows.encode import encode_flow, sources_of
+    from flows.encode import run_encode, sources_of
 
     sources_of(str(source))
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
-    result = encode_flow(source=str(source), model=model, out=str(out), home=str(workspace.home))
+    result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
+                        dask_address=dask_address)
     console.print(f"encoded {result['encoded_rows']:,} rows in {result['encoded_parts']} new part(s), "
                   f"skipped {result['skipped_sources']} source(s) already encoded; {out} now holds "
                   f"{result['parts']} part(s), {result['rows']:,} rows")

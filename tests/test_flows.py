@@ -79,3 +79,27 @@ def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
     for secret in secrets:
         for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
             assert form not in stored
+
+
+@pytest.mark.slow
+def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harness):
+    from distributed import LocalCluster
+
+    from flows.encode import run_encode
+    from flows.train import train_flow
+
+    Keyring.init(tmp_path / "keys")
+    landing = tmp_path / "landing"
+    for day in range(3):
+        write_synthetic_patients(landing / f"day{day}.parquet", 1_500, seed=day)
+    home = str(tmp_path)
+    train_flow(data=str(landing / "day0.parquet"), model="pat", home=home, epochs=1)
+    local = run_encode(str(landing), "pat", str(tmp_path / "local"), home, dataset="patients")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        distributed = run_encode(str(landing), "pat", str(tmp_path / "dask"), home, dataset="patients",
+                                 runner="dask", dask_address=cluster.scheduler_address)
+    assert local == distributed and local["encoded_parts"] == 3
+    for part in (1, 2, 3):
+        a = pq.read_table(tmp_path / "local" / "latent" / f"part-{part:05d}.parquet")
+        b = pq.read_table(tmp_path / "dask" / "latent" / f"part-{part:05d}.parquet")
+        assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)
