@@ -439,6 +439,37 @@ def decode_command(
     console.print(f"restored {result['restored_rows']:,} rows to {out}")
 
 
+@app.command("serve")
+def serve_command(
+    landing: Annotated[Path, typer.Argument(help="The landing folder new Parquet files arrive in.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name (its latest version is used).")],
+    out: Annotated[Path, typer.Option(help="The encoded dataset folder the landing folder feeds.")],
+    cron: Annotated[str, typer.Option(help="When to encode new files (cron, server time zone).")] = "*/15 * * * *",
+    retrain_cron: Annotated[Optional[str], typer.Option(help="When to retrain, if at all (cron).")] = None,
+    retrain_data: Annotated[Optional[Path], typer.Option(help="The file to retrain from.")] = None,
+) -> None:
+    """Serve scheduled deployments: encode LANDING on a cron schedule (each new file once), and
+    optionally retrain the model. Needs a Prefect server: run 'prefect server start' and set
+    PREFECT_API_URL first. Runs until interrupted (Ctrl-C)."""
+    import os
+
+    from prefect import serve
+
+    from flows.serve import build_deployments
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise IaeError("schedules need a Prefect server: run 'prefect server start' in another terminal, "
+                       "then set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    if retrain_cron and retrain_data is None:
+        raise IaeError("--retrain-cron needs --retrain-data")
+    workspace = _workspace()
+    workspace.keyring(_ask_passphrase)
+    workspace.models.resolve(model)
+    deployments = build_deployments(str(landing), model, str(out), str(workspace.home), cron, retrain_cron,
+                                    str(retrain_data) if retrain_data else None)
+    serve(*deployments)
+
+
 @app.command("models")
 def models_command() -> None:
     """List the sealed models in the workspace (reads headers only: no key needed)."""

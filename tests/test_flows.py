@@ -103,3 +103,29 @@ def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harnes
         a = pq.read_table(tmp_path / "local" / "latent" / f"part-{part:05d}.parquet")
         b = pq.read_table(tmp_path / "dask" / "latent" / f"part-{part:05d}.parquet")
         assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)
+
+
+def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect_harness):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from flows.serve import build_deployments
+
+    deployments = build_deployments(str(tmp_path / "landing"), "pat", str(tmp_path / "enc"), str(tmp_path),
+                                    cron="0 * * * *", retrain_cron="0 3 * * 0",
+                                    retrain_data=str(tmp_path / "train.parquet"))
+    assert [d.name for d in deployments] == ["encode-enc", "retrain-pat"]
+    ids = [d.apply() for d in deployments]
+
+    async def read():
+        async with get_client() as client:
+            return [await client.read_deployment(i) for i in ids]
+
+    encode, retrain = asyncio.run(read())
+    assert encode.parameters == {"source": str((tmp_path / "landing").resolve()), "model": "pat",
+                                 "out": str((tmp_path / "enc").resolve()), "home": str(tmp_path.resolve()),
+                                 "dataset": "enc"}
+    assert encode.schedules[0].schedule.cron == "0 * * * *"
+    assert retrain.schedules[0].schedule.cron == "0 3 * * 0" and retrain.parameters["model"] == "pat"
+    assert all(isinstance(v, str) for d in (encode, retrain) for v in d.parameters.values())
