@@ -10,6 +10,7 @@ from iae_privacy.codec import CodecConfig
 from iae_privacy.network.train import TrainConfig
 from iae_privacy.pipeline import fit_model
 from iae_privacy.registry import transform_key
+from iae_privacy.report import plot_loss
 from iae_privacy.verify import verify_roundtrip
 
 
@@ -30,9 +31,11 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
     if not check.exact:
         raise AssertionError(f"{model}:v{version} does not restore {data} exactly: {check.difference}")
     path = registry.save(trained, model, version, keyring, report)
+    curve = plot_loss(report.history, path.with_suffix(".loss.png"), f"{model}:v{version}")
     logger.info("sealed %s:v%d (%d validation rows restored bit for bit)", model, version,
                 report.exact_rows_checked)
-    return {"model": model, "version": version, "path": str(path), "device": report.device,
+    return {"model": model, "version": version, "path": str(path), "loss_curve": str(curve),
+            "device": report.device,
             "epochs": len(report.history), "best_epoch": report.best_epoch,
             "public_dims": trained.network.config.public_dims,
             "features": [{"name": f.name, "levels": f.levels, "exact_match": f.exact_match, "r2": f.r2}
@@ -51,7 +54,7 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
         key=f"train-{result['model']}".lower().replace("_", "-").replace(".", "-"),
         markdown=(f"# {result['model']}:v{result['version']}\n\n"
                   f"device {result['device']}, {result['epochs']} epochs (best {result['best_epoch']}), "
-                  f"{result['public_dims']} public latent columns\n\n"
+                  f"{result['public_dims']} public latent columns; loss curve: {result['loss_curve']}\n\n"
                   "| feature | levels | exact from z_public | R2 from z_public |\n| --- | --- | --- | --- |\n"
                   + rows),
         description="What z_public alone reconstructs, per feature (validation rows)")

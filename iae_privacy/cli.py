@@ -393,7 +393,7 @@ def train_command(
         table.add_row(f["name"], str(f["levels"]), f"{f['exact_match']:.1%}", f"{f['r2']:.2f}")
     console.print(table)
     console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, best "
-                  f"epoch {result['best_epoch']} of {result['epochs']})")
+                  f"epoch {result['best_epoch']} of {result['epochs']}); loss curve {result['loss_curve']}")
 
 
 @app.command("encode")

@@ -27,6 +27,7 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     home = str(tmp_path)
     trained = train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=2)
     assert trained["version"] == 1 and trained["features"]
+    assert Path(trained["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
     assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
 
