@@ -180,23 +180,26 @@ def generate_patients_command(
 @app.command("demo")
 def demo_command(
     data_dir: Annotated[Path, typer.Option("--data", help="Folder of sample Parquet files.")] = REPO_DATA,
-    work: Annotated[Path, typer.Option(help="Folder for what the demo writes.")] = Path("work/demo"),
+    work: Annotated[Path, typer.Option(help="Workspace for what the demo writes.")] = Path("work/demo"),
     patients: Annotated[int, typer.Option(help="Rows of synthetic patients to generate.")] = 100_000,
     epochs: Annotated[int, typer.Option(help="Training epochs per dataset (early stopping may end sooner).")] = 30,
     seconds: Annotated[float, typer.Option(help="Training time limit per dataset.")] = 20.0,
 ) -> None:
     """The main job, end to end on the bundled samples and a synthetic patients table.
 
-    In the workspace WORK (a keyring is created there on the first run): for each dataset, fit the
-    lossless codec, train the keyed exactly invertible network, seal it as a model bundle, open the
-    bundle again, encode every record batch to latents with the reopened model and decode it back,
-    checking every bit. Reports how much of each dataset z_public alone carries. (The latent store,
-    query and the audited decode join as they land.)
+    In the workspace WORK (a keyring is created there on the first run), through the Prefect flows:
+    for each dataset, train and seal a model (iae-train), encode the file into an encoded dataset
+    (iae-encode: latent table, sealed vault, signed manifest), restore it (iae-decode), and check
+    that every bit came back. Shows what an analyst's latent table looks like. (Queries and the
+    access-controlled decode join as they land.)
     """
+    import pyarrow.parquet as pq
+
+    from flows.decode import decode_flow
+    from flows.encode import run_encode
+    from flows.train import train_flow
+    from iae_privacy.exactness import first_difference
     from iae_privacy.keyring import Keyring
-    from iae_privacy.network.train import TrainConfig
-    from iae_privacy.pipeline import fit_model
-    from iae_privacy.registry import transform_key
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
     from iae_privacy.workspace import Workspace
 
@@ -205,43 +208,48 @@ def demo_command(
         raise IaeError(f"{data_dir}: no sample Parquet files found")
     workspace = Workspace.at(work)
     if (workspace.keys / "keyring.json").exists():
-        keyring = workspace.keyring(_ask_passphrase)
+        workspace.keyring(_ask_passphrase)
     else:
-        keyring = Keyring.init(workspace.keys)
+        Keyring.init(workspace.keys)
         console.print(f"created a keyring in {workspace.keys}")
-    datasets["patients"] = write_synthetic_patients(work / "patients.parquet", patients, seed=0)
-    registry = workspace.models
-    summary = Table(title="train, seal, reopen, encode, decode: every bit back?")
-    for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "enc/s", "dec/s", "exact"):
-        summary.add_column(heading, justify="left" if heading == "dataset" else "right")
+    home = str(workspace.home)
+    datasets["patients"] = write_synthetic_patients(workspace.home / "landing" / "patients.parquet", patients, seed=0)
+    summary = Table(title="train → seal → encode → decode: every bit back?")
+    for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "model", "exact"):
+        summary.add_column(heading, justify="left" if heading in ("dataset", "model") else "right")
     failures = []
     for name, path in datasets.items():
-        version = registry.next_version(name)
-        console.print(f"[bold]{name}[/]: training {name}:v{version}", highlight=False)
-        trained, report = fit_model(
-            path, transform_key(keyring, name, version), _config_for(path, None),
-            TrainConfig(epochs=epochs, max_seconds=seconds),
-            on_epoch=lambda s: console.print(
-                f"  epoch {s.epoch:>3}  loss {s.train_loss:9.4f}  validation {s.validation_loss:9.4f}  "
-                f"{s.rows_per_second:,.0f} rows/s", highlight=False))
-        sealed = registry.save(trained, name, version, keyring, report)
-        model = registry.load(f"{name}:v{version}", keyring).model
-        console.print(f"  sealed to {sealed} and reopened", highlight=False)
-        with progress(f"  encode + decode {path.name}", _rows(path)) as advance:
-            check = verify_roundtrip(path, model.encode, model.decode, on_batch=advance)
-        r2 = sum(max(f.r2, 0.0) for f in report.features) / max(len(report.features), 1)
-        summary.add_row(name, f"{check.rows:,}", str(len(model.codec.feature_names)),
-                        str(model.network.config.public_dims), str(len(report.history)), f"{r2:.2f}",
-                        _si(check.rate(check.encode_seconds)), _si(check.rate(check.decode_seconds)),
-                        "yes" if check.exact else "NO")
-        if not check.exact:
-            failures.append(f"{name}: {check.difference}")
+        console.print(f"[bold]{name}[/]", highlight=False)
+        trained = train_flow(data=str(path), model=name, home=home, epochs=epochs,
+                             config=_config_path(path, None), seconds=seconds)
+        spec = f"{name}:v{trained['version']}"
+        encoded, restored = workspace.home / "encoded" / f"{name}-v{trained['version']}", \
+            workspace.home / "restored" / f"{name}-v{trained['version']}.parquet"
+        run_encode(str(path), spec, str(encoded), home)
+        decode_flow(encoded=str(encoded), out=str(restored), home=home)
+        difference = first_difference(pq.read_table(path), pq.read_table(restored))
+        r2 = sum(max(f["r2"], 0.0) for f in trained["features"]) / max(len(trained["features"]), 1)
+        summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained["features"])),
+                        str(trained["public_dims"]), str(trained["epochs"]), f"{r2:.2f}", spec,
+                        "yes" if difference is None else "NO")
+        if difference is not None:
+            failures.append(f"{name}: {difference}")
     console.print(summary)
-    console.print("feat: network features; public: z_public columns; R2: mean over features of how well z_public alone (z_detail at its prior "
-                  "mean) reconstructs each feature's code, clipped at 0.", highlight=False)
+    console.print("feat: network features; public: z_public columns; R2: mean over features of how well "
+                  "z_public alone (z_detail at its prior mean) reconstructs each feature's code, clipped at 0.",
+                  highlight=False)
+    latent = pq.read_table(next((workspace.home / "encoded").glob("patients-v*")) / "latent" / "part-00001.parquet")
+    peek = Table(title=f"what an analyst gets: patients latent table, {latent.num_columns} columns "
+                 "(a few shown; tokens cut short)")
+    shown = latent.column_names[:3] + [n for n in latent.column_names if n.startswith("z_public_")][:3]
+    for column in shown:
+        peek.add_column(column, no_wrap=True)
+    for row in latent.select(shown).slice(0, 3).to_pylist():
+        peek.add_row(*(v[:10] + "…" if isinstance(v, str) else str(v) for v in row.values()))
+    console.print(peek)
     if failures:
         raise IaeError("round trip not bit-identical:\n  " + "\n  ".join(failures))
-    console.print("demo finished: every dataset restored bit for bit")
+    console.print(f"demo finished: every dataset restored bit for bit; workspace {workspace.home}")
 
 
 @keys_app.command("init")
@@ -483,6 +491,10 @@ def models_command() -> None:
 
 
 def main() -> None:
+    import os
+
+    # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         app()
     except IaeError as exc:

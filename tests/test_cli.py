@@ -51,7 +51,7 @@ def test_keys_train_models_rotate_retire(tmp_path, data_dir, prefect_harness):
     assert "retired" in status and "current" in status
 
 
-def test_demo_runs_end_to_end_on_a_small_sample(tmp_path, data_dir):
+def test_demo_runs_end_to_end_on_a_small_sample(tmp_path, data_dir, prefect_harness):
     small = tmp_path / "data"
     small.mkdir()
     shutil.copy(data_dir / "health_insurance.parquet", small)
@@ -60,3 +60,4 @@ def test_demo_runs_end_to_end_on_a_small_sample(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert "every dataset restored bit for bit" in result.output
     assert (tmp_path / "work" / "models" / "patients" / "v1.iae").exists()
+    assert (tmp_path / "work" / "encoded" / "patients-v1" / "manifest.json").exists()
