@@ -12,13 +12,14 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec, keys, network
+from bench import codec, e2e, keys, network
 from bench.common import machine
 
 BENCHMARKS = {
     "codec": (codec.run, 1_000_000),
     "network": (network.run, 1_000_000),
     "keys": (keys.run, 1_000_000),
+    "e2e": (e2e.run, 1_000_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

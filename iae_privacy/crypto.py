@@ -70,9 +70,12 @@ def passphrase_key(passphrase: str, salt: bytes, n: int = SCRYPT_N, r: int = SCR
 def hmac_sha256_many(key: bytes, messages: list[bytes], length: int) -> bytes:
     """HMAC-SHA256 of every message, truncated to ``length`` bytes each, concatenated."""
     keyed = hmac.new(key, digestmod=hashlib.sha256)
+    # CPython keeps the OpenSSL HMAC object behind the stdlib wrapper; copying it directly skips
+    # three Python-level calls per value (a third of the cost). Same HMAC, same bytes.
+    base = getattr(keyed, "_hmac", None) or keyed
     out = []
     for message in messages:
-        h = keyed.copy()
+        h = base.copy()
         h.update(message)
         out.append(h.digest()[:length])
     return b"".join(out)

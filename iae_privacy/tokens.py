@@ -47,7 +47,18 @@ class Tokenizer:
         return self._keys[name]
 
     def tokens(self, array: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """A string array of tokens, null where ``array`` is null."""
+        """A string array of tokens, null where ``array`` is null.
+
+        Each distinct value is hashed once (identifiers such as names repeat), then spread back.
+        """
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if pa.types.is_dictionary(array.type) or not _hashable_by_arrow(array.type):
+            return self._tokens(array)
+        distinct = array.dictionary_encode()
+        return self._tokens(distinct.dictionary).take(distinct.indices)
+
+    def _tokens(self, array: pa.Array) -> pa.Array:
         cells = to_cells(array)
         n = len(cells)
         present = [c for c in cells if c is not None]
@@ -60,6 +71,14 @@ class Tokenizer:
         return pa.Array.from_buffers(pa.string(), n, [validity_buffer(valid), pa.py_buffer(offsets),
                                                       pa.py_buffer(hex_chars.tobytes())],
                                      null_count=int(n - valid.sum()))
+
+
+def _hashable_by_arrow(type_: pa.DataType) -> bool:
+    """Types whose equal values Arrow's dictionary_encode groups by their bytes (floats are
+    excluded: it groups -0.0 with 0.0 and all NaNs, which must keep distinct tokens)."""
+    return (pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
+            or pa.types.is_large_binary(type_) or pa.types.is_integer(type_) or pa.types.is_temporal(type_)
+            or pa.types.is_fixed_size_binary(type_))
 
 
 def _column_aad(dataset: str, part: str, column: str) -> bytes:

@@ -80,3 +80,19 @@ def test_vault_cells_restore_and_refuse_to_open_anywhere_else(keyring):
 
     with pytest.raises(WrongKeyError):
         VaultCells.opened(keyring, "patients", "part-00002", version, wrapped)  # key moved to another part
+
+
+def test_distinct_values_hashed_once_give_the_same_tokens_as_one_by_one(keyring):
+    tokenizer = Tokenizer(keyring)
+    values = pa.array(["a", "b", None, "a", "c", "b", None, "a"] * 50)
+    grouped = tokenizer.tokens(values)
+    one_by_one = tokenizer._tokens(values)
+    assert grouped.equals(one_by_one) and grouped.null_count == 100
+
+
+def test_float_identifiers_keep_signed_zero_and_nan_payloads_apart(keyring):
+    import numpy as np
+
+    bits = np.array([0, 1 << 63, 0x7FF8000000000000, 0x7FF8000000000001], dtype=np.uint64)
+    values = pa.Array.from_buffers(pa.float64(), 4, [None, pa.py_buffer(bits)])
+    assert len(set(Tokenizer(keyring).tokens(values).to_pylist())) == 4

@@ -1,0 +1,99 @@
+"""End to end: encode and decode an encoded dataset beside a plain Parquet copy; peak memory.
+
+Targets (issue 5): encode >= 0.5x and decode >= 0.5x the speed of a pyarrow read + write copy of
+the same file on 2 CPU cores; peak RSS encoding 10M rows within 1.2x of that at 1M rows.
+Library calls (what each flow task runs), so Prefect's start-up is not in the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.common import Result, best_of
+
+_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from iae_privacy.keyring import Keyring
+from iae_privacy.registry import ModelRegistry
+from iae_privacy.store import EncodedDataset
+home, source, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+keyring = Keyring.open(home / "keys")
+model = ModelRegistry(home / "models").load("bench", keyring).model
+dataset = EncodedDataset(out)
+t0 = time.perf_counter()
+if mode == "encode":
+    record = dataset.encode_source(source, 1, model, "bench", 1, keyring, "bench")
+    dataset.commit([record], keyring, "bench", "bench", 1)
+    rows = record.rows
+else:
+    rows = dataset.decode_all(model, keyring, out.with_name("restored.parquet"))
+seconds = time.perf_counter() - t0
+print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _prepare(folder: Path, rows: int) -> Path:
+    """A patients file of ``rows`` rows, written in chunks so that making it stays small."""
+    import pyarrow as pa  # noqa: F401
+
+    from iae_privacy.samples import synthetic_patients
+
+    path = folder / f"patients-{rows}.parquet"
+    chunk = 1_000_000
+    writer = None
+    for start in range(0, rows, chunk):
+        table = synthetic_patients(min(chunk, rows - start), seed=start // chunk)
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=100_000)
+    writer.close()
+    return path
+
+
+def run(rows: int) -> Result:
+    from iae_privacy.codec import CodecConfig
+    from iae_privacy.keyring import Keyring
+    from iae_privacy.network.train import TrainConfig
+    from iae_privacy.pipeline import fit_model
+    from iae_privacy.registry import ModelRegistry, transform_key
+
+    result = Result("e2e", "encoded dataset (latent + sealed vault + manifest) vs a Parquet copy, "
+                    "synthetic patients (17 columns, 6 of them identifiers)", rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        keyring = Keyring.init(tmp / "keys")
+        source = _prepare(tmp, rows)
+        model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
+                                  TrainConfig(epochs=1))
+        ModelRegistry(tmp / "models").save(model, "bench", 1, keyring, report)
+        copy = best_of(2, lambda: pq.write_table(pq.read_table(source), tmp / "copy.parquet"))
+        encode = _child(str(tmp), str(source), str(tmp / "enc"), "encode")
+        decode = _child(str(tmp), str(source), str(tmp / "enc"), "decode")
+        result.add("Parquet copy (read + write)", rows / copy, "rows/s")
+        result.add("encode", rows / encode["seconds"], "rows/s")
+        result.add("decode", rows / decode["seconds"], "rows/s")
+        enc_ratio = result.add("encode speed / copy speed", copy / encode["seconds"], "x")
+        dec_ratio = result.add("decode speed / copy speed", copy / decode["seconds"], "x")
+        result.add(f"peak RSS encoding {rows:,} rows", encode["peak_rss_mib"], "MiB")
+        big = rows * 10
+        big_source = _prepare(tmp, big)
+        big_encode = _child(str(tmp), str(big_source), str(tmp / "enc-big"), "encode")
+        result.add(f"peak RSS encoding {big:,} rows", big_encode["peak_rss_mib"], "MiB")
+        rss_ratio = result.add("peak RSS ratio (10x rows)", big_encode["peak_rss_mib"] / encode["peak_rss_mib"], "x")
+    result.target = ("encode and decode >= 0.5x the Parquet copy's speed; peak RSS at 10x the rows "
+                     "within 1.2x")
+    result.target_met = enc_ratio >= 0.5 and dec_ratio >= 0.5 and rss_ratio <= 1.2
+    return result
