@@ -381,20 +381,33 @@ class EncodedDataset:
         return rows
 
 
+RESTORED_ROW_GROUP = 262_144
+"""Rows per row group of a restored file: large groups write faster (a few batches' memory)."""
+
+
 def _write_restored(path: Path, batches: Iterator[pa.RecordBatch]) -> int:
     """Stream batches to a Parquet file only its owner can read; nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    writer, rows = None, 0
+    writer, rows, pending = None, 0, []
+
+    def flush() -> None:
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=RESTORED_ROW_GROUP)
+            pending.clear()
+
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
         for batch in batches:
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema)
-            writer.write_batch(batch)
+            pending.append(batch)
             rows += batch.num_rows
+            if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
+                flush()
         if writer is not None:
+            flush()
             writer.close()
             writer = None
         os.chmod(tmp, 0o600)
