@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from iae_privacy.codec import EncodedBatch, Role, read_batches
 from iae_privacy.errors import IaeError
+from iae_privacy.exactness import ContentDigest
 from iae_privacy.keyring import Keyring, Purpose, write_private
 from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
@@ -74,6 +75,9 @@ class PartRecord:
     vault: str
     vault_sha256: str
     """Of the vault part less its key envelope, which key rotation rewrites."""
+    content_sha256: str
+    """Canonical digest of the source's record batches (exactness.ContentDigest): a restore must
+    reproduce it, bit for bit."""
 
 
 @dataclass
@@ -178,10 +182,12 @@ class EncodedDataset:
             raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
         counts = {"rows": 0, "batches": 0}
         writer: pq.ParquetWriter | None = None
+        content = ContentDigest()
 
         def segments() -> Iterator[bytes]:
             nonlocal writer
             for batch in read_batches(source, batch_size):
+                content.update(batch)
                 latent = model.encode(batch, source=str(source))
                 rows = np.arange(counts["rows"], counts["rows"] + batch.num_rows, dtype=np.int64)
                 row_ids = pa.array((np.int64(part) << _PART_SHIFT) | rows)
@@ -210,7 +216,8 @@ class EncodedDataset:
             raise
         return PartRecord(part, str(source), source_sha256, counts["rows"], counts["batches"],
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
-                          str(vault_path.relative_to(self.folder)), self._vault_sha256(vault_path))
+                          str(vault_path.relative_to(self.folder)), self._vault_sha256(vault_path),
+                          content.hexdigest())
 
     @staticmethod
     def _vault_sha256(path: Path) -> str:
@@ -377,7 +384,19 @@ class EncodedDataset:
         rows = 0
         for record in sorted(manifest.parts, key=lambda p: p.part):
             target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
-            rows += _write_restored(target, self.decode_part(record, model, keyring, manifest.dataset))
+            content = ContentDigest()
+
+            def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
+                for batch in self.decode_part(record, model, keyring, manifest.dataset):
+                    content.update(batch)
+                    yield batch
+
+            def check(record: PartRecord = record, content: ContentDigest = content) -> None:
+                if content.hexdigest() != record.content_sha256:
+                    raise StoreError(f"part {record.part} restored to data that differs from its source "
+                                     f"{record.source}: refusing to write it")
+
+            rows += _write_restored(target, restored(), check)
         return rows
 
 
@@ -385,8 +404,9 @@ RESTORED_ROW_GROUP = 262_144
 """Rows per row group of a restored file: large groups write faster (a few batches' memory)."""
 
 
-def _write_restored(path: Path, batches: Iterator[pa.RecordBatch]) -> int:
-    """Stream batches to a Parquet file only its owner can read; nothing is left on failure."""
+def _write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
+    """Stream batches to a Parquet file only its owner can read; ``check()`` runs before the file
+    is put in place. Nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer, rows, pending = None, 0, []
@@ -410,6 +430,7 @@ def _write_restored(path: Path, batches: Iterator[pa.RecordBatch]) -> int:
             flush()
             writer.close()
             writer = None
+        check()
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     finally:

@@ -221,3 +221,25 @@ def test_bucket_lookup_gives_the_same_codes_as_a_binary_search(fit_values, value
     inside = (u >= column.edges[0]) & (u <= column.upper)
     expected = np.searchsorted(column.edges, u, side="right") - 1
     assert (column.codes_for(u)[inside] == expected[inside]).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_content_digest_is_equal_exactly_when_bits_are_equal(data):
+    from iae_privacy.exactness import ContentDigest
+
+    schema = data.draw(arrow_schema())
+    table = data.draw(table_for(schema, max_rows=20)).combine_chunks()
+
+    def digest(t: pa.Table) -> str:
+        d = ContentDigest()
+        for b in t.to_batches() or [pa.RecordBatch.from_pylist([], t.schema)]:
+            d.update(b)
+        return d.hexdigest()
+
+    codec = TableCodec.fit(table)
+    restored = roundtrip(codec, table)
+    assert (digest(restored) == digest(table)) == (first_difference(table, restored) is None)
+    other = data.draw(table_for(schema, max_rows=20)).combine_chunks()
+    if first_difference(table, other) is not None and table.num_rows == other.num_rows:
+        assert digest(other) != digest(table)

@@ -165,3 +165,21 @@ def test_rotation_rewraps_vault_parts_and_they_still_restore(setup, tmp_path):
     assert dataset.rewrap_all(keyring) == 2
     assert dataset.vault_key_versions() == {keyring.current: 2} != before
     assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
+
+
+def test_a_restore_that_differs_from_the_source_by_one_bit_is_refused(setup, tmp_path, monkeypatch):
+    """The last line of defence: decode recomputes the source's content digest before writing."""
+    _, keyring, sources, model = setup
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
+    real_decode = model.decode
+
+    def one_bit_off(latent):
+        batch = real_decode(latent)
+        visits = batch.column(batch.schema.get_field_index("visits"))
+        changed = pa.array([visits[0].as_py() ^ 1] + visits.to_pylist()[1:], type=visits.type)
+        return batch.set_column(batch.schema.get_field_index("visits"), "visits", changed)
+
+    monkeypatch.setattr(model, "decode", one_bit_off)
+    with pytest.raises(StoreError, match="differs from its source"):
+        dataset.decode_all(model, keyring, tmp_path / "out")
+    assert not any((tmp_path / "out").rglob("*.parquet")) if (tmp_path / "out").exists() else True
