@@ -119,7 +119,8 @@ class ContentDigest:
         if width is not None:
             start = present.offset * width
             data = present.buffers()[1]
-            self._hash.update(b"" if data is None else data.to_pybytes()[start : start + len(present) * width])
+            if data is not None:
+                self._hash.update(memoryview(data)[start : start + len(present) * width])
         elif pa.types.is_boolean(t):
             self._hash.update(np.asarray(present.to_numpy(zero_copy_only=False), dtype=np.uint8).tobytes())
         elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
@@ -129,7 +130,7 @@ class ContentDigest:
             self._hash.update(np.diff(offsets).astype(np.int64).tobytes())
             data = present.buffers()[2]
             if data is not None and len(present):
-                self._hash.update(data.to_pybytes()[int(offsets[0]) : int(offsets[-1])])
+                self._hash.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
         elif pa.types.is_null(t):
             pass
         else:  # nested and rarer types: one exact byte string per value
