@@ -31,6 +31,8 @@ def _format(value: float, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "%":
         return f"{value:.1f} %"
+    if unit == "MiB":
+        return f"{value:,.0f} MiB"
     return f"{value:.3g} {unit}"
 
 

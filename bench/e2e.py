@@ -95,5 +95,12 @@ def run(rows: int) -> Result:
         rss_ratio = result.add("peak RSS ratio (10x rows)", big_encode["peak_rss_mib"] / encode["peak_rss_mib"], "x")
     result.target = ("encode and decode >= 0.5x the Parquet copy's speed; peak RSS at 10x the rows "
                      "within 1.2x")
+    result.notes = (
+        "Where the time goes (cProfile, 200k rows): encode is dominated by identifier tokens, one "
+        "HMAC-SHA256 per distinct value in a Python loop (4 of the 6 identifier columns are unique per "
+        "row), then the latent Parquet write and the network; decode by writing the restored Parquet "
+        "file (about 40 %), reading latent row groups and hashing the parts. Peak RSS: sampling a 10M-row "
+        "encode shows RSS climbing steadily (about 70 bytes per row); reading, the network and tokens "
+        "alone do not grow, and the cause is not found yet.")
     result.target_met = enc_ratio >= 0.5 and dec_ratio >= 0.5 and rss_ratio <= 1.2
     return result
