@@ -279,7 +279,7 @@ class EncodedDataset:
 
     def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str) -> Iterator[pa.RecordBatch]:
         """The part's original record batches, bit for bit (after :meth:`verify_part`)."""
-        latent_file = pq.ParquetFile(self.folder / record.latent)
+        latent_file = pq.ParquetFile(self.folder / record.latent, pre_buffer=False)  # see read_batches
         if latent_file.num_row_groups != record.batches:
             raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
                              f"the manifest says {record.batches}")
