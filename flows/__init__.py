@@ -1,4 +1,6 @@
-"""Prefect flows for iae-privacy: thin runbooks over the library (train, encode, decode).
+"""Prefect flows for iae-privacy: thin runbooks over the library.
 
-They land with the flows issue; the library in ``iae_privacy`` never imports Prefect.
+``train.py`` (iae-train), ``encode.py`` (iae-encode, local threads or Dask), ``decode.py``
+(iae-decode), ``serve.py`` (scheduled deployments). The library in ``iae_privacy`` never imports
+Prefect; these modules do the orchestration and nothing else.
 """
