@@ -80,9 +80,9 @@ def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = N
             raise BundleError(f"{path} holds model {header.model!r} v{header.model_version}, "
                               f"not {expect[0]!r} v{expect[1]}: moved or swapped")
 
-    doc, segments = open_sealed_file(path, MAGIC, Purpose.WEIGHTS, _key_aad, keyring, WHAT, check)
+    doc, key_version, segments = open_sealed_file(path, MAGIC, Purpose.WEIGHTS, _key_aad, keyring, WHAT, check)
     payload = b"".join(segments)
-    header = _header(doc, read_sealed_header(path, MAGIC, WHAT)[1], path)
+    header = _header(doc, key_version, path)
     try:
         tensors = load_safetensors(payload)
         metadata = _safetensors_metadata(payload)

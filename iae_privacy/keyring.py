@@ -147,10 +147,11 @@ class Keyring:
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         master = cls._master_from_env(1)
+        wrapped = master is None and passphrase is not None
         if master is None:
             master = crypto.random_key()
             write_private(folder / "master-v1.key", cls._encode_master(master, passphrase))
-        version = KeyVersion(1, "active", _now(), passphrase is not None and cls._master_from_env(1) is None)
+        version = KeyVersion(1, "active", _now(), wrapped)
         keyring = cls(folder, [version], 1, {1: master}, crypto.random_key())
         keyring._write_root()
         keyring._write_state()
@@ -327,11 +328,12 @@ class Keyring:
         """
         number = max(v.number for v in self.versions) + 1
         master = self._master_from_env(number)
+        wrapped = master is None and passphrase is not None
         if master is None:
             master = crypto.random_key()
             write_private(self.folder / f"master-v{number}.key", self._encode_master(master, passphrase))
         self.__masters[number] = master
-        self.versions.append(KeyVersion(number, "active", _now(), passphrase is not None))
+        self.versions.append(KeyVersion(number, "active", _now(), wrapped))
         self.current = number
         self._write_root()
         self._write_state()

@@ -141,9 +141,9 @@ def content_sha256(path: Path, magic: bytes, what: str) -> str:
 
 def open_sealed_file(path: Path, magic: bytes, purpose: Purpose, key_aad: Callable[[dict], bytes],
                      keyring: Keyring, what: str,
-                     check: Callable[[dict], None] | None = None) -> tuple[dict[str, Any], Iterator[bytes]]:
-    """Open ``path``: its header (checked by ``check`` before any key is used) and an iterator of
-    authenticated segments. A segment is only yielded once it authenticates; the iterator raises
+                     check: Callable[[dict], None] | None = None) -> tuple[dict[str, Any], int, Iterator[bytes]]:
+    """Open ``path``: its header (checked by ``check`` before any key is used), its key version,
+    and an iterator of authenticated segments. A segment is only yielded once it authenticates; the iterator raises
     :class:`SealedFileError` at the first that does not, or if the file ends early."""
     try:
         f = open(path, "rb")
@@ -172,7 +172,7 @@ def open_sealed_file(path: Path, magic: bytes, purpose: Purpose, key_aad: Callab
                                           "altered, reordered, truncated or damaged") from None
                 index, block = index + 1, following
 
-    return doc, segments()
+    return doc, key_version, segments()
 
 
 def rewrap_sealed(path: Path, magic: bytes, purpose: Purpose, key_aad: Callable[[dict], bytes],

@@ -288,7 +288,7 @@ class EncodedDataset:
             if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
                 raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
 
-        _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
+        _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
                                        self._vault_key_aad, keyring, "vault part", check)
         k = model.network.config.public_dims
         codec = model.codec
