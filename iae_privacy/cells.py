@@ -19,7 +19,7 @@ from iae_privacy.codec.columns import array_from_ipc, array_to_ipc
 from iae_privacy.codec.ordered import validity_buffer
 from iae_privacy.codec.roles import dense_values
 
-__all__ = ["to_cells", "from_cells", "family"]
+__all__ = ["to_cells", "from_cells", "family", "fixed_width"]
 
 _VARIABLE = {pa.types.is_string: np.int32, pa.types.is_binary: np.int32,
              pa.types.is_large_string: np.int64, pa.types.is_large_binary: np.int64}
@@ -35,7 +35,8 @@ def family(type_: pa.DataType) -> str:
     return str(t)
 
 
-def _width(type_: pa.DataType) -> int | None:
+def fixed_width(type_: pa.DataType) -> int | None:
+    """Bytes per value of a fixed-width type (numbers, temporal, decimals, fixed-size binaries)."""
     if pa.types.is_fixed_size_binary(type_) or pa.types.is_decimal(type_):
         return type_.byte_width
     if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_temporal(type_):
@@ -57,7 +58,7 @@ def to_cells(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
     n = len(array)
     valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
     offsets_dtype = _variable_offsets(array.type)
-    width = _width(array.type)
+    width = fixed_width(array.type)
     if n == 0:
         return []
     if offsets_dtype is not None:
@@ -86,7 +87,7 @@ def from_cells(cells: list[bytes | None], type_: pa.DataType) -> pa.Array:
     view = pa.types.is_string_view(dense_type) or pa.types.is_binary_view(dense_type)
     storage = pa.large_binary() if view else dense_type
     offsets_dtype = _variable_offsets(storage)
-    width = _width(storage)
+    width = fixed_width(storage)
     present = [c if c is not None else b"" for c in cells]
     if offsets_dtype is not None:
         offsets = np.zeros(n + 1, dtype=offsets_dtype)

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy.cells import to_cells
+from iae_privacy.cells import fixed_width, to_cells
 
 __all__ = ["first_difference", "bits_view", "ContentDigest"]
 
@@ -115,7 +115,7 @@ class ContentDigest:
             self._array(array.indices)
             return
         present = array.filter(pa.array(valid)) if array.null_count else array
-        width = _fixed_width(t)
+        width = fixed_width(t)
         if width is not None:
             start = present.offset * width
             data = present.buffers()[1]
@@ -137,10 +137,3 @@ class ContentDigest:
             for cell in to_cells(present):
                 self._hash.update(len(cell).to_bytes(8, "little") + cell)
 
-
-def _fixed_width(type_: pa.DataType) -> int | None:
-    if pa.types.is_fixed_size_binary(type_) or pa.types.is_decimal(type_):
-        return type_.byte_width
-    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_temporal(type_):
-        return type_.bit_width // 8
-    return None

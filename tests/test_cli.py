@@ -61,3 +61,10 @@ def test_demo_runs_end_to_end_on_a_small_sample(tmp_path, data_dir, prefect_harn
     assert "every dataset restored bit for bit" in result.output
     assert (tmp_path / "work" / "models" / "patients" / "v1.iae").exists()
     assert (tmp_path / "work" / "encoded" / "patients-v1" / "manifest.json").exists()
+
+
+def test_serve_without_a_prefect_server_says_how_to_start_one(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "serve", str(tmp_path), "--model", "m",
+                         "--out", str(tmp_path / "enc"))
+    assert code == 2 and "prefect server start" in out and "PREFECT_API_URL" in out

@@ -183,3 +183,23 @@ def test_a_restore_that_differs_from_the_source_by_one_bit_is_refused(setup, tmp
     with pytest.raises(StoreError, match="differs from its source"):
         dataset.decode_all(model, keyring, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*.parquet")) if (tmp_path / "out").exists() else True
+
+
+def test_refusals_name_what_is_wrong(setup, tmp_path):
+    from flows.encode import sources_of
+
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    with pytest.raises(StoreError, match=r"was encoded with model p:v1; it cannot take parts from p:v2"):
+        dataset.plan([sources / "a.parquet"], keyring, DATASET, "p", 2)
+    with pytest.raises(StoreError, match="part 1 is already in the manifest"):
+        dataset.commit([records[0]], keyring, DATASET, "p", 1)
+    with pytest.raises(StoreError, match="has 2 parts; give a folder to --out"):
+        dataset.decode_all(model, keyring, tmp_path / "one.parquet")
+    with pytest.raises(StoreError, match="is not an encoded dataset"):
+        EncodedDataset(tmp_path / "nowhere").read_manifest(keyring)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="no .parquet files to encode"):
+        sources_of(str(tmp_path / "empty"))
+    with pytest.raises(Exception, match="no such file or folder"):
+        sources_of(str(tmp_path / "missing"))
