@@ -6,6 +6,8 @@ from the workspace (never passed as a parameter), and no task result is persiste
 
 from __future__ import annotations
 
+from typing import Callable
+
 from prefect.cache_policies import NO_CACHE
 
 from iae_privacy.keyring import Keyring
@@ -13,6 +15,19 @@ from iae_privacy.workspace import Workspace
 
 SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}
 """Settings for every task: results stay in memory, never in Prefect's storage or database."""
+
+
+def progress_logger(what: str, total: int, logger) -> Callable[[int], None]:
+    """A callback that logs ``what: done/total rows`` about every tenth of the way (counts only)."""
+    step = max(total // 10, 1)
+    state = {"next": step}
+
+    def report(done: int) -> None:
+        if done >= state["next"] or done == total:
+            logger.info("%s: %d/%d rows (%d%%)", what, done, total, 100 * done // max(total, 1))
+            state["next"] = done + step
+
+    return report
 
 
 def open_workspace(home: str) -> tuple[Workspace, Keyring]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import SAFE_TASK, open_workspace
+from flows.common import SAFE_TASK, open_workspace, progress_logger
 from iae_privacy.store import EncodedDataset
 
 
@@ -19,8 +19,10 @@ def restore(encoded: str, out: str, home: str) -> int:
     dataset = EncodedDataset(encoded)
     manifest = dataset.read_manifest(keyring)
     loaded = workspace.models.load(f"{manifest.model}:v{manifest.model_version}", keyring)
-    rows = dataset.decode_all(loaded.model, keyring, Path(out))
-    get_run_logger().info("restored %d rows from %d part(s)", rows, len(manifest.parts))
+    logger = get_run_logger()
+    report = progress_logger("restoring", sum(p.rows for p in manifest.parts), logger)
+    rows = dataset.decode_all(loaded.model, keyring, Path(out), on_rows=lambda done, total: report(done))
+    logger.info("restored %d rows from %d part(s)", rows, len(manifest.parts))
     return rows
 
 

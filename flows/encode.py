@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 
-from flows.common import SAFE_TASK, open_workspace
+from flows.common import SAFE_TASK, open_workspace, progress_logger
 from iae_privacy.errors import IaeError
 from iae_privacy.store import EncodedDataset, PartRecord
 
@@ -44,9 +45,12 @@ def encode_part(source: str, sha256: str, part: int, out: str, model: str, home:
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
     loaded = workspace.models.load(f"{name}:v{version}", keyring)
+    logger = get_run_logger()
+    rows = pq.ParquetFile(source).metadata.num_rows
     record = EncodedDataset(out).encode_source(Path(source), part, loaded.model, name, version, keyring,
-                                               dataset, source_sha256=sha256)
-    get_run_logger().info("part %d: %d rows in %d batches", record.part, record.rows, record.batches)
+                                               dataset, source_sha256=sha256,
+                                               on_rows=progress_logger(f"encoding part {part}", rows, logger))
+    logger.info("part %d: %d rows in %d batches", record.part, record.rows, record.batches)
     return asdict(record)
 
 

@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -166,8 +166,10 @@ class EncodedDataset:
 
     def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
                       keyring: Keyring, dataset: str, source_sha256: str | None = None,
-                      batch_size: int = 65_536) -> PartRecord:
-        """Encode one source file into part ``part`` (latent + vault, written atomically)."""
+                      batch_size: int = 65_536, on_rows: Callable[[int], None] | None = None) -> PartRecord:
+        """Encode one source file into part ``part`` (latent + vault, written atomically).
+
+        ``on_rows`` gets the running row count after each batch (for progress)."""
         latent_path, vault_path = self.part_paths(part)
         latent_tmp = latent_path.with_name(f".{latent_path.name}.tmp")
         latent_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +200,8 @@ class EncodedDataset:
                 writer.write_table(table, row_group_size=max(batch.num_rows, 1))
                 counts["rows"] += batch.num_rows
                 counts["batches"] += 1
+                if on_rows is not None:
+                    on_rows(counts["rows"])
                 yield self._vault_segment(latent)
 
         try:
@@ -367,11 +371,13 @@ class EncodedDataset:
         self.write_manifest(manifest, keyring)
         return manifest
 
-    def decode_all(self, model: Model, keyring: Keyring, out: Path) -> int:
+    def decode_all(self, model: Model, keyring: Keyring, out: Path,
+                   on_rows: Callable[[int, int], None] | None = None) -> int:
         """Restore every part, after checking the manifest's signature and every part's hash.
 
         One part restores to ``out`` when it ends in ``.parquet``; otherwise ``out`` is a folder with
         one file per part. Written atomically with owner-only permissions; returns the rows restored.
+        ``on_rows(done, total)`` is called after each batch (for progress).
         """
         manifest = self.read_manifest(keyring)
         if not manifest.parts:
@@ -381,14 +387,18 @@ class EncodedDataset:
         single = out.suffix == ".parquet"
         if single and len(manifest.parts) != 1:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
-        rows = 0
+        rows, total = 0, sum(p.rows for p in manifest.parts)
         for record in sorted(manifest.parts, key=lambda p: p.part):
             target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
             content = ContentDigest()
 
             def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
+                done = rows
                 for batch in self.decode_part(record, model, keyring, manifest.dataset):
                     content.update(batch)
+                    done += batch.num_rows
+                    if on_rows is not None:
+                        on_rows(done, total)
                     yield batch
 
             def check(record: PartRecord = record, content: ContentDigest = content) -> None:

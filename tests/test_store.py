@@ -203,3 +203,16 @@ def test_refusals_name_what_is_wrong(setup, tmp_path):
         sources_of(str(tmp_path / "empty"))
     with pytest.raises(Exception, match="no such file or folder"):
         sources_of(str(tmp_path / "missing"))
+
+
+def test_progress_is_reported_as_counts(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset = EncodedDataset(tmp_path / "enc")
+    (source, digest, part), *_ = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    seen = []
+    record = dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000, on_rows=seen.append)
+    assert seen == sorted(seen) and seen[-1] == record.rows == 9_000 and len(seen) == record.batches
+    dataset.commit([record], keyring, DATASET, "p", 1)
+    restored = []
+    dataset.decode_all(model, keyring, tmp_path / "out.parquet", on_rows=lambda done, total: restored.append((done, total)))
+    assert restored[-1] == (9_000, 9_000) and len(restored) == record.batches
