@@ -45,6 +45,8 @@ ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
 MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
 _PART_SHIFT = 32
+_VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
+"""Metadata a vault segment adds beside the codec's: how many z_detail and detail columns it has."""
 
 
 class StoreError(IaeError):
@@ -256,8 +258,9 @@ class EncodedDataset:
         columns += list(e.detail.columns) + list(e.identifiers.columns)
         names += e.detail.schema.names + [f"identifier_{j}" for j in range(e.identifiers.num_columns)]
         metadata = dict(e.detail.schema.metadata or {})
-        metadata[b"iae.z_detail"] = str(latent.z_detail.shape[1]).encode()
-        metadata[b"iae.detail"] = str(e.detail.num_columns).encode()
+        z_detail_key, detail_key = _VAULT_KEYS
+        metadata[z_detail_key] = str(latent.z_detail.shape[1]).encode()
+        metadata[detail_key] = str(e.detail.num_columns).encode()
         batch = pa.RecordBatch.from_arrays(columns, names=names, metadata=metadata) if columns else \
             e.detail.select([]).replace_schema_metadata(metadata)
         sink = pa.BufferOutputStream()
@@ -304,17 +307,14 @@ class EncodedDataset:
             vault = pa.ipc.open_stream(segment).read_next_batch()
             latent = latent_file.read_row_group(group)
             meta = vault.schema.metadata or {}
-            d, detail_n = int(meta[b"iae.z_detail"]), int(meta[b"iae.detail"])
+            d, detail_n = (int(meta[key]) for key in _VAULT_KEYS)
             z_public = np.stack([latent.column(public_name(j)).to_numpy() for j in range(k)], axis=1) \
                 if k else np.zeros((latent.num_rows, 0), dtype=np.int64)
             z_detail = np.stack([vault.column(j).to_numpy() for j in range(d)], axis=1) \
                 if d else np.zeros((vault.num_rows, 0), dtype=np.int64)
-            detail_meta = {key: v for key, v in meta.items() if not key.startswith(b"iae.z_detail")
-                           and key != b"iae.detail"}
-            detail = pa.RecordBatch.from_arrays(
-                vault.columns[d : d + detail_n], schema=pa.schema(
-                    [vault.schema.field(j) for j in range(d, d + detail_n)], metadata=detail_meta or None)
-            ) if detail_n else vault.select([]).replace_schema_metadata(detail_meta or None)
+            detail_meta = {key: v for key, v in meta.items() if key not in _VAULT_KEYS}
+            # select keeps the row count even when it selects no column
+            detail = vault.select(list(range(d, d + detail_n))).replace_schema_metadata(detail_meta or None)
             identifiers = vault.select(list(range(d + detail_n, vault.num_columns)))
             passthrough = pa.RecordBatch.from_arrays(
                 [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)],
