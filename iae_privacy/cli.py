@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from iae_privacy.codec import CodecConfig, Role, TableCodec
-from iae_privacy.verify import RoundtripReport, verify_roundtrip
+from iae_privacy.verify import verify_roundtrip
 from iae_privacy.errors import IaeError
 
 __all__ = ["app", "main"]
@@ -70,10 +70,17 @@ ConfigOption = Annotated[
 ]
 
 
+def _config_path(data: Path, config: Path | None) -> str | None:
+    """The config to use: the one given, else NAME.toml beside NAME.parquet if there is one."""
+    if config is not None:
+        return str(config)
+    beside = data.with_suffix(".toml")
+    return str(beside) if beside.exists() else None
+
+
 def _config_for(data: Path, config: Path | None) -> CodecConfig:
-    if config is None and data.with_suffix(".toml").exists():
-        config = data.with_suffix(".toml")
-    return CodecConfig.load(config) if config is not None else CodecConfig()
+    path = _config_path(data, config)
+    return CodecConfig.load(path) if path else CodecConfig()
 
 
 def _rows(path: Path) -> int:
@@ -85,14 +92,6 @@ def _rows(path: Path) -> int:
         raise IaeError(f"{path}: no such file") from None
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-
-
-def _si(rate: float) -> str:
-    """A rate in rows/s, short: 1.2M, 350k."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if rate >= size:
-            return f"{rate / size:.1f}{unit}"
-    return f"{rate:.0f}"
 
 
 @contextmanager
@@ -142,13 +141,6 @@ def profile_command(
         console.print(f"profile written to {out}")
 
 
-def _roundtrip(data: Path, config: CodecConfig, batch_size: int) -> tuple[TableCodec, RoundtripReport]:
-    codec = TableCodec.fit(data, config)
-    with progress(f"round trip {data.name}", _rows(data)) as advance:
-        report = verify_roundtrip(data, codec.encode, codec.decode, batch_size, on_batch=advance)
-    return codec, report
-
-
 @app.command("roundtrip")
 def roundtrip_command(
     data: Annotated[Path, typer.Argument(help="A Parquet file.")],
@@ -156,7 +148,9 @@ def roundtrip_command(
     batch_size: Annotated[int, typer.Option(help="Rows per record batch.")] = 65_536,
 ) -> None:
     """Fit the codec on DATA, then encode and decode every batch, checking the result bit for bit."""
-    _, report = _roundtrip(data, _config_for(data, config), batch_size)
+    codec = TableCodec.fit(data, _config_for(data, config))
+    with progress(f"round trip {data.name}", _rows(data)) as advance:
+        report = verify_roundtrip(data, codec.encode, codec.decode, batch_size, on_batch=advance)
     if not report.exact:
         raise IaeError(f"{data}: round trip is NOT bit-identical at {report.difference}")
     console.print(f"{data.name}: {report.rows:,} rows restored bit-identical "
@@ -360,13 +354,6 @@ def keys_retire_command(
                        "'iae-privacy keys rotate' first to re-wrap them, or pass --force to lose them")
     keyring.retire(version)
     console.print(f"key version {version} retired")
-
-
-def _config_path(data: Path, config: Path | None) -> str | None:
-    if config is not None:
-        return str(config)
-    beside = data.with_suffix(".toml")
-    return str(beside) if beside.exists() else None
 
 
 @app.command("train")

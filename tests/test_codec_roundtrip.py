@@ -289,3 +289,21 @@ def test_a_changed_value_inside_a_union_is_seen():
     a = pa.table({"u": pa.UnionArray.from_sparse(types, [pa.array([1.5, -0.0, 2.0]), pa.array(["x", "y", "z"])])})
     b = pa.table({"u": pa.UnionArray.from_sparse(types, [pa.array([1.5, -0.0, -2.0]), pa.array(["x", "y", "z"])])})
     assert first_difference(a, b) == "column 'u': values differ"
+
+
+def test_verify_roundtrip_reports_the_first_batch_that_differs(tmp_path):
+    from iae_privacy.verify import verify_roundtrip
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": pa.array(range(100), type=pa.int64())}), path, row_group_size=40)
+    codec = TableCodec.fit(path)
+
+    def off_in_the_second_batch(encoded):
+        batch = codec.decode(encoded)
+        if batch.column(0)[0].as_py() == 40:
+            return batch.set_column(0, "x", pa.array([41] + batch.column(0).to_pylist()[1:], type=pa.int64()))
+        return batch
+
+    report = verify_roundtrip(path, codec.encode, off_in_the_second_batch, batch_size=40)
+    assert not report.exact and report.rows == 40
+    assert report.difference == "batch 1 (rows from 40): column 'x': values differ"

@@ -276,3 +276,21 @@ def test_sealed_model_payload_round_trips_metadata(tmp_path, keyring):
     header, model = open_bundle(path, keyring, expect=("x", 1))
     assert torch.equal(model.tensors["w"], tensors["w"]) and model.metadata == {"k": "välue"}
     assert header.key_version == 1 and np.all(model.tensors["w"].numpy() == np.arange(6).reshape(2, 3))
+
+
+def test_a_bundle_under_a_key_version_this_keyring_lacks_is_refused(tmp_path, keyring):
+    keyring.rotate()
+    _, _, path = saved(keyring, tmp_path)  # sealed under v2
+    only_v1 = Keyring.init(tmp_path / "other-keys")
+    with pytest.raises(KeyringError, match="sealed with key version 2, which this keyring does not have"):
+        open_bundle(path, only_v1)
+
+
+def test_registry_names_what_it_cannot_find(tmp_path, keyring):
+    registry, _, _ = saved(keyring, tmp_path)
+    with pytest.raises(IaeError, match="no model named 'ghost'"):
+        registry.resolve("ghost")
+    with pytest.raises(IaeError, match=r"model 'm' has no version 7 \(it has v1\)"):
+        registry.resolve("m:v7")
+    with pytest.raises(IaeError, match="is not allowed"):
+        registry.resolve("../etc")

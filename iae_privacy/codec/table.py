@@ -105,8 +105,10 @@ class TableCodec:
         self.config = config
         self.fit_rows = fit_rows
         self._features = [c.feature for c in columns if c.feature is not None]
-        widths = [f.width for f in self._features]
-        self._slices = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        offsets = np.concatenate([[0], np.cumsum([f.width for f in self._features])]).astype(int)
+        self._width = int(offsets[-1])
+        # where each feature column's features start in the matrix, by column position
+        self._offset = {f.index: int(o) for f, o in zip(self._features, offsets)}
         self.detail_schema = pa.schema(
             [fld for spec in columns for fld in self._detail_fields(spec)]
         )
@@ -190,14 +192,14 @@ class TableCodec:
         """Encode one record batch. Raises :class:`SchemaDriftError` before doing any work."""
         self.check_schema(batch.schema, source)
         n = batch.num_rows
-        features = np.empty((n, self._slices[-1]), dtype=np.int64)
+        features = np.empty((n, self._width), dtype=np.int64)
         detail: dict[str, pa.Array] = {}
         meta: dict[str, bytes] = {}
         for spec in self.columns:
             index = spec.index
             if spec.feature is not None:
                 encoded = spec.feature.encode(batch.column(index))
-                j = self._slices[self._features.index(spec.feature)]
+                j = self._offset[spec.index]
                 for k, values in enumerate(encoded.features):
                     features[:, j + k] = values
                 detail.update(encoded.detail)
@@ -224,10 +226,10 @@ class TableCodec:
         """The exact inverse of :meth:`encode`."""
         features = encoded.features
         n = features.shape[0]
-        if features.ndim != 2 or features.shape[1] != self._slices[-1] or features.dtype != np.int64:
+        if features.ndim != 2 or features.shape[1] != self._width or features.dtype != np.int64:
             raise CodecError(
                 f"feature matrix has shape {features.shape} and dtype {features.dtype}; "
-                f"this profile expects (rows, {self._slices[-1]}) int64"
+                f"this profile expects (rows, {self._width}) int64"
             )
         for part, name in ((encoded.passthrough, "passthrough"), (encoded.identifiers, "identifier"),
                            (encoded.detail, "detail")):
@@ -242,7 +244,7 @@ class TableCodec:
         identifiers = iter(encoded.identifiers.columns)
         for spec in self.columns:
             if spec.feature is not None:
-                j = self._slices[self._features.index(spec.feature)]
+                j = self._offset[spec.index]
                 arrays.append(spec.feature.decode(features[:, j : j + spec.feature.width],
                                                   encoded.detail, meta))
             elif spec.role is Role.VAULT:
