@@ -1,6 +1,9 @@
-"""Decode flow: check the signed manifest and every part, then restore the whole dataset exactly.
+"""Decode flow: authorise a signed request (policy, scope, expiry, single use; audited), then restore
+exactly what it covers.
 
-The access-controlled restore (signed requests, policy, audit) builds on this flow.
+The authorisation and its audit entry come first; only the restore task opens the model and the
+vault. A refused request, or a restore that cannot complete (tampered part, retired key), ends the
+flow run Failed with the reason as its message (no traceback: these are not bugs) and no output.
 """
 
 from __future__ import annotations
@@ -8,25 +11,62 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Failed
 
 from flows.common import SAFE_TASK, open_workspace, progress_logger
-from iae_privacy.store import EncodedDataset
+from iae_privacy.access import AccessControl, AccessRefused, Grant
+from iae_privacy.errors import IaeError
+
+REFUSED, FAILED = "request refused: ", "restore failed: "
 
 
 @task(**SAFE_TASK)
-def restore(encoded: str, out: str, home: str) -> int:
-    workspace, keyring = open_workspace(home)
-    dataset = EncodedDataset(encoded)
-    manifest = dataset.read_manifest(keyring)
-    loaded = workspace.models.load(f"{manifest.model}:v{manifest.model_version}", keyring)
+def authorize(encoded: str, request: str, home: str) -> Grant | str:
+    """The grant, or the reason for refusing (already in the audit log)."""
     logger = get_run_logger()
-    report = progress_logger("restoring", sum(p.rows for p in manifest.parts), logger)
-    rows = dataset.decode_all(loaded.model, keyring, Path(out), on_rows=lambda done, total: report(done))
-    logger.info("restored %d rows from %d part(s)", rows, len(manifest.parts))
+    try:
+        workspace, keyring = open_workspace(home)
+        grant = AccessControl(workspace, keyring).authorize(encoded, Path(request).read_bytes())
+    except (IaeError, OSError) as exc:
+        logger.warning("%s%s", REFUSED, exc)
+        return str(exc)
+    logger.info("request granted to %s: %d rows (audit entry %d)", grant.principal, grant.rows, grant.audit_seq)
+    return grant
+
+
+@task(**SAFE_TASK)
+def restore(grant: Grant, out: str, home: str) -> int | str:
+    """Rows restored, or the reason the restore failed (already in the audit log)."""
+    logger = get_run_logger()
+    report = progress_logger("restoring", grant.rows, logger)
+    try:
+        workspace, keyring = open_workspace(home)
+        rows = AccessControl(workspace, keyring).restore(grant, Path(out), on_rows=lambda done, total: report(done))
+    except IaeError as exc:
+        logger.warning("%s%s", FAILED, exc)
+        return str(exc)
+    logger.info("restored %d rows", rows)
     return rows
 
 
 @flow(name="iae-decode")
-def decode_flow(encoded: str, out: str, home: str = ".") -> dict:
-    """Restore the encoded dataset ENCODED to OUT (a .parquet file for one part, else a folder)."""
-    return {"restored_rows": restore(encoded, out, home)}
+def decode_flow(encoded: str, request: str, out: str, home: str = ".") -> dict:
+    """Restore from the encoded dataset ENCODED what the signed REQUEST file allows, to OUT."""
+    grant = authorize(encoded, request, home)
+    if isinstance(grant, str):
+        return Failed(message=REFUSED + grant)
+    rows = restore(grant, out, home)
+    if isinstance(rows, str):
+        return Failed(message=FAILED + rows)
+    return {"restored_rows": rows, "audit_entry": grant.audit_seq}
+
+
+def run_decode(encoded: str, request: str, out: str, home: str = ".") -> dict:
+    """Run :func:`decode_flow`; a refusal raises :class:`AccessRefused`, a failed restore
+    :class:`IaeError`, each with the reason."""
+    state = decode_flow(encoded=encoded, request=request, out=out, home=home, return_state=True)
+    if state.is_failed() and state.message and state.message.startswith(REFUSED):
+        raise AccessRefused(state.message.removeprefix(REFUSED))
+    if state.is_failed() and state.message and state.message.startswith(FAILED):
+        raise IaeError(state.message.removeprefix(FAILED))
+    return state.result()

@@ -34,6 +34,12 @@ err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, for 
 keys_app = typer.Typer(help="Create, inspect, rotate and retire the keyring under HOME/keys.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+policy_app = typer.Typer(help="Show and change who may restore what (every change is audited).",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(help="Check and read the audit log of restores, policy changes and key events.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 _state: dict[str, Path | None] = {"home": None}
 
 
@@ -60,6 +66,12 @@ def _ask_passphrase() -> str:
 
 def _keyring():
     return _workspace().keyring(_ask_passphrase)
+
+
+def _access():
+    from iae_privacy.access import AccessControl
+
+    return AccessControl(_workspace(), _keyring())
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -189,11 +201,12 @@ def demo_command(
     """
     import pyarrow.parquet as pq
 
-    from flows.decode import decode_flow
+    from flows.decode import run_decode
     from flows.encode import run_encode
     from flows.train import train_flow
+    from iae_privacy.access import ADMIN, AccessControl, make_request
     from iae_privacy.exactness import first_difference
-    from iae_privacy.keyring import Keyring
+    from iae_privacy.keyring import Keyring, write_private
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
     from iae_privacy.workspace import Workspace
 
@@ -202,16 +215,21 @@ def demo_command(
         raise IaeError(f"{data_dir}: no sample Parquet files found")
     workspace = Workspace.at(work)
     if (workspace.keys / "keyring.json").exists():
-        workspace.keyring(_ask_passphrase)
+        keyring = workspace.keyring(_ask_passphrase)
     else:
-        Keyring.init(workspace.keys)
+        keyring = Keyring.init(workspace.keys)
         console.print(f"created a keyring in {workspace.keys}")
+    access = AccessControl(workspace, keyring)
+    if not access.initialised:
+        access.initialise()
+        console.print(f"started the audit log; principal 'admin' may restore everything")
+    admin_key = workspace.home / "principals" / "admin.key"
     home = str(workspace.home)
     datasets["patients"] = write_synthetic_patients(workspace.home / "landing" / "patients.parquet", patients, seed=0)
     summary = Table(title="train → seal → encode → decode: every bit back?")
     for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "model", "exact"):
         summary.add_column(heading, justify="left" if heading in ("dataset", "model") else "right")
-    failures = []
+    failures, encoded_by_name = [], {}
     for name, path in datasets.items():
         console.print(f"[bold]{name}[/]", highlight=False)
         trained = train_flow(data=str(path), model=name, home=home, epochs=epochs,
@@ -220,7 +238,11 @@ def demo_command(
         encoded, restored = workspace.home / "encoded" / f"{name}-v{trained['version']}", \
             workspace.home / "restored" / f"{name}-v{trained['version']}.parquet"
         run_encode(str(path), spec, str(encoded), home)
-        decode_flow(encoded=str(encoded), out=str(restored), home=home)
+        encoded_by_name[name] = encoded
+        request = workspace.home / "requests" / f"{name}-whole.json"
+        request.parent.mkdir(exist_ok=True)
+        write_private(request, make_request(encoded, ADMIN, admin_key, purpose="demo: whole-dataset check"))
+        run_decode(encoded=str(encoded), request=str(request), out=str(restored), home=home)
         difference = first_difference(pq.read_table(path), pq.read_table(restored))
         r2 = sum(max(f["r2"], 0.0) for f in trained["features"]) / max(len(trained["features"]), 1)
         summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained["features"])),
@@ -232,7 +254,7 @@ def demo_command(
     console.print("feat: network features; public: z_public columns; R2: mean over features of how well "
                   "z_public alone (z_detail at its prior mean) reconstructs each feature's code, clipped at 0.",
                   highlight=False)
-    latent = pq.read_table(next((workspace.home / "encoded").glob("patients-v*")) / "latent" / "part-00001.parquet")
+    latent = pq.read_table(encoded_by_name["patients"] / "latent" / "part-00001.parquet")
     peek = Table(title=f"what an analyst gets: patients latent table, {latent.num_columns} columns "
                  "(a few shown; tokens cut short)")
     shown = latent.column_names[:3] + [n for n in latent.column_names if n.startswith("z_public_")][:3]
@@ -241,9 +263,45 @@ def demo_command(
     for row in latent.select(shown).slice(0, 3).to_pylist():
         peek.add_row(*(v[:10] + "…" if isinstance(v, str) else str(v) for v in row.values()))
     console.print(peek)
+    _demo_one_record(access, encoded_by_name["patients"], latent.column("email")[2].as_py())
+    report = access.audit.verify()
+    console.print(f"audit log {workspace.audit_log}: {report.entries} entries, "
+                  + ("chain and checkpoint verified" if report.ok else f"PROBLEMS: {report.problems}"), highlight=False)
     if failures:
         raise IaeError("round trip not bit-identical:\n  " + "\n  ".join(failures))
     console.print(f"demo finished: every dataset restored bit for bit; workspace {workspace.home}")
+
+
+def _demo_one_record(access, encoded: Path, token: str) -> None:
+    """The common restore: one person's record, found by token, by a least-privilege principal;
+    then a request outside that role, refused."""
+    import pyarrow.parquet as pq
+
+    from flows.decode import run_decode
+    from iae_privacy.access import AccessRefused, AccessRole, make_request
+    from iae_privacy.keyring import write_private
+
+    home, folder = access.workspace.home, access.workspace.home / "requests"
+    if "clinician" not in access.policy().roles:
+        access.set_role("clinician", AccessRole(("patients*",), ("full_name", "email", "diagnosis_code"), 5, False))
+    if "demo-clinician" not in access.policy().principals:
+        access.add_principal("demo-clinician", "clinician")
+    key = home / "principals" / "demo-clinician.key"
+    one, refused = folder / "patients-one.json", folder / "patients-national-id.json"
+    write_private(one, make_request(encoded, "demo-clinician", key, columns=["full_name", "diagnosis_code"],
+                                    where_token=("email", token), purpose="demo: follow-up call", ttl_seconds=600))
+    write_private(refused, make_request(encoded, "demo-clinician", key, columns=["national_id"],
+                                        where_token=("email", token), purpose="demo: out of role", ttl_seconds=600))
+    out = home / "restored" / "patients-one-record.parquet"
+    run_decode(encoded=str(encoded), request=str(one), out=str(out), home=str(home))
+    console.print(f"demo-clinician (role clinician) restored the record with e-mail token {token[:10]}…: "
+                  f"{pq.read_table(out).num_rows} row, columns {pq.read_table(out).column_names}", highlight=False)
+    try:
+        run_decode(encoded=str(encoded), request=str(refused), out=str(home / "restored" / "refused.parquet"),
+                    home=str(home))
+        raise IaeError("a request outside the clinician role was granted")
+    except AccessRefused as exc:
+        console.print(f"and asking for national_id was refused: {exc}", highlight=False)
 
 
 @keys_app.command("init")
@@ -251,24 +309,53 @@ def keys_init_command(
     passphrase: Annotated[bool, typer.Option(
         "--passphrase/--no-passphrase",
         help="Wrap the master key with a passphrase (scrypt); asked for, or read from IAE_PASSPHRASE.")] = False,
+    admin_key_out: Annotated[Optional[Path], typer.Option(
+        help="Where to write the private key of the first principal, 'admin' (default HOME/principals/admin.key).")] = None,
 ) -> None:
-    """Create a keyring: a 256-bit master key (version 1) and a root secret, owner-only.
+    """Create a keyring (a 256-bit master key, version 1, and a root secret), the audit log, and
+    the access policy with a first principal 'admin' whose role may restore everything.
 
     Set IAE_MASTER_KEY_V1 (base64 of 32 bytes) beforehand to take the master key from the
-    environment instead of a key file.
+    environment instead of a key file. In a workspace whose keyring predates access control, this
+    adds the audit log, the policy and 'admin' to it.
     """
     import os
 
+    from iae_privacy.access import AccessControl
     from iae_privacy.keyring import Keyring
 
-    secret = None
-    if passphrase:
-        secret = os.environ.get("IAE_PASSPHRASE") or typer.prompt(
-            "Passphrase for the new master key", hide_input=True, confirmation_prompt=True)
     workspace = _workspace()
-    keyring = Keyring.init(workspace.keys, secret)
-    console.print(f"keyring created in {keyring.folder} (key version {keyring.current}); "
-                  "keep a backup of this folder: without it nothing sealed can be opened")
+    if (workspace.keys / "keyring.json").exists() and not (workspace.keys / "policy.json").exists():
+        keyring = workspace.keyring(_ask_passphrase)
+        console.print(f"keyring {keyring.folder} exists; adding the audit log and the access policy")
+    else:
+        secret = None
+        if passphrase:
+            secret = os.environ.get("IAE_PASSPHRASE") or typer.prompt(
+                "Passphrase for the new master key", hide_input=True, confirmation_prompt=True)
+        keyring = Keyring.init(workspace.keys, secret)
+        console.print(f"keyring created in {keyring.folder} (key version {keyring.current}); "
+                      "keep a backup of this folder: without it nothing sealed can be opened")
+    admin_key = AccessControl(workspace, keyring).initialise(admin_key_out)
+    console.print(f"audit log started at {workspace.audit_log}; principal 'admin' (may restore everything): "
+                  f"private key {admin_key}. Hand it to its owner and keep no other copy.")
+
+
+@keys_app.command("add-principal")
+def keys_add_principal_command(
+    name: Annotated[str, typer.Argument(help="The person's name (letters, digits, '_', '.', '@', '-').")],
+    role: Annotated[str, typer.Option(help="A role defined in the policy (see 'policy show').")],
+    key_out: Annotated[Optional[Path], typer.Option(
+        help="Where to write the private key (default HOME/principals/NAME.key).")] = None,
+) -> None:
+    """Create an Ed25519 key pair for a person who may sign decode requests.
+
+    The private half is written owner-only for that person to keep; the public half goes into the
+    policy with the role. The change is audited.
+    """
+    path = _access().add_principal(name, role, key_out)
+    console.print(f"principal {name!r} (role {role!r}) added; private key {path}. Hand it to its owner "
+                  "and keep no other copy.")
 
 
 def _protected_by_version(workspace) -> dict[int, int]:
@@ -334,6 +421,7 @@ def keys_rotate_command() -> None:
     number = keyring.rotate(passphrase)
     changed = workspace.models.rewrap_all(keyring)
     parts = sum(EncodedDataset(folder).rewrap_all(keyring) for folder in workspace.datasets())
+    _record_key_event(workspace, keyring, "rotated", key_version=number, bundles=changed, vault_parts=parts)
     console.print(f"key version {number} is now current; {changed} model bundle(s) and {parts} vault "
                   "part(s) re-wrapped")
 
@@ -353,7 +441,90 @@ def keys_retire_command(
         raise IaeError(f"{count} sealed file(s) (model bundles, vault parts) are still under key version {version}; run "
                        "'iae-privacy keys rotate' first to re-wrap them, or pass --force to lose them")
     keyring.retire(version)
+    _record_key_event(workspace, keyring, "retired", key_version=version, forced=bool(count))
     console.print(f"key version {version} retired")
+
+
+def _record_key_event(workspace, keyring, change: str, **details) -> None:
+    from iae_privacy.access import AccessControl
+
+    AccessControl(workspace, keyring).record_key_event(change, **details)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@policy_app.command("show")
+def policy_show_command() -> None:
+    """List the roles (datasets, columns, row limit, whole-dataset restores) and the principals."""
+    policy = _access().policy()
+    roles = Table(title="roles")
+    for heading in ("role", "datasets", "columns", "max rows per request", "whole dataset"):
+        roles.add_column(heading)
+    for name, role in sorted(policy.roles.items()):
+        roles.add_row(name, ", ".join(role.datasets), ", ".join(role.columns),
+                      "no limit" if role.max_rows is None else f"{role.max_rows:,}", "yes" if role.whole_dataset else "no")
+    principals = Table(title="principals")
+    for heading in ("principal", "role", "added", "public key"):
+        principals.add_column(heading)
+    for name, principal in sorted(policy.principals.items()):
+        principals.add_row(name, principal.role, principal.added, principal.public_key[:16] + "…")
+    console.print(roles)
+    console.print(principals)
+
+
+@policy_app.command("set-role")
+def policy_set_role_command(
+    role: Annotated[str, typer.Argument(help="The role to create or replace.")],
+    datasets: Annotated[str, typer.Option(help="Comma-separated dataset names or patterns ('*': all).")] = "*",
+    columns: Annotated[str, typer.Option(help="Comma-separated columns or patterns it may restore ('*': all).")] = "*",
+    max_rows: Annotated[Optional[int], typer.Option(help="Most rows per request (default: no limit).")] = None,
+    whole_dataset: Annotated[bool, typer.Option(
+        "--whole-dataset/--no-whole-dataset", help="May it restore whole datasets?")] = False,
+) -> None:
+    """Create or replace a role. Example, a clinician who may restore one person's contact details:
+
+        iae-privacy policy set-role clinician --datasets patients --columns full_name,email --max-rows 5
+    """
+    from iae_privacy.access import AccessRole
+
+    if max_rows is not None and max_rows < 1:
+        raise IaeError("--max-rows must be at least 1")
+    _access().set_role(role, AccessRole(_split(datasets), _split(columns), max_rows, whole_dataset))
+    console.print(f"role {role!r} set (audited)")
+
+
+@audit_app.command("verify")
+def audit_verify_command() -> None:
+    """Check every entry's MAC, the hash chain, and the log's end against the checkpoint kept
+    under keys/. Says which line is wrong; exits with status 1 if anything is."""
+    report = _access().audit.verify()
+    if report.ok:
+        console.print(f"audit log intact: {report.entries} entries, chain and checkpoint verified")
+        return
+    for problem in report.problems:
+        err_console.print(f"[bold red]audit:[/] {problem}", highlight=False)
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show_command(
+    last: Annotated[int, typer.Option(help="How many of the latest entries to show (0: all).")] = 20,
+) -> None:
+    """List audit entries readably (run 'audit verify' to know they are genuine)."""
+    entries = _access().audit.entries()
+    table = Table(title=f"audit log: {len(entries)} entries")
+    for heading in ("#", "time (UTC)", "event", "outcome", "who", "dataset", "rows", "what / why"):
+        table.add_column(heading, no_wrap=heading in ("#", "time (UTC)"))
+    for entry in entries[-last:] if last else entries:
+        what = [f"{k}={entry[k]}" for k in ("scope", "columns", "role", "token_column", "key_version")
+                if entry.get(k) is not None]
+        why = entry.get("reason") or entry.get("purpose") or ""
+        table.add_row(str(entry.get("seq")), str(entry.get("time", ""))[:19].replace("T", " "),
+                      str(entry.get("event")), str(entry.get("outcome", "")), str(entry.get("principal") or ""),
+                      str(entry.get("dataset") or ""), str(entry.get("rows", "")), "; ".join(what + [why] if why else what))
+    console.print(table)
 
 
 @app.command("train")
@@ -417,21 +588,68 @@ def encode_command(
                   f"{result['parts']} part(s), {result['rows']:,} rows")
 
 
+@app.command("request")
+def request_command(
+    encoded: Annotated[Path, typer.Argument(help="The encoded dataset folder.")],
+    principal: Annotated[str, typer.Option("--as", help="Your principal name.")],
+    out: Annotated[Path, typer.Option(help="The request file to write (REQUEST.json).")],
+    key: Annotated[Optional[Path], typer.Option(
+        help="Your private key (default HOME/principals/NAME.key).")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns (default: all).")] = None,
+    rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (the latent table's row_id).")] = None,
+    where_token: Annotated[Optional[str], typer.Option(
+        help="COL=TOKEN: the rows whose identifier column COL has this token (e.g. one person's record).")] = None,
+    purpose: Annotated[str, typer.Option(help="Why: recorded in the audit log.")] = "",
+    ttl: Annotated[str, typer.Option(help="How long the request stays valid: 90s, 30m, 1h, 7d.")] = "1h",
+) -> None:
+    """Write a signed decode request: who, which dataset (by its manifest's hash), which columns and
+    rows, why, until when. It works once, through 'iae-privacy decode --request'.
+
+    Without --rows or --where-token the request is for the whole dataset (if your role allows it).
+    """
+    from iae_privacy.access import make_request, parse_ttl
+
+    token = None
+    if where_token is not None:
+        column, sep, value = where_token.partition("=")
+        if not sep or not column or not value:
+            raise IaeError(f"--where-token {where_token!r}: expected COL=TOKEN")
+        token = (column, value)
+    try:
+        row_ids = None if rows is None else [int(r) for r in rows.split(",") if r.strip()]
+    except ValueError:
+        raise IaeError("--rows: expected comma-separated integers (row ids)") from None
+    data = make_request(encoded, principal, key or _workspace().home / "principals" / f"{principal}.key",
+                        columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
+                        rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl))
+    from iae_privacy.keyring import write_private
+
+    write_private(out, data)
+    console.print(f"request written to {out}; valid for {ttl}, once")
+
+
 @app.command("decode")
 def decode_command(
     encoded: Annotated[Path, typer.Argument(help="An encoded dataset folder.")],
-    out: Annotated[Path, typer.Option(help="RESTORED.parquet (one part), or a folder.")],
+    request: Annotated[Path, typer.Option(help="A signed request file (from 'iae-privacy request').")],
+    out: Annotated[Path, typer.Option(
+        help="RESTORED.parquet; a folder for a whole dataset of several parts.")],
 ) -> None:
-    """Restore a whole encoded dataset, bit for bit, after checking its signed manifest and parts.
+    """Restore original records, bit for bit, as a signed request allows.
 
-    Runs the Prefect flow 'iae-decode'. Needs the keyring; the output is readable by its owner only.
+    Runs the Prefect flow 'iae-decode': checks the request's signature, principal, policy, scope,
+    expiry and single use; writes the audit entry (no entry, no restore); only then opens the model
+    and the vault, checks the parts against the signed manifest, and restores exactly the permitted
+    rows and columns, readable by its owner only. A refusal leaves no output and is audited.
     """
-    from flows.decode import decode_flow
+    from flows.decode import run_decode
 
+    if not request.is_file():
+        raise IaeError(f"{request}: no such request file")
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
-    result = decode_flow(encoded=str(encoded), out=str(out), home=str(workspace.home))
-    console.print(f"restored {result['restored_rows']:,} rows to {out}")
+    result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
+    console.print(f"restored {result['restored_rows']:,} rows to {out} (audit entry {result['audit_entry']})")
 
 
 @app.command("serve")

@@ -4,6 +4,9 @@
 - Key derivation: HKDF-SHA256 with a fixed label per purpose; scrypt for passphrases.
 - Tokens: HMAC-SHA256 through the standard library's ``hmac`` (OpenSSL underneath), keyed once and
   copied per value: a third cheaper per value than keying every call.
+- Signatures: Ed25519 (``cryptography``) for the principals who sign decode requests; private keys
+  as PKCS#8 PEM, public keys as their 32 raw bytes.
+- MACs: HMAC-SHA256 for signed manifests, the policy and the audit chain.
 
 Errors never carry key material or plaintext.
 """
@@ -16,15 +19,17 @@ import os
 
 import numpy as np
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 __all__ = [
     "KEY_BYTES", "NONCE_BYTES", "AuthenticationFailed", "random_key", "derive_key", "seal", "open_sealed",
-    "passphrase_key", "hmac_sha256_many", "CellCipher", "constant_time_equal",
+    "passphrase_key", "hmac_sha256_many", "CellCipher", "constant_time_equal", "mac", "mac_matches",
+    "new_signing_key", "sign", "signature_matches", "InvalidSigningKey",
 ]
 
 KEY_BYTES = 32
@@ -83,6 +88,49 @@ def hmac_sha256_many(key: bytes, messages: list[bytes], length: int) -> bytes:
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
+
+
+def mac(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 of ``message``."""
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def mac_matches(key: bytes, message: bytes, tag: bytes) -> bool:
+    """Whether ``tag`` is the HMAC-SHA256 of ``message`` (compared in constant time)."""
+    return hmac.compare_digest(mac(key, message), tag)
+
+
+class InvalidSigningKey(Exception):
+    """A private or public signing key is not an Ed25519 key in the expected encoding."""
+
+
+def new_signing_key() -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key pair: (private key as unencrypted PKCS#8 PEM, public key as 32 raw bytes)."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return pem, private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign(private_pem: bytes, message: bytes) -> tuple[bytes, bytes]:
+    """Ed25519 signature of ``message``, and the signer's public key (32 raw bytes)."""
+    try:
+        private = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError):
+        raise InvalidSigningKey("not an unencrypted PEM private key") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise InvalidSigningKey("not an Ed25519 private key")
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return private.sign(message), public
+
+
+def signature_matches(public_raw: bytes, signature: bytes, message: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` by the key ``public_raw``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 class CellCipher:

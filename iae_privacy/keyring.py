@@ -55,6 +55,8 @@ class Purpose(str, enum.Enum):
     """Signatures of encoded-dataset manifests (from the root)."""
     AUDIT = "audit"
     """The audit log's MAC chain (from the root)."""
+    POLICY = "policy"
+    """The access policy's MAC: a policy edited by hand, not through iae-privacy, is refused."""
 
     @property
     def label(self) -> bytes:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import hmac
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from iae_privacy import crypto
 from iae_privacy.codec import EncodedBatch, Role, read_batches
 from iae_privacy.errors import IaeError
 from iae_privacy.exactness import ContentDigest
@@ -129,16 +130,40 @@ class EncodedDataset:
             raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{self.manifest_path} is damaged") from None
-        expected = hmac.new(_manifest_key(keyring), body, "sha256").digest()
-        if not hmac.compare_digest(signature, expected) or manifest.body() != body:
+        if not crypto.mac_matches(_manifest_key(keyring), body, signature) or manifest.body() != body:
             raise StoreError(f"{self.manifest_path} fails its signature: it was altered, or signed by "
                              "another keyring")
         return manifest
 
+    def manifest_identity(self) -> tuple[str, str]:
+        """(dataset name, SHA-256 of the manifest's body) as the file says, without checking its
+        signature (a request names a dataset by these; the decode checks the signature)."""
+        try:
+            body = json.loads(self.manifest_path.read_bytes())["body"]
+            return str(body["dataset"]), hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        except FileNotFoundError:
+            raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.manifest_path} is damaged") from None
+
+    def source_columns(self, manifest: Manifest) -> list[str]:
+        """The source table's column names, in order (from the first latent part's metadata)."""
+        if not manifest.parts:
+            raise StoreError(f"{self.folder} has no encoded parts")
+        path = self.folder / min(manifest.parts, key=lambda p: p.part).latent
+        try:
+            meanings = json.loads((pq.read_schema(path).metadata or {})[b"iae.columns"])
+            return list(meanings["source"])
+        except FileNotFoundError:
+            raise StoreError(f"latent part {path} listed in the manifest is missing") from None
+        except (KeyError, ValueError, TypeError):
+            raise StoreError(f"latent part {path} does not name its source columns (encoded by an older "
+                             "iae-privacy, or altered): re-encode the source") from None
+
     def write_manifest(self, manifest: Manifest, keyring: Keyring) -> None:
         manifest.updated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         body = manifest.body()
-        signature = hmac.new(_manifest_key(keyring), body, "sha256").hexdigest()
+        signature = crypto.mac(_manifest_key(keyring), body).hex()
         doc = {"body": json.loads(body), "signature": signature}
         write_private(self.manifest_path, json.dumps(doc, indent=1, ensure_ascii=False).encode())
 
@@ -196,7 +221,7 @@ class EncodedDataset:
                 rows = np.arange(counts["rows"], counts["rows"] + batch.num_rows, dtype=np.int64)
                 row_ids = pa.array((np.int64(part) << _PART_SHIFT) | rows)
                 table = self._latent_table(row_ids, latent, identifier_fields, tokenizer,
-                                           model_name, model_version)
+                                           model_name, model_version, codec.schema.names)
                 if writer is None:
                     writer = pq.ParquetWriter(latent_tmp, table.schema)
                 writer.write_table(table, row_group_size=max(batch.num_rows, 1))
@@ -235,13 +260,15 @@ class EncodedDataset:
 
     @staticmethod
     def _latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
-                      tokenizer: Tokenizer, model_name: str, model_version: int) -> pa.Table:
+                      tokenizer: Tokenizer, model_name: str, model_version: int,
+                      source_columns: list[str]) -> pa.Table:
         e = latent.encoded
         columns = [row_ids] + list(e.passthrough.columns) + [tokenizer.tokens(c) for c in e.identifiers.columns]
         columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
         meanings = {"row_id": "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
                     "tokens": [f.name for f in identifier_fields],
-                    "z_public": [public_name(j) for j in range(latent.z_public.shape[1])]}
+                    "z_public": [public_name(j) for j in range(latent.z_public.shape[1])],
+                    "source": source_columns}
         metadata = {"iae.model": model_name, "iae.model_version": str(model_version),
                     "iae.columns": json.dumps(meanings)}
         fields = ([pa.field(ROW_ID, pa.int64(), nullable=False)] + list(e.passthrough.schema)
@@ -284,8 +311,13 @@ class EncodedDataset:
             if not matches:
                 raise StoreError(f"{what} part {path} differs from the manifest: altered or swapped")
 
-    def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str) -> Iterator[pa.RecordBatch]:
-        """The part's original record batches, bit for bit (after :meth:`verify_part`)."""
+    def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str,
+                    take: dict[int, np.ndarray] | None = None) -> Iterator[pa.RecordBatch]:
+        """The part's original record batches, bit for bit (after :meth:`verify_part`).
+
+        ``take`` restores only some rows: {batch index: row positions within that batch}; other
+        batches are skipped (their vault segments are still authenticated up to the last one taken).
+        """
         latent_file = pq.ParquetFile(self.folder / record.latent, pre_buffer=False)  # see read_batches
         if latent_file.num_row_groups != record.batches:
             raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
@@ -297,33 +329,109 @@ class EncodedDataset:
 
         _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
                                        self._vault_key_aad, keyring, "vault part", check)
-        k = model.network.config.public_dims
-        codec = model.codec
-        passthrough_n = len(codec.indices_with_role(Role.PASSTHROUGH))
+        last = record.batches - 1 if take is None else max(take, default=-1)
         group = -1
         for group, segment in enumerate(segments):
             if group >= record.batches:
                 raise StoreError(f"vault part {record.vault} has more batches than its latent part")
+            if take is not None and group not in take:
+                if group >= last:
+                    break
+                continue
             vault = pa.ipc.open_stream(segment).read_next_batch()
             latent = latent_file.read_row_group(group)
-            meta = vault.schema.metadata or {}
-            d, detail_n = (int(meta[key]) for key in _VAULT_KEYS)
-            z_public = np.stack([latent.column(public_name(j)).to_numpy() for j in range(k)], axis=1) \
-                if k else np.zeros((latent.num_rows, 0), dtype=np.int64)
-            z_detail = np.stack([vault.column(j).to_numpy() for j in range(d)], axis=1) \
-                if d else np.zeros((vault.num_rows, 0), dtype=np.int64)
-            detail_meta = {key: v for key, v in meta.items() if key not in _VAULT_KEYS}
-            # select keeps the row count even when it selects no column
-            detail = vault.select(list(range(d, d + detail_n))).replace_schema_metadata(detail_meta or None)
-            identifiers = vault.select(list(range(d + detail_n, vault.num_columns)))
-            passthrough = pa.RecordBatch.from_arrays(
-                [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)],
-                schema=pa.schema([latent.schema.field(1 + j) for j in range(passthrough_n)])
-            ) if passthrough_n else vault.select([])
-            encoded = EncodedBatch(np.empty((vault.num_rows, 0), dtype=np.int64), passthrough, identifiers, detail)
-            yield model.decode(LatentBatch(np.ascontiguousarray(z_public), np.ascontiguousarray(z_detail), encoded))
-        if group + 1 != record.batches:
+            if vault.num_rows != latent.num_rows:
+                raise StoreError(f"vault part {record.vault} and latent part {record.latent} disagree on the "
+                                 f"rows of batch {group}")
+            if take is not None:
+                rows = pa.array(take[group], pa.int64())
+                vault, latent = vault.take(rows), latent.take(rows)
+            yield model.decode(self._latent_batch(latent, vault, model))
+            if group >= last:
+                break
+        if take is None and group + 1 != record.batches:
             raise StoreError(f"vault part {record.vault} has fewer batches than its latent part")
+
+    @staticmethod
+    def _latent_batch(latent: pa.Table, vault: pa.RecordBatch, model: Model) -> LatentBatch:
+        """What the model decodes, from one batch's latent rows and vault rows."""
+        k = model.network.config.public_dims
+        passthrough_n = len(model.codec.indices_with_role(Role.PASSTHROUGH))
+        meta = vault.schema.metadata or {}
+        d, detail_n = (int(meta[key]) for key in _VAULT_KEYS)
+        z_public = np.stack([latent.column(public_name(j)).to_numpy() for j in range(k)], axis=1) \
+            if k else np.zeros((latent.num_rows, 0), dtype=np.int64)
+        z_detail = np.stack([vault.column(j).to_numpy() for j in range(d)], axis=1) \
+            if d else np.zeros((vault.num_rows, 0), dtype=np.int64)
+        detail_meta = {key: v for key, v in meta.items() if key not in _VAULT_KEYS}
+        # select keeps the row count even when it selects no column
+        detail = vault.select(list(range(d, d + detail_n))).replace_schema_metadata(detail_meta or None)
+        identifiers = vault.select(list(range(d + detail_n, vault.num_columns)))
+        passthrough = pa.RecordBatch.from_arrays(
+            [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)],
+            schema=pa.schema([latent.schema.field(1 + j) for j in range(passthrough_n)])
+        ) if passthrough_n else vault.select([])
+        encoded = EncodedBatch(np.empty((vault.num_rows, 0), dtype=np.int64), passthrough, identifiers, detail)
+        return LatentBatch(np.ascontiguousarray(z_public), np.ascontiguousarray(z_detail), encoded)
+
+    def token_row_ids(self, manifest: Manifest, column: str, token: str) -> np.ndarray:
+        """The row ids whose token in identifier column ``column`` is ``token`` (reads the latent
+        table only: tokens and row ids)."""
+        found = []
+        for record in sorted(manifest.parts, key=lambda p: p.part):
+            path = self.folder / record.latent
+            schema = pq.read_schema(path)
+            meanings = json.loads((schema.metadata or {}).get(b"iae.columns", b"{}"))
+            if column not in meanings.get("tokens", []):
+                raise StoreError(f"{path} has no token column {column!r} (token columns: "
+                                 f"{', '.join(meanings.get('tokens', [])) or 'none'})")
+            table = pq.read_table(path, columns=[ROW_ID, column], pre_buffer=False)
+            hits = pa.compute.equal(table.column(column), pa.scalar(token, pa.string()))
+            found.append(table.column(ROW_ID).filter(hits).to_numpy())
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def locate(self, manifest: Manifest, row_ids: np.ndarray) -> dict[int, dict[int, np.ndarray]]:
+        """{part: {batch: row positions in the batch}} for ``row_ids`` (sorted, duplicates dropped);
+        :class:`StoreError` for a row id the dataset does not have."""
+        row_ids = np.unique(np.asarray(row_ids, dtype=np.int64))
+        parts = {p.part: p for p in manifest.parts}
+        located: dict[int, dict[int, np.ndarray]] = {}
+        for part in np.unique(row_ids >> _PART_SHIFT):
+            rows = row_ids[(row_ids >> _PART_SHIFT) == part] & ((1 << _PART_SHIFT) - 1)
+            record = parts.get(int(part))
+            if record is None or rows[-1] >= record.rows:
+                bad = int((int(part) << _PART_SHIFT) | int(rows[-1]))
+                raise StoreError(f"row id {bad} is not in {self.folder} (part {int(part)} "
+                                 f"{'does not exist' if record is None else f'has {record.rows} rows'})")
+            metadata = pq.ParquetFile(self.folder / record.latent).metadata
+            starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+            groups = np.searchsorted(starts, rows, side="right") - 1
+            located[int(part)] = {int(g): rows[groups == g] - starts[g] for g in np.unique(groups)}
+        return located
+
+    def decode_rows(self, manifest: Manifest, model: Model, keyring: Keyring, out: Path,
+                    located: dict[int, dict[int, np.ndarray]] | None, columns: list[int] | None,
+                    on_rows: Callable[[int, int], None] | None = None) -> int:
+        """Restore some rows (``located``, from :meth:`locate`; None: all) and some columns (source
+        positions; None: all) of the dataset to one Parquet file ``out``, owner-only, atomically.
+
+        Check the parts involved with :meth:`verify_part` first. Rows come in row-id order.
+        """
+        records = sorted((p for p in manifest.parts if located is None or p.part in located), key=lambda p: p.part)
+        total = sum(p.rows for p in records) if located is None else \
+            sum(len(rows) for groups in located.values() for rows in groups.values())
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            done = 0
+            for record in records:
+                take = None if located is None else located[record.part]
+                for batch in self.decode_part(record, model, keyring, manifest.dataset, take):
+                    done += batch.num_rows
+                    if on_rows is not None:
+                        on_rows(done, total)
+                    yield batch if columns is None else batch.select(columns)
+
+        return _write_restored(out, batches(), lambda: None)
 
     def rewrap_all(self, keyring: Keyring) -> int:
         """Re-wrap every vault part's data key under the current key version."""
@@ -387,26 +495,32 @@ class EncodedDataset:
         single = out.suffix == ".parquet"
         if single and len(manifest.parts) != 1:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
-        rows, total = 0, sum(p.rows for p in manifest.parts)
-        for record in sorted(manifest.parts, key=lambda p: p.part):
-            target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
-            content = ContentDigest()
+        rows, total, written = 0, sum(p.rows for p in manifest.parts), []
+        try:
+            for record in sorted(manifest.parts, key=lambda p: p.part):
+                target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
+                content = ContentDigest()
 
-            def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
-                done = rows
-                for batch in self.decode_part(record, model, keyring, manifest.dataset):
-                    content.update(batch)
-                    done += batch.num_rows
-                    if on_rows is not None:
-                        on_rows(done, total)
-                    yield batch
+                def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
+                    done = rows
+                    for batch in self.decode_part(record, model, keyring, manifest.dataset):
+                        content.update(batch)
+                        done += batch.num_rows
+                        if on_rows is not None:
+                            on_rows(done, total)
+                        yield batch
 
-            def check(record: PartRecord = record, content: ContentDigest = content) -> None:
-                if content.hexdigest() != record.content_sha256:
-                    raise StoreError(f"part {record.part} restored to data that differs from its source "
-                                     f"{record.source}: refusing to write it")
+                def check(record: PartRecord = record, content: ContentDigest = content) -> None:
+                    if content.hexdigest() != record.content_sha256:
+                        raise StoreError(f"part {record.part} restored to data that differs from its source "
+                                         f"{record.source}: refusing to write it")
 
-            rows += _write_restored(target, restored(), check)
+                rows += _write_restored(target, restored(), check)
+                written.append(target)
+        except BaseException:
+            for path in written:  # all parts or none
+                path.unlink(missing_ok=True)
+            raise
         return rows
 
 
@@ -436,10 +550,11 @@ def _write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int
             rows += batch.num_rows
             if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
                 flush()
-        if writer is not None:
-            flush()
-            writer.close()
-            writer = None
+        if writer is None:
+            raise StoreError(f"nothing to restore to {path}")
+        flush()
+        writer.close()
+        writer = None
         check()
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)

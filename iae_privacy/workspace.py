@@ -1,4 +1,4 @@
-"""A workspace: the folder where keys/, models/ (and later the audit log) live.
+"""A workspace: the folder where keys/, models/, principals/ and audit/ live.
 
 ``--home DIR`` or ``IAE_HOME``; the current folder by default. ``datasets.json`` lists the encoded
 dataset folders made with it, wherever they are, so that key rotation reaches their vault parts.
@@ -31,6 +31,11 @@ class Workspace:
     @property
     def keys(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def audit_log(self) -> Path:
+        """The audit log (its checkpoint is kept apart, under keys/)."""
+        return self.home / "audit" / "audit.log"
 
     @property
     def models(self) -> ModelRegistry:

@@ -1,0 +1,459 @@
+"""Who may restore what: principals, the policy, signed decode requests, and the audited restore.
+
+This module is where a decode is authorised, and the only way to one:
+
+* a **principal** is a person with an Ed25519 key pair; the private half is theirs (a file only
+  they can read), the public half sits in the policy;
+* the **policy** (``keys/policy.json``) maps principals to roles, and roles to datasets, columns,
+  a row limit per request and whether whole-dataset restores are allowed. It is MAC'd with the
+  policy subkey and changed only through iae-privacy, which audits every change: a policy edited
+  by hand is refused;
+* a **decode request** is signed by its principal and names the dataset (by the hash of its
+  signed manifest), the columns and rows, the purpose, an expiry and a nonce. It works once;
+* :meth:`AccessControl.authorize` checks all of that, writes the audit entry (no entry, no
+  restore) and returns a :class:`Grant`; only :meth:`AccessControl.restore` then opens the model
+  and the vault, and restores exactly what the grant covers.
+
+Every refusal is an :class:`AccessRefused` with the reason, recorded in the audit log, and leaves
+no output file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from iae_privacy import crypto
+from iae_privacy.audit import AuditError, AuditLog, NonceUsedError
+from iae_privacy.errors import IaeError
+from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.store import EncodedDataset, Manifest
+from iae_privacy.workspace import Workspace
+
+__all__ = ["AccessControl", "AccessRefused", "AccessRole", "DecodeRequest", "Grant", "Policy", "Principal",
+           "ADMIN", "make_request", "parse_ttl"]
+
+POLICY_FORMAT = "iae-privacy/policy"
+REQUEST_FORMAT = "iae-privacy/decode-request"
+ADMIN = "admin"
+"""The first principal, made by ``keys init``, and its role (may restore everything)."""
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_TTL = re.compile(r"^(\d+)([smhd])$")
+_TTL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class AccessRefused(IaeError):
+    """A decode request is refused; the reason is in the message and in the audit log."""
+
+
+def _canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def check_name(name: str, what: str) -> str:
+    if not _NAME.match(name):
+        raise IaeError(f"{what} name {name!r} is not allowed: use letters, digits, '_', '.', '@', '-' "
+                       "(up to 64, starting with a letter or digit)")
+    return name
+
+
+def parse_ttl(text: str) -> int:
+    """Seconds in a time to live such as ``90s``, ``30m``, ``1h`` or ``7d``."""
+    match = _TTL.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise IaeError(f"time to live {text!r}: expected a number and a unit, e.g. 30m, 1h, 7d")
+    return int(match.group(1)) * _TTL_SECONDS[match.group(2)]
+
+
+# -- the policy ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AccessRole:
+    """What a role may restore. Dataset and column entries are names or shell-style patterns."""
+
+    datasets: tuple[str, ...] = ("*",)
+    columns: tuple[str, ...] = ("*",)
+    max_rows: int | None = None
+    """Most rows one request may restore; None: no limit."""
+    whole_dataset: bool = False
+    """Whether a request may restore a dataset whole (no row selection)."""
+
+    def allows_dataset(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.datasets)
+
+    def allows_column(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.columns)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    public_key: str
+    """Hex of the 32-byte Ed25519 public key."""
+    added: str
+
+
+@dataclass
+class Policy:
+    roles: dict[str, AccessRole] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return _canonical({"format": POLICY_FORMAT, "version": 1,
+                           "roles": {n: asdict(r) for n, r in sorted(self.roles.items())},
+                           "principals": {n: asdict(p) for n, p in sorted(self.principals.items())}})
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.body()).hexdigest()
+
+    @classmethod
+    def load(cls, path: Path, keyring: Keyring) -> Policy:
+        try:
+            doc = json.loads(path.read_bytes())
+            body, tag = doc["body"], bytes.fromhex(doc["mac"])
+            if body["format"] != POLICY_FORMAT:
+                raise ValueError("format")
+            policy = cls({n: AccessRole(tuple(r["datasets"]), tuple(r["columns"]), r["max_rows"], bool(r["whole_dataset"]))
+                          for n, r in body["roles"].items()},
+                         {n: Principal(**p) for n, p in body["principals"].items()})
+        except FileNotFoundError:
+            raise AccessRefused(f"no access policy at {path}: create one with 'iae-privacy keys init'") from None
+        except (ValueError, KeyError, TypeError):
+            raise AccessRefused(f"access policy {path} is damaged") from None
+        if not crypto.mac_matches(keyring.subkey(Purpose.POLICY), _canonical(body), tag) or policy.body() != _canonical(body):
+            raise AccessRefused(f"access policy {path} fails its MAC: it was changed outside iae-privacy "
+                                "(change it with 'iae-privacy keys add-principal' or 'iae-privacy policy set-role')")
+        return policy
+
+    def save(self, path: Path, keyring: Keyring) -> None:
+        body = self.body()
+        tag = crypto.mac(keyring.subkey(Purpose.POLICY), body).hex()
+        write_private(path, json.dumps({"body": json.loads(body), "mac": tag}, indent=1, ensure_ascii=False).encode())
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """What a principal asks to restore. ``rows`` are row ids; ``where_token`` selects the rows whose
+    identifier column has a token; neither: the whole dataset. ``columns`` None: every column."""
+
+    principal: str
+    dataset: str
+    manifest_sha256: str
+    columns: tuple[str, ...] | None
+    rows: tuple[int, ...] | None
+    where_token: tuple[str, str] | None
+    purpose: str
+    created: str
+    expires: str
+    nonce: str
+
+    @property
+    def whole(self) -> bool:
+        return self.rows is None and self.where_token is None
+
+    def document(self) -> dict[str, Any]:
+        return {"format": REQUEST_FORMAT, "version": 1, "principal": self.principal, "dataset": self.dataset,
+                "manifest_sha256": self.manifest_sha256,
+                "columns": None if self.columns is None else list(self.columns),
+                "rows": None if self.rows is None else list(self.rows),
+                "where_token": None if self.where_token is None else
+                {"column": self.where_token[0], "token": self.where_token[1]},
+                "purpose": self.purpose, "created": self.created, "expires": self.expires, "nonce": self.nonce}
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> DecodeRequest:
+        if doc["format"] != REQUEST_FORMAT or doc["version"] != 1:
+            raise ValueError("format")
+        where = doc["where_token"]
+        request = cls(str(doc["principal"]), str(doc["dataset"]), str(doc["manifest_sha256"]),
+                      None if doc["columns"] is None else tuple(str(c) for c in doc["columns"]),
+                      None if doc["rows"] is None else tuple(int(r) for r in doc["rows"]),
+                      None if where is None else (str(where["column"]), str(where["token"])),
+                      str(doc["purpose"]), str(doc["created"]), str(doc["expires"]), str(doc["nonce"]))
+        if request.document() != doc:
+            raise ValueError("not canonical")
+        return request
+
+    def serialize(self, signature: bytes) -> bytes:
+        """The request file: canonical JSON, one line. No byte of it can change and still verify."""
+        return _canonical({"request": self.document(), "signature": signature.hex()}) + b"\n"
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[DecodeRequest, bytes]:
+        """(request, signature) from a request file; ValueError unless it is exactly canonical."""
+        doc = json.loads(data)
+        request, signature = cls.from_document(doc["request"]), bytes.fromhex(doc["signature"])
+        if request.serialize(signature) != data:
+            raise ValueError("not canonical")
+        return request, signature
+
+
+def make_request(encoded: Path, principal: str, private_key: Path, *, columns: list[str] | None = None,
+                 rows: list[int] | None = None, where_token: tuple[str, str] | None = None,
+                 purpose: str = "", ttl_seconds: int = 3600) -> bytes:
+    """A signed request file for the encoded dataset ``encoded``, signed with ``private_key`` (PEM).
+
+    Needs no keyring: the dataset is named by the hash of its manifest as it is now (the decode
+    checks that manifest's signature and that it still has this hash)."""
+    check_name(principal, "principal")
+    if rows is not None and where_token is not None:
+        raise IaeError("give rows or a token to match, not both")
+    if rows is not None and not rows:
+        raise IaeError("--rows names no row")
+    dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
+    try:
+        pem = private_key.read_bytes()
+    except FileNotFoundError:
+        raise IaeError(f"no private key at {private_key} (made by 'iae-privacy keys add-principal')") from None
+    now = _now()
+    request = DecodeRequest(principal, dataset, manifest_sha256, None if columns is None else tuple(columns),
+                            None if rows is None else tuple(sorted(set(rows))), where_token, purpose,
+                            now.isoformat(timespec="seconds"),
+                            (now + datetime.timedelta(seconds=ttl_seconds)).isoformat(timespec="seconds"),
+                            os.urandom(16).hex())
+    try:
+        signature, _ = crypto.sign(pem, _canonical(request.document()))
+    except crypto.InvalidSigningKey as exc:
+        raise IaeError(f"{private_key}: {exc}") from None
+    return request.serialize(signature)
+
+
+# -- grants and the audited restore ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Grant:
+    """What an authorised request may restore (positions and counts, no values); made only by
+    :meth:`AccessControl.authorize`, after its audit entry was written."""
+
+    encoded: str
+    principal: str
+    dataset: str
+    columns: tuple[int, ...] | None
+    """Source column positions; None: every column."""
+    located: dict[int, dict[int, np.ndarray]] | None
+    """{part: {batch: rows}}; None: every row."""
+    rows: int
+    audit_seq: int
+    nonce: str
+
+
+class AccessControl:
+    """The policy, the principals and the audit log of a workspace, and the authorised restore."""
+
+    def __init__(self, workspace: Workspace, keyring: Keyring) -> None:
+        self.workspace = workspace
+        self.keyring = keyring
+        self.audit = AuditLog(workspace.audit_log, workspace.keys / "audit.checkpoint", keyring)
+
+    @property
+    def policy_path(self) -> Path:
+        return self.workspace.keys / "policy.json"
+
+    def policy(self) -> Policy:
+        return Policy.load(self.policy_path, self.keyring)
+
+    @property
+    def initialised(self) -> bool:
+        return self.policy_path.exists()
+
+    def initialise(self, key_out: Path | None = None) -> Path:
+        """Start the audit log and the policy with the role and principal ``admin``; returns the
+        path of admin's private key."""
+        if self.initialised:
+            raise IaeError(f"{self.policy_path} already exists")
+        self.audit.start(keyring=str(self.keyring.folder), key_version=self.keyring.current)
+        self._change_policy(Policy(), "created", {})
+        self.set_role(ADMIN, AccessRole(("*",), ("*",), None, True))
+        return self.add_principal(ADMIN, ADMIN, key_out)
+
+    def _change_policy(self, policy: Policy, change: str, details: dict[str, Any]) -> None:
+        """Audit, then save: a change that cannot be audited is not made."""
+        self.audit.append("policy", change, policy_sha256=policy.sha256(), **details)
+        policy.save(self.policy_path, self.keyring)
+
+    def add_principal(self, name: str, role: str, key_out: Path | None = None) -> Path:
+        """A key pair for ``name``: the private half to ``key_out`` (owner-only; default
+        HOME/principals/NAME.key), the public half into the policy."""
+        check_name(name, "principal")
+        policy = self.policy()
+        if name in policy.principals:
+            raise IaeError(f"principal {name!r} already exists")
+        if role not in policy.roles:
+            raise IaeError(f"no role {role!r} in the policy (roles: {', '.join(sorted(policy.roles)) or 'none'}); "
+                           "define it with 'iae-privacy policy set-role'")
+        key_out = key_out or self.workspace.home / "principals" / f"{name}.key"
+        if key_out.exists():
+            raise IaeError(f"{key_out} already exists; give another --key-out")
+        key_out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem, public = crypto.new_signing_key()
+        policy.principals[name] = Principal(name, role, public.hex(), _now().isoformat(timespec="seconds"))
+        self._change_policy(policy, "principal-added", {"principal": name, "role": role})
+        write_private(key_out, pem)
+        return key_out
+
+    def set_role(self, name: str, role: AccessRole) -> None:
+        check_name(name, "role")
+        policy = self.policy()
+        policy.roles[name] = role
+        self._change_policy(policy, "role-set", {"role": name, **asdict(role)})
+
+    def record_key_event(self, change: str, **details: Any) -> None:
+        self.audit.append("keys", change, **details)
+
+    # -- authorising ---------------------------------------------------------------------------------
+
+    def authorize(self, encoded: str | Path, request_file: bytes, now: datetime.datetime | None = None) -> Grant:
+        """Check a request file against the policy and the dataset, and write its audit entry.
+
+        Raises :class:`AccessRefused` (after recording the refusal) for anything that is not allowed.
+        """
+        facts: dict[str, Any] = {"principal": None, "dataset": None,
+                                 "request_sha256": hashlib.sha256(request_file).hexdigest()}
+        try:
+            return self._authorize(Path(encoded), request_file, now or _now(), facts)
+        except (AccessRefused, NonceUsedError) as exc:
+            self._record_refusal(facts, str(exc))
+            if isinstance(exc, NonceUsedError):
+                raise AccessRefused(str(exc)) from None
+            raise
+
+    def _record_refusal(self, facts: dict[str, Any], reason: str) -> None:
+        try:
+            self.audit.append("decode", "refused", **facts, reason=reason)
+        except AuditError as exc:
+            raise AccessRefused(f"{reason} (and the refusal could not be recorded: {exc})") from None
+
+    def _authorize(self, encoded: Path, request_file: bytes, now: datetime.datetime, facts: dict[str, Any]) -> Grant:
+        try:
+            request, signature = DecodeRequest.parse(request_file)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise AccessRefused("the request file is not a valid decode request: damaged or altered") from None
+        facts.update(principal=request.principal, dataset=request.dataset, purpose=request.purpose,
+                     nonce=request.nonce, columns="*" if request.columns is None else list(request.columns),
+                     scope="whole" if request.whole else "rows" if request.rows is not None else "token")
+        if request.where_token is not None:
+            facts.update(token_column=request.where_token[0], token=request.where_token[1])
+        policy = self.policy()
+        principal = policy.principals.get(request.principal)
+        if principal is None:
+            raise AccessRefused(f"unknown principal {request.principal!r}")
+        if not crypto.signature_matches(bytes.fromhex(principal.public_key), signature,
+                                        _canonical(request.document())):
+            raise AccessRefused(f"the request's signature does not verify with {request.principal}'s key: "
+                                "altered, or signed with another key")
+        if now >= datetime.datetime.fromisoformat(request.expires):
+            raise AccessRefused(f"the request expired at {request.expires}")
+        role = policy.roles.get(principal.role)
+        if role is None:
+            raise AccessRefused(f"principal {request.principal!r} has role {principal.role!r}, which the policy "
+                                "does not define")
+        dataset = EncodedDataset(encoded)
+        manifest = self._manifest(dataset, request)
+        if not role.allows_dataset(manifest.dataset):
+            raise AccessRefused(f"role {principal.role!r} may not restore dataset {manifest.dataset!r}")
+        columns = self._columns(dataset, manifest, request, role, principal.role)
+        if request.whole and not role.whole_dataset:
+            raise AccessRefused(f"role {principal.role!r} may not restore a whole dataset; name rows or a token")
+        located, rows = self._rows(dataset, manifest, request)
+        facts["rows"] = rows
+        if rows == 0:
+            raise AccessRefused("no row matches the request")
+        if role.max_rows is not None and rows > role.max_rows:
+            raise AccessRefused(f"the request covers {rows} rows; role {principal.role!r} may restore at most "
+                                f"{role.max_rows} per request")
+        for record in manifest.parts:
+            if located is None or record.part in located:
+                try:
+                    dataset.verify_part(record)
+                except IaeError as exc:
+                    raise AccessRefused(str(exc)) from None
+        entry = self.audit.grant_once(request.nonce, **{k: v for k, v in facts.items() if k != "nonce"})
+        return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
+                     request.nonce)
+
+    def _manifest(self, dataset: EncodedDataset, request: DecodeRequest) -> Manifest:
+        try:
+            manifest = dataset.read_manifest(self.keyring)
+        except IaeError as exc:
+            raise AccessRefused(str(exc)) from None
+        if hashlib.sha256(manifest.body()).hexdigest() != request.manifest_sha256 or manifest.dataset != request.dataset:
+            raise AccessRefused(f"the request names another dataset, or {dataset.folder} changed since the request "
+                                "was made: make a new request")
+        return manifest
+
+    @staticmethod
+    def _columns(dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest, role: AccessRole,
+                 role_name: str) -> tuple[int, ...] | None:
+        try:
+            names = dataset.source_columns(manifest)
+        except IaeError as exc:
+            raise AccessRefused(str(exc)) from None
+        wanted = names if request.columns is None else list(request.columns)
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise AccessRefused(f"dataset {manifest.dataset!r} has no column(s) {', '.join(map(repr, unknown))}")
+        denied = [c for c in dict.fromkeys(wanted) if not role.allows_column(c)]
+        if denied:
+            raise AccessRefused(f"role {role_name!r} may not restore column(s) {', '.join(map(repr, denied))}"
+                                + (" (the request asks for every column)" if request.columns is None else ""))
+        if request.columns is None:
+            return None
+        return tuple(i for i, name in enumerate(names) if name in set(request.columns))
+
+    @staticmethod
+    def _rows(dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest) -> tuple[Any, int]:
+        try:
+            if request.whole:
+                return None, sum(p.rows for p in manifest.parts)
+            ids = np.asarray(request.rows, dtype=np.int64) if request.rows is not None else \
+                dataset.token_row_ids(manifest, *request.where_token)
+            located = dataset.locate(manifest, ids)
+        except IaeError as exc:
+            raise AccessRefused(str(exc)) from None
+        except OverflowError:
+            raise AccessRefused("a row id is out of range") from None
+        return located, sum(len(r) for groups in located.values() for r in groups.values())
+
+    # -- restoring -----------------------------------------------------------------------------------
+
+    def restore(self, grant: Grant, out: Path, on_rows: Callable[[int, int], None] | None = None) -> int:
+        """Open the model and the vault and restore what ``grant`` covers to ``out`` (owner-only).
+
+        A whole dataset with every column restores part by part with each part's content checked
+        against its source (``out`` a .parquet file for one part, else a folder); anything else
+        goes to one Parquet file. A failure is recorded in the audit log and leaves no output.
+        """
+        dataset = EncodedDataset(grant.encoded)
+        try:
+            manifest = dataset.read_manifest(self.keyring)
+            loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
+            if grant.located is None and grant.columns is None:
+                rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows)
+            else:
+                if out.suffix != ".parquet":
+                    raise IaeError(f"{out}: a restore of some rows or columns goes to one .parquet file")
+                rows = dataset.decode_rows(manifest, loaded.model, self.keyring, out, grant.located,
+                                           None if grant.columns is None else list(grant.columns), on_rows)
+        except IaeError as exc:
+            self.audit.append("decode", "failed", principal=grant.principal, dataset=grant.dataset,
+                              granted_in=grant.audit_seq, reason=str(exc))
+            raise
+        self.audit.append("decode", "restored", principal=grant.principal, dataset=grant.dataset,
+                          granted_in=grant.audit_seq, rows=rows)
+        return rows
