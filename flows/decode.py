@@ -26,10 +26,12 @@ def authorize(encoded: str, request: str, home: str) -> Grant | str:
     logger = get_run_logger()
     try:
         workspace, keyring = open_workspace(home)
-        grant = AccessControl(workspace, keyring).authorize(encoded, Path(request).read_bytes())
+        grant: Grant | str = AccessControl(workspace, keyring).authorize(encoded, Path(request).read_bytes())
     except (IaeError, OSError) as exc:
-        logger.warning("%s%s", REFUSED, exc)
-        return str(exc)
+        grant = str(exc)
+    if isinstance(grant, str):  # logged outside the except block: a refusal is not an error with a traceback
+        logger.warning("%s%s", REFUSED, grant)
+        return grant
     logger.info("request granted to %s: %d rows (audit entry %d)", grant.principal, grant.rows, grant.audit_seq)
     return grant
 
@@ -41,10 +43,13 @@ def restore(grant: Grant, out: str, home: str) -> int | str:
     report = progress_logger("restoring", grant.rows, logger)
     try:
         workspace, keyring = open_workspace(home)
-        rows = AccessControl(workspace, keyring).restore(grant, Path(out), on_rows=lambda done, total: report(done))
+        rows: int | str = AccessControl(workspace, keyring).restore(grant, Path(out),
+                                                                    on_rows=lambda done, total: report(done))
     except IaeError as exc:
-        logger.warning("%s%s", FAILED, exc)
-        return str(exc)
+        rows = str(exc)
+    if isinstance(rows, str):
+        logger.warning("%s%s", FAILED, rows)
+        return rows
     logger.info("restored %d rows", rows)
     return rows
 

@@ -83,6 +83,13 @@ class AuditLog:
             return None
         return entry if crypto.constant_time_equal(entry["mac"].encode(), self._mac(entry).encode()) else None
 
+    @staticmethod
+    def _claimed_mac(line: bytes) -> str:
+        try:
+            return str(json.loads(line)["mac"])
+        except (ValueError, KeyError, TypeError):
+            return ""
+
     def _lines(self) -> list[bytes]:
         try:
             data = self.path.read_bytes()
@@ -110,6 +117,8 @@ class AuditLog:
             return None
         except (ValueError, KeyError, TypeError):
             raise AuditError(f"audit checkpoint {self.checkpoint} is damaged") from None
+        except OSError as exc:
+            raise AuditError(f"audit checkpoint {self.checkpoint} cannot be read ({exc.strerror})") from None
         if not crypto.mac_matches(self._key, f"checkpoint|{seq}|{mac}".encode(), check):
             raise AuditError(f"audit checkpoint {self.checkpoint} fails its MAC: altered")
         return seq, mac
@@ -123,13 +132,12 @@ class AuditLog:
         """Problems of lines[start:] as a chain (line numbers count from 1)."""
         prev = GENESIS
         if start:
-            before = self._parse(lines[start - 1])
-            prev = before["mac"] if before else ""
+            prev = self._claimed_mac(lines[start - 1])
         for i in range(start, len(lines)):
             entry = self._parse(lines[i])
             if entry is None:
                 yield f"line {i + 1}: entry was edited or is not a genuine entry (MAC fails)"
-                prev = ""
+                prev = self._claimed_mac(lines[i])  # so that the next line is judged on its own
                 continue
             if entry.get("seq") != i + 1:
                 yield (f"line {i + 1}: holds entry {entry.get('seq')}: entries were deleted, reordered or "

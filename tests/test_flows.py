@@ -11,17 +11,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from iae_privacy.access import AccessControl, AccessRefused, make_request
 from iae_privacy.exactness import first_difference
+from iae_privacy.workspace import Workspace
 from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.samples import write_synthetic_patients
 
 
 def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness):
-    from flows.decode import decode_flow
+    from flows.decode import decode_flow, run_decode
     from flows.encode import encode_flow
     from flows.train import train_flow
 
-    Keyring.init(tmp_path / "keys")
+    keyring = Keyring.init(tmp_path / "keys")
+    admin_key = AccessControl(Workspace.at(tmp_path), keyring).initialise()
     landing = tmp_path / "landing"
     write_synthetic_patients(landing / "day1.parquet", 4_000, seed=1)
     home = str(tmp_path)
@@ -35,11 +38,22 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
     assert (second["encoded_parts"], second["skipped_sources"], second["rows"]) == (1, 1, 6_500)
 
-    restored = decode_flow(encoded=str(tmp_path / "enc"), out=str(tmp_path / "restored"), home=home)
+    request = tmp_path / "request.json"
+    request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
+    restored = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "restored"),
+                           home=home)
     assert restored["restored_rows"] == 6_500
     for part, name in ((1, "day1"), (2, "day2")):
         got = pq.read_table(tmp_path / "restored" / f"part-{part:05d}-{name}.parquet")
         assert first_difference(pq.read_table(landing / f"{name}.parquet"), got) is None
+
+    # the same request again: the flow run ends Failed with the reason, and nothing is written
+    state = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "again"),
+                        home=home, return_state=True)
+    assert state.is_failed() and "already used" in state.message
+    assert not (tmp_path / "again").exists()
+    with pytest.raises(AccessRefused, match="already used"):
+        run_decode(str(tmp_path / "enc"), str(request), str(tmp_path / "again"), home)
 
 
 def test_the_library_never_imports_prefect():
@@ -60,9 +74,11 @@ def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
     env.pop("PREFECT_API_URL", None)
     source = write_synthetic_patients(home / "landing" / "patients.parquet", 3_000, seed=5)
     cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()"]
+    request = str(home / "request.json")
     for args in (["keys", "init"], ["train", str(source), "--model", "pat", "--epochs", "2"],
                  ["encode", str(source), "--model", "pat", "--out", str(home / "enc")],
-                 ["decode", str(home / "enc"), "--out", str(home / "restored.parquet")]):
+                 ["request", str(home / "enc"), "--as", "admin", "--out", request, "--purpose", "scan"],
+                 ["decode", str(home / "enc"), "--request", request, "--out", str(home / "restored.parquet")]):
         result = subprocess.run(cli + args, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
     files = [p for p in prefect_home.rglob("*") if p.is_file()]
@@ -75,8 +91,11 @@ def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
         needles |= {v.encode() for v in table.column(column).drop_null().to_pylist()[:300]}
     found = [n for n in needles if n in stored]
     assert found == []
+    audit = (home / "audit" / "audit.log").read_bytes()  # the audit log holds counts and tokens, no values
+    assert b'"outcome":"restored"' in audit and [n for n in needles if n in audit] == []
     keyring = Keyring.open(home / "keys")
-    secrets = [keyring.subkey(p) for p in Purpose] + [keyring.master(1), (home / "keys" / "master-v1.key").read_bytes()]
+    secrets = [keyring.subkey(p) for p in Purpose] + [keyring.master(1), (home / "keys" / "master-v1.key").read_bytes(),
+               (home / "principals" / "admin.key").read_bytes()]
     for secret in secrets:
         for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
             assert form not in stored

@@ -1,0 +1,294 @@
+"""The audited restore: what a signed request may restore, and every way a bad one is refused.
+
+Every refusal test checks the three promises: a clear reason, an audit entry recording it, and no
+output file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import resource
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from iae_privacy import crypto
+from iae_privacy.access import AccessControl, AccessRefused, AccessRole, make_request
+from iae_privacy.audit import AuditError
+from iae_privacy.codec import CodecConfig, Role
+from iae_privacy.errors import IaeError
+from iae_privacy.exactness import first_difference
+from iae_privacy.keyring import Keyring
+from iae_privacy.network.train import TrainConfig
+from iae_privacy.pipeline import fit_model
+from iae_privacy.registry import transform_key
+from iae_privacy.samples import write_synthetic_patients
+from iae_privacy.store import EncodedDataset
+from iae_privacy.workspace import Workspace
+
+DATASET = "patients"
+
+
+@dataclass
+class World:
+    workspace: Workspace
+    keyring: Keyring
+    access: AccessControl
+    admin_key: Path
+    clerk_key: Path
+    sources: list[Path]
+    encoded: Path
+
+    def request(self, who: str = "admin", key: Path | None = None, encoded: Path | None = None, **scope) -> bytes:
+        key = key or (self.admin_key if who == "admin" else self.clerk_key)
+        return make_request(encoded or self.encoded, who, key, purpose="test", **scope)
+
+
+def make_world(root: Path, rows: tuple[int, ...] = (5_000, 3_000)) -> World:
+    workspace = Workspace.at(root / "home")
+    keyring = Keyring.init(workspace.keys)
+    access = AccessControl(workspace, keyring)
+    admin_key = access.initialise()
+    access.set_role("clerk", AccessRole((DATASET,), ("full_name", "email", "diagnosis_*"), 3, False))
+    clerk_key = access.add_principal("clerk", "clerk")
+    sources = [write_synthetic_patients(root / "landing" / f"day{i}.parquet", n, seed=10 + i)
+               for i, n in enumerate(rows)]
+    model, report = fit_model(sources[0], transform_key(keyring, "p", 1),
+                              CodecConfig(roles={"sex": Role.PASSTHROUGH}), TrainConfig(epochs=1))
+    workspace.models.save(model, "p", 1, keyring, report)
+    dataset = EncodedDataset(root / "encoded" / DATASET)
+    records = [dataset.encode_source(s, part, model, "p", 1, keyring, DATASET, digest, batch_size=2_000)
+               for s, digest, part in dataset.plan(sources, keyring, DATASET, "p", 1)]
+    dataset.commit(records, keyring, DATASET, "p", 1)
+    return World(workspace, keyring, access, admin_key, clerk_key, sources, dataset.folder)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return make_world(tmp_path_factory.mktemp("access"))
+
+
+@pytest.fixture
+def copy(world, tmp_path) -> Path:
+    """A copy of the encoded dataset, free to tamper with."""
+    return Path(shutil.copytree(world.encoded, tmp_path / DATASET))
+
+
+def restore(world: World, request: bytes, out: Path, encoded: Path | None = None, **kw) -> int:
+    grant = world.access.authorize(encoded or world.encoded, request, **kw)
+    return world.access.restore(grant, out)
+
+
+def assert_refused(world: World, request: bytes, out: Path, reason: str, encoded: Path | None = None, **kw) -> None:
+    before = len(world.access.audit.entries())
+    with pytest.raises(AccessRefused, match=reason):
+        restore(world, request, out, encoded, **kw)
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+    entries = world.access.audit.entries()
+    assert len(entries) == before + 1
+    assert entries[-1]["outcome"] == "refused" and entries[-1]["event"] == "decode"
+    assert re.search(reason, entries[-1]["reason"])
+    assert world.access.audit.verify().ok
+
+
+def source_rows(world: World, row_ids: list[int]):
+    """The source rows with these row ids (part << 32 | row), as one table."""
+    import pyarrow as pa
+
+    tables = [pq.read_table(world.sources[(r >> 32) - 1]).slice(r & 0xFFFFFFFF, 1) for r in sorted(row_ids)]
+    return pa.concat_tables(tables)
+
+
+# -- what a granted request restores ------------------------------------------------------------------
+
+def test_a_whole_dataset_restore_is_bit_identical_owner_only_and_audited(world, tmp_path):
+    rows = restore(world, world.request(), tmp_path / "restored")
+    assert rows == 8_000
+    for i, source in enumerate(world.sources):
+        out = tmp_path / "restored" / f"part-{i + 1:05d}-{source.name}"
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+        assert first_difference(pq.read_table(source), pq.read_table(out)) is None
+        assert pq.read_schema(out).metadata == pq.read_schema(source).metadata
+    granted, restored = world.access.audit.entries()[-2:]
+    assert (granted["outcome"], granted["principal"], granted["rows"], granted["scope"]) == ("granted", "admin", 8_000, "whole")
+    assert (restored["outcome"], restored["granted_in"], restored["rows"]) == ("restored", granted["seq"], 8_000)
+
+
+def test_one_persons_record_by_token_restores_that_row_and_only_the_permitted_columns(world, tmp_path):
+    latent = pq.read_table(world.encoded / "latent" / "part-00002.parquet")
+    token = latent.column("email")[2_345].as_py()
+    out = tmp_path / "one.parquet"
+    assert restore(world, world.request("clerk", columns=["email", "full_name"], where_token=("email", token)), out) == 1
+    expected = source_rows(world, [(2 << 32) | 2_345]).select(["full_name", "email"])
+    got = pq.read_table(out)
+    assert first_difference(expected, got) is None and got.column_names == ["full_name", "email"]
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    entry = world.access.audit.entries()[-2]
+    assert (entry["scope"], entry["token_column"], entry["token"], entry["rows"]) == ("token", "email", token, 1)
+
+
+def test_rows_by_id_across_parts_and_batches_come_back_exactly_in_row_id_order(world, tmp_path):
+    ids = [(2 << 32) | 2_999, (1 << 32) | 0, (1 << 32) | 4_001, (1 << 32) | 1_999, (1 << 32) | 2_000, (2 << 32) | 7]
+    out = tmp_path / "rows.parquet"
+    assert restore(world, world.request(rows=ids), out) == len(ids)
+    assert first_difference(source_rows(world, ids), pq.read_table(out)) is None
+
+
+def test_a_principal_with_a_least_privilege_role_restores_diagnoses_by_pattern(world, tmp_path):
+    out = tmp_path / "dx.parquet"
+    assert restore(world, world.request("clerk", columns=["diagnosis_code"], rows=[1 << 32]), out) == 1
+    assert first_difference(source_rows(world, [1 << 32]).select(["diagnosis_code"]), pq.read_table(out)) is None
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+
+def test_an_unknown_principal_is_refused(world, tmp_path):
+    stranger = tmp_path / "mallory.key"
+    stranger.write_bytes(crypto.new_signing_key()[0])
+    assert_refused(world, world.request("mallory", key=stranger, rows=[1 << 32]), tmp_path / "o.parquet",
+                   "unknown principal 'mallory'")
+
+
+def test_a_request_signed_by_another_key_is_refused(world, tmp_path):
+    assert_refused(world, world.request("admin", key=world.clerk_key), tmp_path / "o.parquet",
+                   "signature does not verify with admin's key")
+
+
+def test_changing_any_byte_of_a_request_is_refused(world, tmp_path):
+    request = world.request("admin", rows=[1 << 32])
+    out = tmp_path / "o.parquet"
+    for i in range(len(request)):
+        changed = bytearray(request)
+        changed[i] ^= 0x01 if i % 2 else 0x20
+        with pytest.raises(AccessRefused):
+            world.access.authorize(world.encoded, bytes(changed))
+    assert not out.exists()
+    assert world.access.audit.entries()[-1]["outcome"] == "refused"
+
+
+def test_an_expired_request_is_refused(world, tmp_path):
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
+    assert_refused(world, world.request(rows=[1 << 32]), tmp_path / "o.parquet", "expired", now=later)
+
+
+def test_a_replayed_request_is_refused(world, tmp_path):
+    request = world.request(rows=[1 << 32])
+    restore(world, request, tmp_path / "first.parquet")
+    assert_refused(world, request, tmp_path / "again.parquet", "already used")
+
+
+@pytest.mark.parametrize("scope, reason", [
+    ({"columns": ["national_id"], "rows": [1 << 32]}, "may not restore column\\(s\\) 'national_id'"),
+    ({"rows": [1 << 32]}, "the request asks for every column"),
+    ({"columns": ["email"], "rows": [1 << 32, (1 << 32) + 1, (1 << 32) + 2, (1 << 32) + 3]}, "at most 3 per request"),
+    ({"columns": ["email"]}, "may not restore a whole dataset"),
+    ({"columns": ["no_such_column"], "rows": [1 << 32]}, "has no column"),
+    ({"columns": ["email"], "rows": [(3 << 32) + 1]}, "row id .* is not in"),
+    ({"columns": ["email"], "where_token": ("email", "0" * 32)}, "no row matches"),
+])
+def test_requests_outside_the_role_or_the_dataset_are_refused(world, tmp_path, scope, reason):
+    assert_refused(world, world.request("clerk", **scope), tmp_path / "o.parquet", reason)
+
+
+def test_a_dataset_outside_the_role_is_refused(world, tmp_path):
+    world.access.set_role("clerk-elsewhere", AccessRole(("other-*",), ("*",), None, True))
+    key = world.access.add_principal("elsewhere", "clerk-elsewhere")
+    request = make_request(world.encoded, "elsewhere", key, rows=[1 << 32])
+    assert_refused(world, request, tmp_path / "o.parquet", "may not restore dataset 'patients'")
+
+
+def test_a_tampered_manifest_is_refused(world, copy, tmp_path):
+    request = world.request(rows=[1 << 32], encoded=copy)
+    doc = json.loads((copy / "manifest.json").read_bytes())
+    doc["body"]["parts"][0]["rows"] += 1
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    assert_refused(world, request, tmp_path / "o.parquet", "fails its signature", encoded=copy)
+
+
+def test_a_manifest_changed_since_the_request_was_made_is_refused(world, copy, tmp_path):
+    request = world.request(rows=[1 << 32], encoded=copy)
+    dataset = EncodedDataset(copy)
+    dataset.write_manifest(dataset.read_manifest(world.keyring), world.keyring)  # re-signed: new timestamp
+    assert_refused(world, request, tmp_path / "o.parquet", "changed since the request was made", encoded=copy)
+
+
+@pytest.mark.parametrize("damage", ["latent byte", "vault byte", "vaults swapped", "latent missing", "vault missing"])
+def test_tampered_swapped_or_missing_parts_are_refused(world, copy, tmp_path, damage):
+    request = world.request(encoded=copy)
+    latent, vault = copy / "latent" / "part-00001.parquet", copy / "vault" / "part-00001.vault"
+    if damage.endswith("byte"):
+        path = latent if damage.startswith("latent") else vault
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        path.write_bytes(bytes(data))
+    elif damage == "vaults swapped":
+        other = copy / "vault" / "part-00002.vault"
+        a, b = vault.read_bytes(), other.read_bytes()
+        vault.write_bytes(b)
+        other.write_bytes(a)
+    else:
+        (latent if damage.startswith("latent") else vault).unlink()
+    reason = "missing" if damage.endswith("missing") else "differs from the manifest"
+    assert_refused(world, request, tmp_path / "restored", reason, encoded=copy)
+
+
+def test_a_policy_edited_by_hand_is_refused(world, tmp_path):
+    request = world.request("clerk", columns=["national_id"], rows=[1 << 32])
+    path = world.access.policy_path
+    original = path.read_bytes()
+    doc = json.loads(original)
+    doc["body"]["roles"]["clerk"]["columns"] = ["*"]
+    try:
+        path.write_text(json.dumps(doc))
+        with pytest.raises(AccessRefused, match="changed outside iae-privacy"):
+            restore(world, request, tmp_path / "o.parquet")
+        assert not (tmp_path / "o.parquet").exists()
+        assert world.access.audit.entries()[-1]["outcome"] == "refused"
+    finally:
+        path.write_bytes(original)
+
+
+def test_the_decode_does_not_run_when_the_audit_entry_cannot_be_written(world, tmp_path):
+    """A real write failure: the process may not grow any file (RLIMIT_FSIZE), as on a full disk."""
+    request = world.request(rows=[1 << 32])
+    log = world.access.audit.path
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.stat().st_size, hard))
+    try:
+        with pytest.raises((AccessRefused, AuditError), match="cannot be written"):
+            restore(world, request, tmp_path / "o.parquet")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not (tmp_path / "o.parquet").exists()
+    assert world.access.audit.verify().ok
+    restore(world, request, tmp_path / "o.parquet")  # never granted, so the request still works once
+
+
+def test_a_restore_with_a_model_from_another_keyring_or_a_retired_key_fails_audited(world, tmp_path):
+    other = make_world(tmp_path, rows=(2_500,))
+    bundle = other.workspace.models.path("p", 1)
+    original = bundle.read_bytes()
+    bundle.write_bytes(world.workspace.models.path("p", 1).read_bytes())  # same name, another keyring
+    out = tmp_path / "o.parquet"
+    grant = other.access.authorize(other.encoded, other.request(rows=[1 << 32]))
+    with pytest.raises(IaeError, match="does not open with this keyring"):
+        other.access.restore(grant, out)
+    assert not out.exists() and other.access.audit.entries()[-1]["outcome"] == "failed"
+
+    bundle.write_bytes(original)
+    other.keyring.rotate()
+    other.keyring.retire(1)  # the bundle was never re-wrapped under version 2
+    grant = other.access.authorize(other.encoded, other.request(rows=[1 << 32]))
+    with pytest.raises(IaeError, match="sealed with key version 1, which is retired"):
+        other.access.restore(grant, out)
+    assert not out.exists()
+    failed = other.access.audit.entries()[-1]
+    assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
+    assert other.access.audit.verify().ok
