@@ -12,7 +12,7 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec, e2e, keys, network
+from bench import codec, e2e, keys, network, restore
 from bench.common import machine
 
 BENCHMARKS = {
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "network": (network.run, 1_000_000),
     "keys": (keys.run, 1_000_000),
     "e2e": (e2e.run, 1_000_000),
+    "restore": (restore.run, 1_000_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -31,6 +32,8 @@ def _format(value: float, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "%":
         return f"{value:.1f} %"
+    if unit == "s":
+        return f"{value:.3f} s"
     if unit == "MiB":
         return f"{value:,.0f} MiB"
     return f"{value:.3g} {unit}"

@@ -216,6 +216,8 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
         raise IaeError("give rows or a token to match, not both")
     if rows is not None and not rows:
         raise IaeError("--rows names no row")
+    if where_token is not None and not all(isinstance(part, str) and part for part in where_token):
+        raise IaeError("a token match needs a column name and a token")
     dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
     try:
         pem = private_key.read_bytes()
