@@ -309,6 +309,14 @@ class AccessControl:
         write_private(key_out, pem)
         return key_out
 
+    def remove_principal(self, name: str) -> None:
+        """Take a principal out of the policy: requests signed with their key are refused from now on."""
+        policy = self.policy()
+        if name not in policy.principals:
+            raise IaeError(f"no principal {name!r} in the policy")
+        del policy.principals[name]
+        self._change_policy(policy, "principal-removed", {"principal": name})
+
     def set_role(self, name: str, role: AccessRole) -> None:
         check_name(name, "role")
         policy = self.policy()

@@ -451,6 +451,16 @@ def _record_key_event(workspace, keyring, change: str, **details) -> None:
     AccessControl(workspace, keyring).record_key_event(change, **details)
 
 
+@keys_app.command("remove-principal")
+def keys_remove_principal_command(
+    name: Annotated[str, typer.Argument(help="The principal to remove.")],
+) -> None:
+    """Remove a principal from the policy: requests signed with their key are refused from now on
+    (a lost or leaked private key, someone who left). The change is audited."""
+    _access().remove_principal(name)
+    console.print(f"principal {name!r} removed")
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 

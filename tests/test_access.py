@@ -292,3 +292,12 @@ def test_a_restore_with_a_model_from_another_keyring_or_a_retired_key_fails_audi
     failed = other.access.audit.entries()[-1]
     assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
     assert other.access.audit.verify().ok
+
+
+def test_a_removed_principal_is_refused(world, tmp_path):
+    key = world.access.add_principal("leaver", "clerk")
+    request = make_request(world.encoded, "leaver", key, columns=["email"], rows=[1 << 32])
+    world.access.remove_principal("leaver")
+    assert_refused(world, request, tmp_path / "o.parquet", "unknown principal 'leaver'")
+    assert [e["outcome"] for e in world.access.audit.entries() if e.get("principal") == "leaver"][:2] == \
+        ["principal-added", "principal-removed"]

@@ -27,7 +27,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 
 def test_every_command_has_help():
     for command in ([], ["keys"], ["train"], ["demo"], ["profile"], ["roundtrip"], ["keys", "rotate"],
-                    ["keys", "add-principal"], ["request"], ["decode"], ["policy", "set-role"], ["audit", "verify"],
+                    ["keys", "add-principal"], ["keys", "remove-principal"], ["request"], ["decode"], ["policy", "set-role"], ["audit", "verify"],
                     ["audit", "show"]):
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
