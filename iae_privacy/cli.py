@@ -662,6 +662,49 @@ def decode_command(
     console.print(f"restored {result['restored_rows']:,} rows to {out} (audit entry {result['audit_entry']})")
 
 
+@app.command("query")
+def query_command(
+    sql: Annotated[str, typer.Argument(help="SQL over the datasets' latent tables, each a view by name.")],
+    dataset: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=ENCODED_DIR, repeatable. Default: every encoded dataset of the workspace, named after "
+        "its folder.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the result to FILE.parquet or FILE.csv.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show in the terminal.")] = 20,
+) -> None:
+    """Query latent tables with DuckDB SQL. No key needed: only latent/ is read, never the vault.
+
+    Each view has row_id, the passthrough columns, identifier tokens (same value, same token:
+    joins and counts work) and z_public_0.. columns. Examples:
+
+        iae-privacy query "SELECT sex, count(*) AS n, avg(z_public_0) FROM patients GROUP BY sex"
+
+        iae-privacy query "SELECT email, count(*) AS visits FROM patients GROUP BY email ORDER BY visits DESC LIMIT 5"
+    """
+    from iae_privacy.query import query_arrow, view_name, write_result
+
+    datasets: dict[str, str] = {}
+    for item in dataset or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise IaeError(f"--dataset {item!r}: expected NAME=ENCODED_DIR")
+        datasets[name] = folder
+    if not datasets:
+        datasets = {view_name(folder): str(folder) for folder in _workspace().datasets()}
+    if not datasets:
+        raise IaeError("no encoded datasets: give --dataset NAME=ENCODED_DIR (or encode one in this workspace)")
+    result = query_arrow(sql, datasets)
+    if out is not None:
+        write_result(result, out)
+        console.print(f"{result.num_rows:,} rows written to {out}")
+        return
+    table = Table(title=f"{result.num_rows:,} rows" + (f" (first {limit} shown)" if result.num_rows > limit else ""))
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+
+
 @app.command("serve")
 def serve_command(
     landing: Annotated[Path, typer.Argument(help="The landing folder new Parquet files arrive in.")],
