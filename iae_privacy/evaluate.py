@@ -195,7 +195,7 @@ def _measure(k: int, codec: TableCodec, raw: np.ndarray, latent: np.ndarray, y: 
     u_raw = _utility(raw.astype(np.float64), y, regression)
     step(f"k={k}: attacks")
     inversions = [attacks.known_plaintext_inversion(latent, raw, levels, m, np.random.default_rng(config.seed + m))
-                  for m in config.leaked]
+                  for m in sorted(config.leaked)]
     largest = inversions[-1]
     qi, qi_base = attacks.quasi_identifier_recovery(largest, raw, _feature_indices(codec, result.quasi_identifiers))
     link, link_base = attacks.linkage(latent, raw, largest.m, np.random.default_rng(config.seed + 7))

@@ -28,7 +28,7 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 def test_every_command_has_help():
     for command in ([], ["keys"], ["train"], ["demo"], ["profile"], ["roundtrip"], ["keys", "rotate"],
                     ["keys", "add-principal"], ["keys", "remove-principal"], ["request"], ["decode"], ["policy", "set-role"], ["audit", "verify"],
-                    ["audit", "show"]):
+                    ["audit", "show"], ["query"], ["evaluate"]):
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -119,3 +119,24 @@ def test_serve_without_a_prefect_server_says_how_to_start_one(monkeypatch, capsy
     code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "serve", str(tmp_path), "--model", "m",
                          "--out", str(tmp_path / "enc"))
     assert code == 2 and "prefect server start" in out and "PREFECT_API_URL" in out
+
+
+def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_harness):
+    import csv
+
+    source = data_dir / "cps1988_wages.parquet"
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    assert run("train", str(source), "--model", "w", "--epochs", "1", home=tmp_path).exit_code == 0
+    assert run("encode", str(source), "--model", "w", "--out", str(tmp_path / "wages"), home=tmp_path).exit_code == 0
+    result = run("query", "SELECT count(*) AS n FROM wages", home=tmp_path)  # the workspace's datasets by folder name
+    assert result.exit_code == 0 and "28155" in result.output, result.output
+    out = tmp_path / "q.csv"
+    assert run("query", "SELECT row_id FROM w ORDER BY row_id LIMIT 3", "--dataset", f"w={tmp_path / 'wages'}",
+               "--out", str(out)).exit_code == 0
+    assert [r["row_id"] for r in csv.DictReader(out.open())] == [str(1 << 32), str((1 << 32) + 1), str((1 << 32) + 2)]
+
+    result = run("evaluate", str(source), "--target", "wage", "--ks", "1,3", "--rows", "3000", "--leaked", "10,100",
+                 "--epochs", "1",
+                 "--out", str(tmp_path / "ev"))
+    assert result.exit_code == 0, result.output
+    assert "inversion exact" in result.output and (tmp_path / "ev" / "report.md").exists()
