@@ -1,5 +1,5 @@
 """Decode flow: authorise a signed request (policy, scope, expiry, single use; audited), then restore
-exactly what it covers.
+exactly what it covers (or, for a synthesis request, sample that many synthetic records).
 
 The authorisation and its audit entry come first; only the restore task opens the model and the
 vault. A refused request, or a restore that cannot complete (tampered part, retired key), ends the
@@ -63,7 +63,7 @@ def decode_flow(encoded: str, request: str, out: str, home: str = ".") -> dict:
     rows = restore(grant, out, home)
     if isinstance(rows, str):
         return Failed(message=FAILED + rows)
-    return {"restored_rows": rows, "audit_entry": grant.audit_seq}
+    return {"restored_rows": rows, "audit_entry": grant.audit_seq, "synthetic": grant.synthesize}
 
 
 def run_decode(encoded: str, request: str, out: str, home: str = ".") -> dict:

@@ -162,10 +162,12 @@ class DecodeRequest:
     created: str
     expires: str
     nonce: str
+    synthesize: int | None = None
+    """Instead of restoring: this many synthetic records sampled from the dataset's model."""
 
     @property
     def whole(self) -> bool:
-        return self.rows is None and self.where_token is None
+        return self.rows is None and self.where_token is None and self.synthesize is None
 
     def document(self) -> dict[str, Any]:
         return {"format": REQUEST_FORMAT, "version": 1, "principal": self.principal, "dataset": self.dataset,
@@ -174,7 +176,8 @@ class DecodeRequest:
                 "rows": None if self.rows is None else list(self.rows),
                 "where_token": None if self.where_token is None else
                 {"column": self.where_token[0], "token": self.where_token[1]},
-                "purpose": self.purpose, "created": self.created, "expires": self.expires, "nonce": self.nonce}
+                "purpose": self.purpose, "created": self.created, "expires": self.expires, "nonce": self.nonce,
+                "synthesize": self.synthesize}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> DecodeRequest:
@@ -185,7 +188,8 @@ class DecodeRequest:
                       None if doc["columns"] is None else tuple(str(c) for c in doc["columns"]),
                       None if doc["rows"] is None else tuple(int(r) for r in doc["rows"]),
                       None if where is None else (str(where["column"]), str(where["token"])),
-                      str(doc["purpose"]), str(doc["created"]), str(doc["expires"]), str(doc["nonce"]))
+                      str(doc["purpose"]), str(doc["created"]), str(doc["expires"]), str(doc["nonce"]),
+                      None if doc["synthesize"] is None else int(doc["synthesize"]))
         if request.document() != doc:
             raise ValueError("not canonical")
         return request
@@ -206,7 +210,7 @@ class DecodeRequest:
 
 def make_request(encoded: Path, principal: str, private_key: Path, *, columns: list[str] | None = None,
                  rows: list[int] | None = None, where_token: tuple[str, str] | None = None,
-                 purpose: str = "", ttl_seconds: int = 3600) -> bytes:
+                 purpose: str = "", ttl_seconds: int = 3600, synthesize: int | None = None) -> bytes:
     """A signed request file for the encoded dataset ``encoded``, signed with ``private_key`` (PEM).
 
     Needs no keyring: the dataset is named by the hash of its manifest as it is now (the decode
@@ -218,6 +222,8 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
         raise IaeError("--rows names no row")
     if where_token is not None and not all(isinstance(part, str) and part for part in where_token):
         raise IaeError("a token match needs a column name and a token")
+    if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None or columns is not None):
+        raise IaeError("a synthesis request names a positive number of rows, and no rows, token or columns")
     dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
     try:
         pem = private_key.read_bytes()
@@ -228,7 +234,7 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
                             None if rows is None else tuple(sorted(set(rows))), where_token, purpose,
                             now.isoformat(timespec="seconds"),
                             (now + datetime.timedelta(seconds=ttl_seconds)).isoformat(timespec="seconds"),
-                            os.urandom(16).hex())
+                            os.urandom(16).hex(), synthesize)
     try:
         signature, _ = crypto.sign(pem, _canonical(request.document()))
     except crypto.InvalidSigningKey as exc:
@@ -253,6 +259,8 @@ class Grant:
     rows: int
     audit_seq: int
     nonce: str
+    synthesize: bool = False
+    """Synthetic records (``rows`` of them) instead of a restore."""
 
 
 class AccessControl:
@@ -356,7 +364,8 @@ class AccessControl:
             raise AccessRefused("the request file is not a valid decode request: damaged or altered") from None
         facts.update(principal=request.principal, dataset=request.dataset, purpose=request.purpose,
                      nonce=request.nonce, columns="*" if request.columns is None else list(request.columns),
-                     scope="whole" if request.whole else "rows" if request.rows is not None else "token")
+                     scope="whole" if request.whole else "synthetic" if request.synthesize else
+                     "rows" if request.rows is not None else "token")
         if request.where_token is not None:
             facts.update(token_column=request.where_token[0], token=request.where_token[1])
         policy = self.policy()
@@ -380,7 +389,7 @@ class AccessControl:
         columns = self._columns(dataset, manifest, request, role, principal.role)
         if request.whole and not role.whole_dataset:
             raise AccessRefused(f"role {principal.role!r} may not restore a whole dataset; name rows or a token")
-        located, rows = self._rows(dataset, manifest, request)
+        located, rows = (None, request.synthesize) if request.synthesize else self._rows(dataset, manifest, request)
         facts["rows"] = rows
         if rows == 0:
             raise AccessRefused("no row matches the request")
@@ -395,7 +404,7 @@ class AccessControl:
                     raise AccessRefused(str(exc)) from None
         entry = self.audit.grant_once(request.nonce, **{k: v for k, v in facts.items() if k != "nonce"})
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
-                     request.nonce)
+                     request.nonce, request.synthesize is not None)
 
     def _manifest(self, dataset: EncodedDataset, request: DecodeRequest) -> Manifest:
         try:
@@ -453,7 +462,9 @@ class AccessControl:
         try:
             manifest = dataset.read_manifest(self.keyring)
             loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
-            if grant.located is None and grant.columns is None:
+            if grant.synthesize:
+                rows = self._synthesize(dataset, manifest, loaded, grant.rows, out, on_rows)
+            elif grant.located is None and grant.columns is None:
                 rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows)
             else:
                 if out.suffix != ".parquet":
@@ -464,6 +475,57 @@ class AccessControl:
             self.audit.append("decode", "failed", principal=grant.principal, dataset=grant.dataset,
                               granted_in=grant.audit_seq, reason=str(exc))
             raise
-        self.audit.append("decode", "restored", principal=grant.principal, dataset=grant.dataset,
-                          granted_in=grant.audit_seq, rows=rows)
+        self.audit.append("decode", "synthesized" if grant.synthesize else "restored", principal=grant.principal,
+                          dataset=grant.dataset, granted_in=grant.audit_seq, rows=rows)
+        return rows
+
+    def _synthesize(self, dataset: EncodedDataset, manifest: Manifest, loaded, rows: int, out: Path,
+                    on_rows: Callable[[int, int], None] | None, reference_rows: int = 50_000, seed: int | None = None) -> int:
+        """Sample ``rows`` synthetic records from the dataset's model; drop (and replace) any whose
+        feature values equal a real record's; write them to ``out`` and a fidelity report
+        (aggregates only) beside it as ``out``.fidelity.json."""
+        import pyarrow as pa
+
+        from iae_privacy import synthesize as synth
+        from iae_privacy.store import write_restored
+
+        if out.suffix != ".parquet":
+            raise IaeError(f"{out}: synthetic records go to one .parquet file")
+        model, training = loaded.model, loaded.training
+        rng = np.random.default_rng(seed)
+        columns = synth.feature_columns(model)
+        codes = synth.sample_codes(model, training.get("latent_mean", []), training.get("latent_cov", []), rows, rng)
+        reference: list[np.ndarray] = []
+
+        def real_batches():
+            for record in sorted(manifest.parts, key=lambda p: p.part):
+                for batch in dataset.decode_part(record, model, self.keyring, manifest.dataset):
+                    if sum(len(r) for r in reference) < reference_rows:
+                        reference.append(model.codec.encode(batch).features)
+                    yield batch
+
+        dropped = 0
+        for attempt in range(3):
+            table = pa.Table.from_batches([synth.records_from_codes(model, codes)])
+            hits = synth.matching_rows(table, real_batches(), columns)
+            if not len(hits):
+                break
+            dropped += len(hits)
+            keep = np.setdiff1d(np.arange(len(codes)), hits)
+            codes = np.concatenate([codes[keep], synth.sample_codes(model, training["latent_mean"],
+                                                                     training["latent_cov"], len(hits), rng)])
+            reference.clear()
+        else:
+            raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
+        quality = synth.fidelity(model, codes, np.concatenate(reference)[:reference_rows])
+        write_restored(out, iter(table.to_batches()), lambda: None)
+        report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
+                  "real_records_compared": sum(p.rows for p in manifest.parts),
+                  "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],
+                  "total_variation_distance": quality.columns,
+                  "correlation_max_difference": quality.correlation_max_difference,
+                  "correlation_mean_difference": quality.correlation_mean_difference}
+        write_private(out.with_name(out.name + ".fidelity.json"), json.dumps(report, indent=1).encode())
+        if on_rows is not None:
+            on_rows(rows, rows)
         return rows

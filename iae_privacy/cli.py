@@ -617,6 +617,8 @@ def request_command(
         help="COL=TOKEN: the rows whose identifier column COL has this token (e.g. one person's record).")] = None,
     purpose: Annotated[str, typer.Option(help="Why: recorded in the audit log.")] = "",
     ttl: Annotated[str, typer.Option(help="How long the request stays valid: 90s, 30m, 1h, 7d.")] = "1h",
+    synthesize: Annotated[Optional[int], typer.Option(
+        help="Ask for this many synthetic records from the dataset's model instead of a restore.")] = None,
 ) -> None:
     """Write a signed decode request: who, which dataset (by its manifest's hash), which columns and
     rows, why, until when. It works once, through 'iae-privacy decode --request'.
@@ -637,7 +639,8 @@ def request_command(
         raise IaeError("--rows: expected comma-separated integers (row ids)") from None
     data = make_request(encoded, principal, key or _workspace().home / "principals" / f"{principal}.key",
                         columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
-                        rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl))
+                        rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl),
+                        synthesize=synthesize)
     from iae_privacy.keyring import write_private
 
     write_private(out, data)
@@ -665,7 +668,26 @@ def decode_command(
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
     result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
-    console.print(f"restored {result['restored_rows']:,} rows to {out} (audit entry {result['audit_entry']})")
+    what = "synthetic records written" if result["synthetic"] else "rows restored"
+    console.print(f"{result['restored_rows']:,} {what} to {out} (audit entry {result['audit_entry']})")
+
+
+@app.command("synthesize")
+def synthesize_command(
+    encoded: Annotated[Path, typer.Argument(help="An encoded dataset folder: its model is sampled.")],
+    request: Annotated[Path, typer.Option(help="A signed synthesis request ('request --synthesize N').")],
+    out: Annotated[Path, typer.Option(help="SYNTHETIC.parquet (a fidelity report is written beside it).")],
+) -> None:
+    """Sample synthetic records from the dataset's model, authorised and audited like a decode.
+
+    Latent rows are drawn from the Gaussian the model recorded at training time and decoded. Any
+    synthetic record whose modelled columns equal a real record's is replaced. Identifier,
+    passthrough and vault columns are null. OUT.fidelity.json compares synthetic and real columns.
+
+        iae-privacy request encoded/patients --as admin --synthesize 10000 --out synth.json
+        iae-privacy synthesize encoded/patients --request synth.json --out synthetic.parquet
+    """
+    decode_command(encoded, request, out)
 
 
 @app.command("query")

@@ -431,7 +431,7 @@ class EncodedDataset:
                         on_rows(done, total)
                     yield batch if columns is None else batch.select(columns)
 
-        return _write_restored(out, batches(), lambda: None)
+        return write_restored(out, batches(), lambda: None)
 
     def rewrap_all(self, keyring: Keyring) -> int:
         """Re-wrap every vault part's data key under the current key version."""
@@ -515,7 +515,7 @@ class EncodedDataset:
                         raise StoreError(f"part {record.part} restored to data that differs from its source "
                                          f"{record.source}: refusing to write it")
 
-                rows += _write_restored(target, restored(), check)
+                rows += write_restored(target, restored(), check)
                 written.append(target)
         except BaseException:
             for path in written:  # all parts or none
@@ -528,7 +528,7 @@ RESTORED_ROW_GROUP = 262_144
 """Rows per row group of a restored file: large groups write faster (a few batches' memory)."""
 
 
-def _write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
+def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
     """Stream batches to a Parquet file only its owner can read; ``check()`` runs before the file
     is put in place. Nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -301,3 +301,28 @@ def test_a_removed_principal_is_refused(world, tmp_path):
     assert_refused(world, request, tmp_path / "o.parquet", "unknown principal 'leaver'")
     assert [e["outcome"] for e in world.access.audit.entries() if e.get("principal") == "leaver"][:2] == \
         ["principal-added", "principal-removed"]
+
+
+def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "synthetic.parquet"
+    assert restore(world, world.request(synthesize=400), out) == 400
+    synthetic = pq.read_table(out)
+    source = pq.read_table(world.sources[0])
+    assert synthetic.num_rows == 400 and synthetic.schema.names == source.schema.names
+    assert synthetic.column("email").null_count == 400  # identifiers are never synthesized
+    report = json.loads((tmp_path / "synthetic.parquet.fidelity.json").read_text())
+    features = report["feature_columns"]
+    assert "diagnosis_code" in features and "email" not in features
+    assert set(report["total_variation_distance"]) >= {"diagnosis_code", "visits"}
+    real = pd.concat([pq.read_table(s).select(features).to_pandas() for s in world.sources])
+    fake = synthetic.select(features).to_pandas()
+    rows = lambda frame: {repr(t) for t in frame.itertuples(index=False)}  # noqa: E731
+    assert len(rows(real)) > 1_000 and not rows(fake) & rows(real)
+    granted, synthesized = world.access.audit.entries()[-2:]
+    assert (granted["scope"], granted["rows"], synthesized["outcome"]) == ("synthetic", 400, "synthesized")
+
+
+def test_a_synthesis_request_beyond_the_role_is_refused(world, tmp_path):
+    assert_refused(world, world.request("clerk", synthesize=2), tmp_path / "s.parquet", "asks for every column")

@@ -147,3 +147,22 @@ def test_clustering_and_nearest_neighbours_on_latent_columns_as_the_docs_show(en
     assert sorted(set(labels)) == [0, 1, 2, 3, 4]
     distances, neighbours = NearestNeighbors(n_neighbors=6).fit(z).kneighbors(z[:3])
     assert (distances[:, 0] == 0).all() and (distances[:, 1:] > 0).any()
+
+
+def test_synthetic_rows_equal_to_real_ones_are_found(data_dir):
+    import pyarrow as pa
+
+    from iae_privacy import crypto
+    from iae_privacy.synthesize import feature_columns, matching_rows, records_from_codes, sample_codes
+
+    source = data_dir / "cps1988_wages.parquet"
+    model, report = fit_model(source, crypto.random_key(), None, TrainConfig(epochs=1))
+    codes = sample_codes(model, report.latent_mean, report.latent_cov, 2_000, np.random.default_rng(0))
+    synthetic = pa.Table.from_batches([records_from_codes(model, codes)])
+    real = pq.read_table(source)
+    planted = pa.concat_tables([synthetic.slice(0, 1_000), real.slice(5, 3).cast(synthetic.schema),
+                                synthetic.slice(1_003)])
+    hits = matching_rows(planted, real.to_batches(max_chunksize=10_000), feature_columns(model))
+    assert {1_000, 1_001, 1_002} <= set(hits.tolist())
+    columns = feature_columns(model)
+    assert columns == [c for c in real.column_names if c != "rownames"] and synthetic.column("rownames").null_count == 2_000

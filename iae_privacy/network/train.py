@@ -79,6 +79,10 @@ class TrainReport:
     stopped_early: bool = False
     features: list[FeatureQuality] = field(default_factory=list)
     exact_rows_checked: int = 0
+    latent_mean: list[float] = field(default_factory=list)
+    """Mean of the exact latent ``z`` over the validation rows: with :attr:`latent_cov`, the
+    Gaussian that synthetic records are sampled from (aggregates only, no row)."""
+    latent_cov: list[list[float]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -208,4 +212,8 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
             raise AssertionError("frozen network did not restore its validation rows exactly")  # a bug
         report.exact_rows_checked = len(val_x)
         report.features = feature_quality(model, val_x, names)
+        z = model.encode(val_x).to(torch.float64)
+        report.latent_mean = z.mean(0).tolist()
+        report.latent_cov = (torch.cov(z.T).reshape(z.shape[1], z.shape[1]) if len(z) > 1
+                             else torch.zeros((z.shape[1], z.shape[1]), dtype=torch.float64)).tolist()
     return model, report
