@@ -63,12 +63,22 @@ def _prepare(folder: Path, rows: int) -> Path:
     return path
 
 
-def run(rows: int) -> Result:
+def train_bench_model(source: Path, keyring, registry):
+    """The model every end-to-end benchmark uses: one epoch on 50,000 rows, sealed as bench:v1."""
     from iae_privacy.codec import CodecConfig
-    from iae_privacy.keyring import Keyring
     from iae_privacy.network.train import TrainConfig
     from iae_privacy.pipeline import fit_model
-    from iae_privacy.registry import ModelRegistry, transform_key
+    from iae_privacy.registry import transform_key
+
+    model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
+                              TrainConfig(epochs=1))
+    registry.save(model, "bench", 1, keyring, report)
+    return model
+
+
+def run(rows: int) -> Result:
+    from iae_privacy.keyring import Keyring
+    from iae_privacy.registry import ModelRegistry
 
     result = Result("e2e", "encoded dataset (latent + sealed vault + manifest) vs a Parquet copy, "
                     "synthetic patients (17 columns, 6 of them identifiers)", rows)
@@ -76,9 +86,7 @@ def run(rows: int) -> Result:
         tmp = Path(tmp)
         keyring = Keyring.init(tmp / "keys")
         source = _prepare(tmp, rows)
-        model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
-                                  TrainConfig(epochs=1))
-        ModelRegistry(tmp / "models").save(model, "bench", 1, keyring, report)
+        train_bench_model(source, keyring, ModelRegistry(tmp / "models"))
         copy = best_of(2, lambda: pq.write_table(pq.read_table(source), tmp / "copy.parquet"))
         encode = _child(str(tmp), str(source), str(tmp / "enc"), "encode")
         decode = _child(str(tmp), str(source), str(tmp / "enc"), "decode")

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.common import Result
-from bench.e2e import _prepare
+from bench.e2e import _prepare, train_bench_model
 
 SINGLE_RECORD_REPEATS = 7
 
@@ -43,12 +43,8 @@ print(json.dumps({"import": imported, "times": times}))
 
 def run(rows: int) -> Result:
     from iae_privacy.access import ADMIN, AccessControl, make_request
-    from iae_privacy.codec import CodecConfig
     from iae_privacy.exactness import first_difference
     from iae_privacy.keyring import Keyring
-    from iae_privacy.network.train import TrainConfig
-    from iae_privacy.pipeline import fit_model
-    from iae_privacy.registry import transform_key
     from iae_privacy.store import EncodedDataset
     from iae_privacy.workspace import Workspace
 
@@ -61,9 +57,7 @@ def run(rows: int) -> Result:
         access = AccessControl(workspace, keyring)
         admin_key = access.initialise()
         source = _prepare(tmp, rows)
-        model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
-                                  TrainConfig(epochs=1))
-        workspace.models.save(model, "bench", 1, keyring, report)
+        model = train_bench_model(source, keyring, workspace.models)
         dataset = EncodedDataset(tmp / "enc")
         record = dataset.encode_source(source, 1, model, "bench", 1, keyring, "patients")
         dataset.commit([record], keyring, "patients", "bench", 1)

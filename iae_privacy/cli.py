@@ -280,7 +280,9 @@ def demo_command(
 
 def _demo_one_record(access, encoded: Path, token: str) -> None:
     """The common restore: one person's record, found by token, by a least-privilege principal;
-    then a request outside that role, refused."""
+    then a request outside that role, refused; then synthetic records, sampled by admin."""
+    import json
+
     import pyarrow.parquet as pq
 
     from flows.decode import run_decode
@@ -304,10 +306,21 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
                   f"{pq.read_table(out).num_rows} row, columns {pq.read_table(out).column_names}", highlight=False)
     try:
         run_decode(encoded=str(encoded), request=str(refused), out=str(home / "restored" / "refused.parquet"),
-                    home=str(home))
+                   home=str(home))
         raise IaeError("a request outside the clinician role was granted")
     except AccessRefused as exc:
         console.print(f"and asking for national_id was refused: {exc}", highlight=False)
+    synthetic, request = home / "synthetic" / "patients.parquet", folder / "patients-synthetic.json"
+    write_private(request, make_request(encoded, "admin", home / "principals" / "admin.key", synthesize=2_000,
+                                        purpose="demo: synthetic sample", ttl_seconds=600))
+    run_decode(encoded=str(encoded), request=str(request), out=str(synthetic), home=str(home))
+    report = json.loads(synthetic.with_name(synthetic.name + ".fidelity.json").read_text())
+    tvd = report["total_variation_distance"]
+    console.print(f"admin sampled {report['rows']:,} synthetic patients ({synthetic}): none equals a real record "
+                  f"({report['replaced_for_equalling_a_real_record']} replaced); mean per-column total variation "
+                  f"distance to the real data {sum(tvd.values()) / len(tvd):.2f}, largest correlation difference "
+                  f"{report['correlation_max_difference']:.2f} (details in {synthetic.name}.fidelity.json)",
+                  highlight=False)
 
 
 @keys_app.command("init")
