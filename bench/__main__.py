@@ -33,7 +33,7 @@ def _format(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value:.1f} %"
     if unit == "s":
-        return f"{value:.3f} s"
+        return f"{value:.3f} s" if value >= 0.01 else f"{value * 1000:.2f} ms"
     if unit == "MiB":
         return f"{value:,.0f} MiB"
     return f"{value:.3g} {unit}"

@@ -192,6 +192,9 @@ class DecodeRequest:
                       None if doc["synthesize"] is None else int(doc["synthesize"]))
         if request.document() != doc:
             raise ValueError("not canonical")
+        for stamp in (request.created, request.expires):
+            if datetime.datetime.fromisoformat(stamp).tzinfo is None:
+                raise ValueError("time without a time zone")
         return request
 
     def serialize(self, signature: bytes) -> bytes:
@@ -312,9 +315,13 @@ class AccessControl:
             raise IaeError(f"{key_out} already exists; give another --key-out")
         key_out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem, public = crypto.new_signing_key()
+        write_private(key_out, pem)  # first: a principal in the policy always has its private key somewhere
         policy.principals[name] = Principal(name, role, public.hex(), _now().isoformat(timespec="seconds"))
-        self._change_policy(policy, "principal-added", {"principal": name, "role": role})
-        write_private(key_out, pem)
+        try:
+            self._change_policy(policy, "principal-added", {"principal": name, "role": role})
+        except BaseException:
+            key_out.unlink(missing_ok=True)
+            raise
         return key_out
 
     def remove_principal(self, name: str) -> None:

@@ -467,7 +467,12 @@ def keys_retire_command(
 def _record_key_event(workspace, keyring, change: str, **details) -> None:
     from iae_privacy.access import AccessControl
 
-    AccessControl(workspace, keyring).record_key_event(change, **details)
+    access = AccessControl(workspace, keyring)
+    if not access.initialised:
+        console.print("[yellow]warning:[/] this workspace has no audit log yet, so this key event is not "
+                      "recorded; start one with 'iae-privacy keys init'", highlight=False)
+        return
+    access.record_key_event(change, **details)
 
 
 @keys_app.command("remove-principal")

@@ -298,18 +298,28 @@ class EncodedDataset:
     # -- decoding ---------------------------------------------------------------------------------
 
     def verify_part(self, record: PartRecord) -> None:
-        """Refuse a part whose files are missing or differ from what the manifest recorded."""
-        for rel, expected, what, digest in ((record.latent, record.latent_sha256, "latent", file_sha256),
-                                            (record.vault, record.vault_sha256, "vault", self._vault_sha256)):
-            path = self.folder / rel
-            if not path.exists():
-                raise StoreError(f"{what} part {path} listed in the manifest is missing")
+        """Refuse a part whose files are missing or differ from what the manifest recorded.
+
+        The two files are hashed at once, on two threads (hashing and reading release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        checks = ((record.latent, record.latent_sha256, "latent", file_sha256),
+                  (record.vault, record.vault_sha256, "vault", self._vault_sha256))
+        for rel, _, what, _ in checks:
+            if not (self.folder / rel).exists():
+                raise StoreError(f"{what} part {self.folder / rel} listed in the manifest is missing")
+
+        def matches(rel: str, expected: str, digest: Callable[[Path], str]) -> bool:
             try:
-                matches = digest(path) == expected
-            except SealedFileError:
-                matches = False
-            if not matches:
-                raise StoreError(f"{what} part {path} differs from the manifest: altered or swapped")
+                return digest(self.folder / rel) == expected
+            except (SealedFileError, FileNotFoundError):
+                return False
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda check: matches(check[0], check[1], check[3]), checks))
+        for (rel, _, what, _), ok in zip(checks, results):
+            if not ok:
+                raise StoreError(f"{what} part {self.folder / rel} differs from the manifest: altered or swapped")
 
     def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str,
                     take: dict[int, np.ndarray] | None = None) -> Iterator[pa.RecordBatch]:
