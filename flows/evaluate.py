@@ -11,33 +11,45 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import SAFE_TASK
+from flows.common import SAFE_TASK, open_workspace
 from iae_privacy.codec import CodecConfig
-from iae_privacy.evaluate import EvaluationConfig, evaluate, markdown, write_report
+from iae_privacy.evaluate import EvaluationConfig, codec_config_of, evaluate, markdown, middle_point, write_report
 
 
 @task(**SAFE_TASK)
 def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quasi_identifiers: list[str],
-                   ks: list[int] | None, rows: int, epochs: int, leaked: list[int], config: str | None) -> dict:
+                   ks: list[int] | None, rows: int, epochs: int, leaked: list[int], config: str | None,
+                   model: str | None, home: str) -> dict:
     logger = get_run_logger()
+    codec = CodecConfig.load(config) if config else CodecConfig()
+    sealed = None
+    if model is not None:  # its roles and codec settings for the sweep, and itself as one more point
+        workspace, keyring = open_workspace(home)
+        name, version = workspace.models.resolve(model)
+        loaded = workspace.models.load(f"{name}:v{version}", keyring)
+        sealed = (f"{name}:v{version}", loaded.model)
+        codec = codec if config else codec_config_of(loaded.model)
     settings = EvaluationConfig(target=target, sensitive=sensitive, quasi_identifiers=tuple(quasi_identifiers),
                                 ks=tuple(ks) if ks else None, rows=rows, epochs=epochs, leaked=tuple(leaked),
-                                codec=CodecConfig.load(config) if config else CodecConfig())
-    evaluation = evaluate(data, settings, on_step=logger.info)
+                                codec=codec)
+    evaluation = evaluate(data, settings, on_step=logger.info, sealed=sealed)
     report = write_report(evaluation, Path(out))
     logger.info("report written to %s", report)
-    return {"report": str(report), "markdown": markdown(evaluation, evaluation.points[len(evaluation.points) // 2].k),
-            "points": [{"k": p.k, "utility_ratio": p.utility_ratio, "inversion_exact": p.inversion[-1]["exact"],
-                        "linkage": p.linkage} for p in evaluation.points]}
+    return {"report": str(report), "markdown": markdown(evaluation, middle_point(evaluation).k),
+            "points": [{"label": p.label, "k": p.k, "utility_ratio": p.utility_ratio,
+                        "inversion_exact": p.inversion[-1]["exact"], "linkage": p.linkage}
+                       for p in evaluation.points]}
 
 
 @flow(name="iae-evaluate")
 def evaluate_flow(data: str, out: str, target: str, sensitive: str | None = None,
                   quasi_identifiers: list[str] | None = None, ks: list[int] | None = None, rows: int = 20_000,
-                  epochs: int = 5, leaked: list[int] | None = None, config: str | None = None) -> dict:
-    """Utility against privacy attacks over k for DATA, predicting TARGET; report under OUT."""
+                  epochs: int = 5, leaked: list[int] | None = None, config: str | None = None,
+                  model: str | None = None, home: str = ".") -> dict:
+    """Utility against privacy attacks over k for DATA, predicting TARGET; report under OUT.
+    With MODEL (a sealed NAME[:vN] of the workspace HOME): its roles, and itself as one more point."""
     result = run_evaluation(data, out, target, sensitive, quasi_identifiers or [], ks, rows, epochs,
-                            leaked or [10, 100, 1_000], config)
+                            leaked or [10, 100, 1_000], config, model, home)
     create_markdown_artifact(key="evaluation-" + Path(data).stem.lower().replace("_", "-").replace(".", "-"),
                              markdown=result["markdown"], description="Utility and attack success over k")
     return {"report": result["report"], "points": result["points"]}

@@ -764,6 +764,9 @@ def evaluate_command(
     rows: Annotated[int, typer.Option(help="Rows sampled from DATA (60 % train, 40 % attacked).")] = 20_000,
     epochs: Annotated[int, typer.Option(help="Training epochs per k.")] = 5,
     leaked: Annotated[str, typer.Option(help="Comma-separated numbers of leaked rows for the attacks.")] = "10,100,1000",
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="A sealed model (NAME or NAME:vN): the sweep uses its roles and codec settings, "
+        "and the model itself is attacked as one more point (needs the keyring).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Measure, for each k (z_public columns), what analysts can do with the latent table and what
@@ -772,10 +775,14 @@ def evaluate_command(
     naive baseline. Runs the Prefect flow 'iae-evaluate' (the report is also an artifact).
 
         iae-privacy evaluate data/cps1988_wages.parquet --target wage --qi education,experience,ethnicity
+
+        iae-privacy evaluate data/cps1988_wages.parquet --target wage --model wages   # and the sealed wages model
     """
     from flows.evaluate import evaluate_flow
 
     _rows(data)
+    if model is not None:
+        _workspace().keyring(_ask_passphrase)
     try:
         k_values = [int(k) for k in ks.split(",")] if ks else None
         leaked_rows = sorted(int(m) for m in leaked.split(","))
@@ -783,12 +790,14 @@ def evaluate_command(
         raise IaeError("--ks and --leaked: expected comma-separated integers") from None
     result = evaluate_flow(data=str(data), out=str(out), target=target, sensitive=sensitive,
                            quasi_identifiers=list(_split(qi)) if qi else None, ks=k_values, rows=rows,
-                           epochs=epochs, leaked=leaked_rows, config=_config_path(data, config))
+                           epochs=epochs, leaked=leaked_rows, config=_config_path(data, config) if config or
+                           model is None else None, model=model, home=str(_workspace().home))
     table = Table(title=f"{data.name}: utility against attacks (details in {result['report']})")
     for heading in ("k", "utility latent/raw", f"inversion exact ({leaked_rows[-1]:,} leaked)", "linkage"):
         table.add_column(heading, justify="right")
     for p in result["points"]:
-        table.add_row(str(p["k"]), f"{p['utility_ratio']:.2f}", f"{p['inversion_exact']:.1%}", f"{p['linkage']:.1%}")
+        label = str(p["k"]) if p["label"].startswith("k=") else f"{p['k']} ({p['label']})"
+        table.add_row(label, f"{p['utility_ratio']:.2f}", f"{p['inversion_exact']:.1%}", f"{p['linkage']:.1%}")
     console.print(table)
 
 

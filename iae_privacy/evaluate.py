@@ -29,9 +29,10 @@ from iae_privacy import attacks, crypto
 from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
+from iae_privacy.pipeline import Model, fit_model
 
-__all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown"]
+__all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown",
+           "codec_config_of", "middle_point"]
 
 
 @dataclass
@@ -53,6 +54,8 @@ class EvaluationConfig:
 
 @dataclass
 class EvaluationPoint:
+    label: str
+    """"k=N" for the sweep; "NAME:vN" for a sealed model evaluated as it is."""
     k: int
     features: int
     utility_latent: float
@@ -123,8 +126,19 @@ def _baseline_utility(y: np.ndarray, regression: bool) -> float:
     return float((y[half:] == values[np.argmax(counts)]).mean())
 
 
-def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str], None] | None = None) -> Evaluation:
-    """Sweep k over a sample of ``path`` (see the module docstring)."""
+def codec_config_of(model: Model) -> CodecConfig:
+    """The settings and every column's role of a fitted model, to fit the sweep's models alike."""
+    c = model.codec.config
+    return CodecConfig(roles={spec.name: spec.role for spec in model.codec.columns}, levels=c.levels,
+                       max_categories=c.max_categories, sample_rows=c.sample_rows)
+
+
+def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str], None] | None = None,
+             sealed: tuple[str, Model] | None = None) -> Evaluation:
+    """Sweep k over a sample of ``path`` (see the module docstring).
+
+    ``sealed`` = (label, model): also attack that model as it is, on the same held-out rows (its
+    utility only if it keeps the target passthrough; it may have been trained on those rows)."""
     step = on_step or (lambda message: None)
     table = pq.read_table(path)
     if config.target not in table.column_names:
@@ -157,7 +171,18 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
                                  public_dims=k)
             raw = model.codec.encode(batch).features
             latent = model.encode(batch).z_public.astype(np.float64)
-            result.points.append(_measure(k, model.codec, raw, latent, y, regression, config, result, step))
+            result.points.append(_measure(f"k={k}", k, model.codec, raw, latent, y, regression, config, result, step))
+    if sealed is not None:
+        label, model = sealed
+        step(f"{label}: as sealed")
+        if model.codec.schema.names != test.schema.names:
+            raise IaeError(f"{label} was fitted on other columns than {path}")
+        target_passthrough = any(spec.name == config.target and spec.role is Role.PASSTHROUGH for spec in model.codec.columns)
+        raw = model.codec.encode(batch).features
+        latent = model.encode(batch).z_public.astype(np.float64)
+        point = _measure(label, model.network.config.public_dims, model.codec, raw, latent,
+                         y if target_passthrough else None, regression, config, result, step)
+        result.points.append(point)
     return result
 
 
@@ -187,13 +212,15 @@ def _feature_indices(codec, columns: list[str]) -> list[int]:
     return out
 
 
-def _measure(k: int, codec: TableCodec, raw: np.ndarray, latent: np.ndarray, y: np.ndarray, regression: bool,
-             config: EvaluationConfig, result: Evaluation, step: Callable[[str], None]) -> EvaluationPoint:
+def _measure(label: str, k: int, codec: TableCodec, raw: np.ndarray, latent: np.ndarray, y: np.ndarray | None,
+             regression: bool, config: EvaluationConfig, result: Evaluation,
+             step: Callable[[str], None]) -> EvaluationPoint:
+    """Utility (NaN when ``y`` is None: the target is inside z) and every attack, for one model."""
     names, levels = codec.feature_names, np.asarray(codec.feature_levels)
-    step(f"k={k}: utility")
-    u_latent = _utility(latent, y, regression)
-    u_raw = _utility(raw.astype(np.float64), y, regression)
-    step(f"k={k}: attacks")
+    step(f"{label}: utility")
+    u_latent = _utility(latent, y, regression) if y is not None else float("nan")
+    u_raw = _utility(raw.astype(np.float64), y, regression) if y is not None else float("nan")
+    step(f"{label}: attacks")
     inversions = [attacks.known_plaintext_inversion(latent, raw, levels, m, np.random.default_rng(config.seed + m))
                   for m in sorted(config.leaked)]
     largest = inversions[-1]
@@ -203,7 +230,7 @@ def _measure(k: int, codec: TableCodec, raw: np.ndarray, latent: np.ndarray, y: 
     attr, attr_base = attacks.attribute_inference(latent, raw[:, sensitive], largest.m,
                                                   np.random.default_rng(config.seed + 11))
     return EvaluationPoint(
-        k, len(names), u_latent, u_raw, _baseline_utility(y, regression),
+        label, k, len(names), u_latent, u_raw, _baseline_utility(y, regression) if y is not None else float("nan"),
         u_latent / u_raw if u_raw > 0 else float("nan"),
         [{"m": inv.m, "exact": float(inv.exact.mean()), "baseline_exact": float(inv.baseline_exact.mean()),
           "error": float(inv.error.mean()), "baseline_error": float(inv.baseline_error.mean())} for inv in inversions],
@@ -213,6 +240,12 @@ def _measure(k: int, codec: TableCodec, raw: np.ndarray, latent: np.ndarray, y: 
         link, link_base, qi, qi_base, attr, attr_base)
 
 
+def middle_point(evaluation: Evaluation) -> EvaluationPoint:
+    """The sweep's middle k: the one the per-feature inversion plot shows."""
+    sweep = [p for p in evaluation.points if p.label.startswith("k=")] or evaluation.points
+    return sweep[len(sweep) // 2]
+
+
 def write_report(evaluation: Evaluation, out: Path) -> Path:
     """Write ``report.md``, ``evaluation.json`` and the PNGs into ``out``; returns the Markdown's path."""
     from iae_privacy.report import plot_inversion, plot_tradeoff
@@ -220,7 +253,7 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(dataclasses.asdict(evaluation), indent=1) + "\n")
     plot_tradeoff(evaluation.points, evaluation.metric, out / "utility_vs_attacks.png")
-    middle = evaluation.points[len(evaluation.points) // 2]
+    middle = middle_point(evaluation)
     plot_inversion(middle, out / f"inversion_by_feature_k{middle.k}.png")
     path = out / "report.md"
     path.write_text(markdown(evaluation, middle.k))
@@ -246,7 +279,7 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in e.points:
-        lines.append(f"| {p.k} / {p.features} | {p.utility_latent:.3f} | {p.utility_raw:.3f} | {p.utility_ratio:.2f} "
+        lines.append(f"| {p.k} / {p.features}{'' if p.label.startswith('k=') else f' ({p.label})'} | {p.utility_latent:.3f} | {p.utility_raw:.3f} | {p.utility_ratio:.2f} "
                      f"| {pct(p.inversion[-1]['exact'])} | {pct(p.inversion[-1]['baseline_exact'])} "
                      f"| {pct(p.linkage)} | {pct(p.linkage_baseline)} | {pct(p.qi_recovery)} | {pct(p.qi_baseline)} "
                      f"| {pct(p.attribute)} | {pct(p.attribute_baseline)} |")

@@ -55,7 +55,7 @@ def plot_tradeoff(points: list, metric: str, path: Path) -> Path:
         xs = [success(p) for p in points]
         ax.plot(xs, utility, marker=marker, label=label)
         for p, x, u in zip(points, xs, utility):
-            ax.annotate(f"k={p.k}", (x, u), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(p.label, (x, u), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("attack success (share of held-out rows)")
     ax.set_ylabel(f"utility: {metric} on latent / on raw")
     ax.set_title("utility against attack success, over k (z_public columns)")

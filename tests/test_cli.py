@@ -136,7 +136,8 @@ def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_ha
     assert [r["row_id"] for r in csv.DictReader(out.open())] == [str(1 << 32), str((1 << 32) + 1), str((1 << 32) + 2)]
 
     result = run("evaluate", str(source), "--target", "wage", "--ks", "1,3", "--rows", "3000", "--leaked", "10,100",
-                 "--epochs", "1",
-                 "--out", str(tmp_path / "ev"))
+                 "--epochs", "1", "--model", "w", "--out", str(tmp_path / "ev"), home=tmp_path)
     assert result.exit_code == 0, result.output
-    assert "inversion exact" in result.output and (tmp_path / "ev" / "report.md").exists()
+    assert "inversion exact" in result.output and "(w:v1)" in result.output
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| 1 / 6 |" in report and "(w:v1) | nan |" in report  # wage is inside z in w: no utility figure
