@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from iae_privacy.codec import CodecConfig, Role, TableCodec
+from iae_privacy.codec import CodecConfig, TableCodec
 from iae_privacy.verify import verify_roundtrip
 from iae_privacy.errors import IaeError
 
@@ -222,7 +222,7 @@ def demo_command(
     access = AccessControl(workspace, keyring)
     if not access.initialised:
         access.initialise()
-        console.print(f"started the audit log; principal 'admin' may restore everything")
+        console.print("started the audit log; principal 'admin' may restore everything")
     admin_key = workspace.home / "principals" / "admin.key"
     home = str(workspace.home)
     datasets["patients"] = write_synthetic_patients(workspace.home / "landing" / "patients.parquet", patients, seed=0)
