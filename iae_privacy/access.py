@@ -48,6 +48,7 @@ ADMIN = "admin"
 """The first principal, made by ``keys init``, and its role (may restore everything)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _TTL = re.compile(r"^(\d+)([smhd])$")
+_NONCE = re.compile(r"^[0-9a-f]{32}$")
 _TTL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -195,6 +196,8 @@ class DecodeRequest:
         for stamp in (request.created, request.expires):
             if datetime.datetime.fromisoformat(stamp).tzinfo is None:
                 raise ValueError("time without a time zone")
+        if not _NONCE.match(request.nonce):
+            raise ValueError("nonce")
         return request
 
     def serialize(self, signature: bytes) -> bytes:

@@ -237,11 +237,12 @@ class AuditLog:
         granted: then :class:`NonceUsedError` (checked and written under one lock)."""
         with self._locked():
             seq, prev, lines = self._tail()
-            needle = f'"nonce":"{nonce}"'.encode()
+            needle = b'"nonce":' + _canonical({"n": nonce})[5:-1]  # the nonce as it is written in a line
             for line in lines:
                 if needle in line:
                     entry = json.loads(line)
-                    if entry.get("event") == "decode" and entry.get("outcome") == "granted":
+                    if entry.get("event") == "decode" and entry.get("outcome") == "granted" \
+                            and entry.get("nonce") == nonce:
                         raise NonceUsedError(f"this request was already used (audit entry {entry['seq']}); "
                                              "a request works once")
             return self._append_locked(seq, prev, "decode", "granted", {**fields, "nonce": nonce})

@@ -328,3 +328,15 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
 
 def test_a_synthesis_request_beyond_the_role_is_refused(world, tmp_path):
     assert_refused(world, world.request("clerk", synthesize=2), tmp_path / "s.parquet", "asks for every column")
+
+
+def test_a_properly_signed_request_with_a_malformed_nonce_is_refused(world, tmp_path):
+    import dataclasses
+
+    from iae_privacy.access import DecodeRequest
+
+    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    crafted = dataclasses.replace(good, nonce='x"y')
+    signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
+        crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    assert_refused(world, crafted.serialize(signature), tmp_path / "o.parquet", "not a valid decode request")

@@ -103,3 +103,10 @@ def test_a_nonce_is_granted_once(log):
         log.grant_once("ab" * 16, principal="p")
     log.grant_once("cd" * 16, principal="p")
     assert log.verify().ok
+
+
+def test_a_nonce_that_needs_escaping_in_json_is_still_granted_once(log):
+    nonce = 'a"b\\c'
+    log.grant_once(nonce, principal="p")
+    with pytest.raises(NonceUsedError):
+        log.grant_once(nonce, principal="p")
