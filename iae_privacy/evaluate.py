@@ -50,6 +50,8 @@ class EvaluationConfig:
     seconds: float | None = 60.0
     seed: int = 0
     codec: CodecConfig = field(default_factory=CodecConfig)
+    key: bytes | None = None
+    """The throwaway models' key; None (the default): a fresh random one per run."""
 
 
 @dataclass
@@ -162,7 +164,7 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         if bad:
             raise IaeError(f"k must be between 1 and {features} (the number of features); got {bad}")
         result = _new_evaluation(path, config, train, test, regression, codec)
-        key = crypto.random_key()
+        key = config.key or crypto.random_key()
         batch = test.combine_chunks().to_batches()[0]
         for k in ks:
             step(f"k={k}: training")
@@ -290,6 +292,11 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
         for inv in p.inversion:
             lines.append(f"| {p.k} | {inv['m']:,} | {pct(inv['exact'])} | {pct(inv['baseline_exact'])} "
                          f"| {pct(inv['error'])} | {pct(inv['baseline_error'])} |")
+    middle = next(p for p in e.points if p.k == inversion_k)
+    lines += ["", f"Per feature at k={middle.k}, {middle.inversion[-1]['m']:,} leaked rows:", "",
+              "| feature | exact | baseline exact | error | baseline error |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {pct(c['exact'])} | {pct(c['baseline_exact'])} | {pct(c['error'])} | {pct(c['baseline_error'])} |"
+              for name, c in middle.inversion_columns.items()]
     lines += ["", f"![inversion per feature](inversion_by_feature_k{inversion_k}.png)", "",
               "Read the curve before choosing k: every point above its baseline is information the latent "
               "table gives an attacker who holds that many leaked rows. See docs/threat-model.md.", ""]
