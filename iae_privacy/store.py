@@ -36,6 +36,7 @@ from iae_privacy.codec import EncodedBatch, Role, read_batches
 from iae_privacy.errors import IaeError
 from iae_privacy.exactness import ContentDigest
 from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.overlap import Behind
 from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
 from iae_privacy.tokens import Tokenizer
@@ -224,17 +225,21 @@ class EncodedDataset:
                                            model_name, model_version, codec.schema.names)
                 if writer is None:
                     writer = pq.ParquetWriter(latent_tmp, table.schema)
-                writer.write_table(table, row_group_size=max(batch.num_rows, 1))
+                behind.put(table)  # written on a second thread while the next batch is encoded
                 counts["rows"] += batch.num_rows
                 counts["batches"] += 1
                 if on_rows is not None:
                     on_rows(counts["rows"])
                 yield self._vault_segment(latent)
 
+        def write_latent(table: pa.Table) -> None:
+            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
         try:
-            write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
-                         Purpose.VAULT, self._vault_key_aad({"dataset": dataset, "part": part}),
-                         segments(), keyring)
+            with Behind(write_latent) as behind:
+                write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
+                             Purpose.VAULT, self._vault_key_aad({"dataset": dataset, "part": part}),
+                             segments(), keyring)
             if writer is None:
                 raise StoreError(f"{source} has no record batches to encode")
             writer.close()
@@ -540,29 +545,33 @@ RESTORED_ROW_GROUP = 262_144
 
 def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
     """Stream batches to a Parquet file only its owner can read; ``check()`` runs before the file
-    is put in place. Nothing is left on failure."""
+    is put in place. Nothing is left on failure.
+
+    Each row group is written on a second thread while the next is restored (memory: two groups).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer, rows, pending = None, 0, []
 
-    def flush() -> None:
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=RESTORED_ROW_GROUP)
-            pending.clear()
+    def write(table: pa.Table) -> None:
+        writer.write_table(table, row_group_size=RESTORED_ROW_GROUP)
 
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)
-        for batch in batches:
+        with Behind(write) as behind:
+            for batch in batches:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, batch.schema)
+                pending.append(batch)
+                rows += batch.num_rows
+                if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
+                    behind.put(pa.Table.from_batches(pending))
+                    pending = []
             if writer is None:
-                writer = pq.ParquetWriter(tmp, batch.schema)
-            pending.append(batch)
-            rows += batch.num_rows
-            if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
-                flush()
-        if writer is None:
-            raise StoreError(f"nothing to restore to {path}")
-        flush()
+                raise StoreError(f"nothing to restore to {path}")
+            if pending:
+                behind.put(pa.Table.from_batches(pending))
         writer.close()
         writer = None
         check()

@@ -216,3 +216,46 @@ def test_progress_is_reported_as_counts(setup, tmp_path):
     restored = []
     dataset.decode_all(model, keyring, tmp_path / "out.parquet", on_rows=lambda done, total: restored.append((done, total)))
     assert restored[-1] == (9_000, 9_000) and len(restored) == record.batches
+
+
+@pytest.fixture
+def file_size_limit():
+    """A real write failure: ``file_size_limit(N)`` lets no file grow past N bytes (RLIMIT_FSIZE, as on a
+    full disk); ``file_size_limit(None)`` lifts it.
+    Python ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield lambda size: resource.setrlimit(resource.RLIMIT_FSIZE, (soft if size is None else size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_latent_write_failing_on_the_writer_thread_leaves_nothing(setup, tmp_path, file_size_limit):
+    _, keyring, sources, model = setup
+    dataset = EncodedDataset(tmp_path / "enc")
+    (source, digest, part), _ = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    file_size_limit(200_000)  # a few batches in: the latent part is written on a second thread
+    with pytest.raises(OSError):
+        dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 1_000)
+    file_size_limit(None)
+    assert [p.name for p in (tmp_path / "enc").rglob("*") if p.is_file()] == []
+    encode_all(tmp_path / "enc", keyring, sources, model)
+    assert EncodedDataset(tmp_path / "enc").decode_all(model, keyring, tmp_path / "out") == 14_000
+
+
+def test_a_restore_whose_write_fails_on_the_writer_thread_leaves_nothing(setup, tmp_path, file_size_limit):
+    _, keyring, sources, model = setup
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model, batch_size=1_000)
+    from iae_privacy import store
+
+    store_group = store.RESTORED_ROW_GROUP
+    store.RESTORED_ROW_GROUP = 2_000  # several row groups, so several writes behind the decode
+    try:
+        file_size_limit(150_000)
+        with pytest.raises(OSError):
+            dataset.decode_all(model, keyring, tmp_path / "out")
+        file_size_limit(None)
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+        assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
+    finally:
+        store.RESTORED_ROW_GROUP = store_group

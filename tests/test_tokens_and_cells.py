@@ -96,3 +96,19 @@ def test_float_identifiers_keep_signed_zero_and_nan_payloads_apart(keyring):
     bits = np.array([0, 1 << 63, 0x7FF8000000000000, 0x7FF8000000000001], dtype=np.uint64)
     values = pa.Array.from_buffers(pa.float64(), 4, [None, pa.py_buffer(bits)])
     assert len(set(Tokenizer(keyring).tokens(values).to_pylist())) == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_tokens_of_any_column_are_hmacs_of_its_cells(keyring, data):
+    import hashlib
+    import hmac
+
+    schema = data.draw(arrow_schema())
+    table = data.draw(table_for(schema, max_rows=15))
+    tokenizer = Tokenizer(keyring)
+    for field, column in zip(schema, table.columns):
+        key = tokenizer._key(field.type)
+        expected = [None if c is None else hmac.new(key, c, hashlib.sha256).digest()[:TOKEN_BYTES].hex()
+                    for c in to_cells(column)]
+        assert tokenizer.tokens(column).to_pylist() == expected, field.type
