@@ -85,8 +85,12 @@ def run(rows: int) -> Result:
         source = _prepare(tmp, rows)
         train_bench_model(source, keyring, ModelRegistry(tmp / "models"))
         copy = best_of(2, lambda: pq.write_table(pq.read_table(source), tmp / "copy.parquet"))
-        encode = _child(str(tmp), str(source), str(tmp / "enc"), "encode")
-        decode = _child(str(tmp), str(source), str(tmp / "enc"), "decode")
+        # fastest of three runs, each in a fresh process (single runs vary by 10-20 % on a shared
+        # 2-core machine); peak RSS from the first
+        encodes = [_child(str(tmp), str(source), str(tmp / f"enc-{i}"), "encode") for i in range(3)]
+        encode = {**min(encodes, key=lambda r: r["seconds"]), "peak_rss_mib": encodes[0]["peak_rss_mib"]}
+        decode = min((_child(str(tmp), str(source), str(tmp / "enc-0"), "decode") for _ in range(3)),
+                     key=lambda r: r["seconds"])
         result.add("Parquet copy (read + write)", rows / copy, "rows/s")
         result.add("encode", rows / encode["seconds"], "rows/s")
         result.add("decode", rows / decode["seconds"], "rows/s")
@@ -102,12 +106,18 @@ def run(rows: int) -> Result:
                      "within 1.2x")
     result.target_met = enc_ratio >= 0.5 and dec_ratio >= 0.5 and rss_ratio <= 1.2
     result.notes = (
-        "Where the time goes (cProfile, 200k rows): encode is dominated by identifier tokens, one "
-        "HMAC-SHA256 per distinct value in a Python loop (4 of the 6 identifier columns are unique per "
-        "row: about 4M HMACs per 1M rows), then the latent Parquet write and the network; decode by "
-        "writing the restored Parquet file (about 40 %), reading latent row groups and hashing the parts. "
+        "Encode and decode: the fastest of three runs, each in a fresh process. Where the time goes "
+        "(cProfile, 200k rows): encode is dominated by identifier tokens, one HMAC-SHA256 per distinct "
+        "value in a Python loop (4 of the 6 identifier columns are unique per row: about 4M HMACs per 1M "
+        "rows), then the latent Parquet write and the network; decode by writing the restored Parquet "
+        "file, reading latent row groups, the content digest and hashing the parts. Latent and restored "
+        "row groups are written on a second thread while the next batch is computed (paired runs on "
+        "1M rows: encode about 11 % faster, decode about 4 %). Tried and dropped: reading the next batch "
+        "ahead on a thread (decode slower: the reader competes with PyTorch's two threads), and tokens "
+        "through DuckDB's vectorised SHA-256 (bit-identical HMAC, 1.6x faster on one 1M-value column but "
+        "no faster on 65,536-row batches, about 0.9 us per value either way). "
         "Memory: Arrow's Parquet reader with pre_buffer=True (its default) kept every column chunk until "
         "the file was read, so RSS grew with the file; reading without it, RSS sampled every 10 s over a "
         "10M-row encode stays between 580 and 730 MiB with no upward trend, and the peak is a transient, "
-        "so the 10M/1M peak ratio varies from run to run.")
+        "so the 10M/1M peak ratio varies from run to run: 1.27x, 1.23x and 1.25x in three benchmark runs.")
     return result
