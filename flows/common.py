@@ -10,6 +10,7 @@ from typing import Callable
 
 from prefect.cache_policies import NO_CACHE
 
+from iae_privacy import progress
 from iae_privacy.keyring import Keyring
 from iae_privacy.workspace import Workspace
 
@@ -18,11 +19,13 @@ SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}
 
 
 def progress_logger(what: str, total: int, logger) -> Callable[[int], None]:
-    """A callback that logs ``what: done/total rows`` about every tenth of the way (counts only)."""
+    """A callback that logs ``what: done/total rows`` about every tenth of the way (counts only),
+    and passes every count on to :func:`iae_privacy.progress.report` (the CLI's progress bars)."""
     step = max(total // 10, 1)
     state = {"next": step}
 
     def report(done: int) -> None:
+        progress.report(what, done, total)
         if done >= state["next"] or done == total:
             logger.info("%s: %d/%d rows (%d%%)", what, done, total, 100 * done // max(total, 1))
             state["next"] = done + step

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import SAFE_TASK, open_workspace
+from iae_privacy import progress
 from iae_privacy.codec import CodecConfig
 from iae_privacy.network.train import TrainConfig
 from iae_privacy.pipeline import fit_model
@@ -24,8 +25,9 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
     trained, report = fit_model(
         data, transform_key(keyring, model, version), CodecConfig.load(config) if config else None,
         TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims,
-        on_epoch=lambda s: logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s",
-                                       s.epoch, s.train_loss, s.validation_loss, s.rows_per_second))
+        on_epoch=lambda s: (logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s",
+                                        s.epoch, s.train_loss, s.validation_loss, s.rows_per_second),
+                            progress.report(f"training {model}", s.epoch, epochs, "epochs")))
     # beyond the network's validation rows: codec and network together on the file's first rows
     check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
     if not check.exact:

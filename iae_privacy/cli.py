@@ -127,6 +127,29 @@ def progress(description: str, total: int) -> Iterator:
     yield advance
 
 
+@contextmanager
+def flow_progress() -> Iterator[None]:
+    """Rich progress bars, in a terminal, for what the flow run inside the block reports (encode and
+    restore rows, training epochs); elsewhere the flows' own log lines are the progress."""
+    if not console.is_terminal:
+        yield
+        return
+    from iae_privacy import progress as reports
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=console,
+                  transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def show(what: str, done: int, total: int, unit: str) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total, unit=unit)
+            bar.update(tasks[what], completed=done, total=total)
+
+        with reports.listening(show):
+            yield
+
+
 @app.command("profile")
 def profile_command(
     data: Annotated[Path, typer.Argument(help="A Parquet file.")],
@@ -232,17 +255,20 @@ def demo_command(
     failures, encoded_by_name = [], {}
     for name, path in datasets.items():
         console.print(f"[bold]{name}[/]", highlight=False)
-        trained = train_flow(data=str(path), model=name, home=home, epochs=epochs,
-                             config=_config_path(path, None), seconds=seconds)
+        with flow_progress():
+            trained = train_flow(data=str(path), model=name, home=home, epochs=epochs,
+                                 config=_config_path(path, None), seconds=seconds)
         spec = f"{name}:v{trained['version']}"
         encoded, restored = workspace.home / "encoded" / f"{name}-v{trained['version']}", \
             workspace.home / "restored" / f"{name}-v{trained['version']}.parquet"
-        run_encode(str(path), spec, str(encoded), home)
+        with flow_progress():
+            run_encode(str(path), spec, str(encoded), home)
         encoded_by_name[name] = encoded
         request = workspace.home / "requests" / f"{name}-whole.json"
         request.parent.mkdir(exist_ok=True)
         write_private(request, make_request(encoded, ADMIN, admin_key, purpose="demo: whole-dataset check"))
-        run_decode(encoded=str(encoded), request=str(request), out=str(restored), home=home)
+        with flow_progress():
+            run_decode(encoded=str(encoded), request=str(request), out=str(restored), home=home)
         difference = first_difference(pq.read_table(path), pq.read_table(restored))
         r2 = sum(max(f["r2"], 0.0) for f in trained["features"]) / max(len(trained["features"]), 1)
         summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained["features"])),
@@ -583,8 +609,9 @@ def train_command(
     _rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)  # fail early, with the keyring's own message
-    result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
-                        public_dims=public_dims, config=_config_path(data, config), seconds=seconds)
+    with flow_progress():
+        result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
+                            public_dims=public_dims, config=_config_path(data, config), seconds=seconds)
     table = Table(title=f"{model}:v{result['version']}: what z_public ({result['public_dims']} columns) "
                   "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
@@ -615,8 +642,9 @@ def encode_command(
     sources_of(str(source))
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
-    result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
-                        dask_address=dask_address)
+    with flow_progress():
+        result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
+                            dask_address=dask_address)
     console.print(f"encoded {result['encoded_rows']:,} rows in {result['encoded_parts']} new part(s), "
                   f"skipped {result['skipped_sources']} source(s) already encoded; {out} now holds "
                   f"{result['parts']} part(s), {result['rows']:,} rows")
@@ -685,7 +713,8 @@ def decode_command(
         raise IaeError(f"{request}: no such request file")
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
-    result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
+    with flow_progress():
+        result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
     what = "synthetic records written" if result["synthetic"] else "rows restored"
     console.print(f"{result['restored_rows']:,} {what} to {out} (audit entry {result['audit_entry']})")
 
@@ -849,6 +878,10 @@ def main() -> None:
 
     # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if console.is_terminal:
+        # progress bars take the place of Prefect's INFO lines in a terminal (Prefect's lines would
+        # break the bars); its warnings and errors still show. Elsewhere its lines are the progress.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         app()
     except IaeError as exc:

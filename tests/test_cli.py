@@ -141,3 +141,26 @@ def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_ha
     assert "inversion exact" in result.output and "(w:v1)" in result.output
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "| 1 / 6 |" in report and "(w:v1) | nan |" in report  # wage is inside z in w: no utility figure
+
+
+def test_flow_progress_draws_bars_in_a_terminal_and_stays_quiet_elsewhere(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from iae_privacy import cli, progress
+
+    for terminal in (True, False):
+        out = io.StringIO()
+        monkeypatch.setattr(cli, "console", Console(file=out, force_terminal=terminal, width=100))
+        with cli.flow_progress():
+            for done in (1_500, 3_000, 4_000):
+                progress.report("encoding part 1", done, 4_000)
+            progress.report("training pat", 2, 2, "epochs")
+        text = out.getvalue()
+        if terminal:
+            assert "encoding part 1" in text and "4000/4000" in text and "rows" in text
+            assert "training pat" in text and "2/2" in text and "epochs" in text
+        else:
+            assert text == ""  # Prefect's own log lines are the progress when output is not a terminal
+    assert progress._listeners == []  # no listener is left behind

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from iae_privacy import progress
 from iae_privacy.access import AccessControl, AccessRefused, make_request
 from iae_privacy.exactness import first_difference
 from iae_privacy.workspace import Workspace
@@ -26,13 +27,19 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     keyring = Keyring.init(tmp_path / "keys")
     admin_key = AccessControl(Workspace.at(tmp_path), keyring).initialise()
     landing = tmp_path / "landing"
-    write_synthetic_patients(landing / "day1.parquet", 4_000, seed=1)
+    write_synthetic_patients(landing / "day1.parquet", 4_000, seed=1, row_group_size=1_500)
     home = str(tmp_path)
-    trained = train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=2)
-    assert trained["version"] == 1 and trained["features"]
-    assert Path(trained["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
-    assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
+    reports = []
+    with progress.listening(lambda *report: reports.append(report)):  # what the CLI's bars show
+        trained = train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=2)
+        assert trained["version"] == 1 and trained["features"]
+        assert Path(trained["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+        assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
+    assert [r for r in reports if r[3] == "epochs"] == [("training pat", 1, 2, "epochs"), ("training pat", 2, 2, "epochs")]
+    encoding = [r for r in reports if r[0] == "encoding part 1"]
+    assert len(encoding) > 1 and encoding[-1] == ("encoding part 1", 4_000, 4_000, "rows")
+    assert [r[1] for r in encoding] == sorted(r[1] for r in encoding)
 
     write_synthetic_patients(landing / "day2.parquet", 2_500, seed=2)
     second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
