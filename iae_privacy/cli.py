@@ -134,8 +134,27 @@ def flow_progress() -> Iterator[None]:
     if not console.is_terminal:
         yield
         return
+    import logging
+    import os
+
     from iae_privacy import progress as reports
 
+    # The bars take the place of Prefect's INFO lines on the console (its lines would break them);
+    # its warnings and errors still show, and nothing changes where the user set the level.
+    quieted = [] if "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL" in os.environ else \
+        [(h, h.level) for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    for handler, _ in quieted:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        with _bars(reports):
+            yield
+    finally:
+        for handler, level in quieted:
+            handler.setLevel(level)
+
+
+@contextmanager
+def _bars(reports) -> Iterator[None]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=console,
                   transient=False) as bar:
@@ -878,10 +897,6 @@ def main() -> None:
 
     # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if console.is_terminal:
-        # progress bars take the place of Prefect's INFO lines in a terminal (Prefect's lines would
-        # break the bars); its warnings and errors still show. Elsewhere its lines are the progress.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
         app()
     except IaeError as exc:

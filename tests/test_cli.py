@@ -148,19 +148,32 @@ def test_flow_progress_draws_bars_in_a_terminal_and_stays_quiet_elsewhere(monkey
 
     from rich.console import Console
 
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     from iae_privacy import cli, progress
 
-    for terminal in (True, False):
-        out = io.StringIO()
-        monkeypatch.setattr(cli, "console", Console(file=out, force_terminal=terminal, width=100))
-        with cli.flow_progress():
-            for done in (1_500, 3_000, 4_000):
-                progress.report("encoding part 1", done, 4_000)
-            progress.report("training pat", 2, 2, "epochs")
-        text = out.getvalue()
-        if terminal:
-            assert "encoding part 1" in text and "4000/4000" in text and "rows" in text
-            assert "training pat" in text and "2/2" in text and "epochs" in text
-        else:
-            assert text == ""  # Prefect's own log lines are the progress when output is not a terminal
+    prefect_console = PrefectConsoleHandler(stream=io.StringIO())  # as Prefect's logging set-up adds it
+    logging.getLogger().addHandler(prefect_console)
+    monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", raising=False)
+    try:
+        for terminal in (True, False):
+            out = io.StringIO()
+            monkeypatch.setattr(cli, "console", Console(file=out, force_terminal=terminal, width=100))
+            with cli.flow_progress():
+                # Prefect's INFO lines would break the bars: only warnings reach its console meanwhile
+                assert prefect_console.level == (logging.WARNING if terminal else logging.NOTSET)
+                for done in (1_500, 3_000, 4_000):
+                    progress.report("encoding part 1", done, 4_000)
+                progress.report("training pat", 2, 2, "epochs")
+            assert prefect_console.level == logging.NOTSET
+            text = out.getvalue()
+            if terminal:
+                assert "encoding part 1" in text and "4000/4000" in text and "rows" in text
+                assert "training pat" in text and "2/2" in text and "epochs" in text
+            else:
+                assert text == ""  # Prefect's own log lines are the progress when output is not a terminal
+    finally:
+        logging.getLogger().removeHandler(prefect_console)
     assert progress._listeners == []  # no listener is left behind
