@@ -267,6 +267,8 @@ class Grant:
     nonce: str
     synthesize: bool = False
     """Synthetic records (``rows`` of them) instead of a restore."""
+    manifest_sha256: str = ""
+    """The signed manifest the grant was checked against: the restore refuses any other."""
 
 
 class AccessControl:
@@ -414,7 +416,7 @@ class AccessControl:
                     raise AccessRefused(str(exc)) from None
         entry = self.audit.grant_once(request.nonce, **{k: v for k, v in facts.items() if k != "nonce"})
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
-                     request.nonce, request.synthesize is not None)
+                     request.nonce, request.synthesize is not None, request.manifest_sha256)
 
     def _manifest(self, dataset: EncodedDataset, request: DecodeRequest) -> Manifest:
         try:
@@ -471,6 +473,9 @@ class AccessControl:
         dataset = EncodedDataset(grant.encoded)
         try:
             manifest = dataset.read_manifest(self.keyring)
+            if hashlib.sha256(manifest.body()).hexdigest() != grant.manifest_sha256:
+                # e.g. a scheduled encode committed a part in between: the grant covers what was checked
+                raise IaeError(f"{dataset.folder} changed between the authorisation and the restore: make a new request")
             loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
             if grant.synthesize:
                 rows = self._synthesize(dataset, manifest, loaded, grant.rows, out, on_rows)

@@ -340,3 +340,17 @@ def test_a_properly_signed_request_with_a_malformed_nonce_is_refused(world, tmp_
     signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
         crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
     assert_refused(world, crafted.serialize(signature), tmp_path / "o.parquet", "not a valid decode request")
+
+
+def test_a_dataset_that_changes_between_authorisation_and_restore_is_not_restored(world, copy, tmp_path):
+    grant = world.access.authorize(copy, world.request(encoded=copy))  # the whole dataset, as it is now
+    dataset = EncodedDataset(copy)
+    manifest = dataset.read_manifest(world.keyring)
+    manifest.parts = manifest.parts[:1]  # meanwhile the manifest changes, properly re-signed
+    dataset.write_manifest(manifest, world.keyring)
+    out = tmp_path / "restored"
+    with pytest.raises(IaeError, match="changed between the authorisation and the restore"):
+        world.access.restore(grant, out)
+    assert not out.exists()
+    failed = world.access.audit.entries()[-1]
+    assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
