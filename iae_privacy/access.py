@@ -50,6 +50,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _TTL = re.compile(r"^(\d+)([smhd])$")
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _TTL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+"""How far ahead of this machine's clock a request's creation time may be."""
 
 
 class AccessRefused(IaeError):
@@ -390,6 +392,10 @@ class AccessControl:
                                 "altered, or signed with another key")
         if now >= datetime.datetime.fromisoformat(request.expires):
             raise AccessRefused(f"the request expired at {request.expires}")
+        created = datetime.datetime.fromisoformat(request.created)
+        if created > now + CLOCK_SKEW:
+            raise AccessRefused(f"the request was made at {request.created}, in the future: check the clock of "
+                                "the machine that made it")
         role = policy.roles.get(principal.role)
         if role is None:
             raise AccessRefused(f"principal {request.principal!r} has role {principal.role!r}, which the policy "
@@ -414,7 +420,9 @@ class AccessControl:
                     dataset.verify_part(record)
                 except IaeError as exc:
                     raise AccessRefused(str(exc)) from None
-        entry = self.audit.grant_once(request.nonce, **{k: v for k, v in facts.items() if k != "nonce"})
+        # no grant of this request can be older than its creation (allowing for the clocks' skew)
+        entry = self.audit.grant_once(request.nonce, since=created - 2 * CLOCK_SKEW,
+                                      **{k: v for k, v in facts.items() if k != "nonce"})
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
                      request.nonce, request.synthesize is not None, request.manifest_sha256)
 

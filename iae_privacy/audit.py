@@ -216,6 +216,18 @@ class AuditLog:
                              "refusing to go on without an audit entry") from None
         return entry
 
+    def _check_since(self, lines: list[bytes], since: datetime.datetime | None) -> None:
+        """Raise :class:`AuditError` if any entry from the last one back to the first genuine one
+        written before ``since`` fails its MAC (entries are appended in time order)."""
+        for i in range(len(lines) - 1, -1, -1):
+            entry = self._parse(lines[i])
+            if entry is None:
+                raise AuditError(f"audit log {self.path} fails its checks (line {i + 1}: entry was edited or is "
+                                 "not a genuine entry); nothing that needs an audit entry can run until it is "
+                                 "repaired. See: iae-privacy audit verify")
+            if since is not None and datetime.datetime.fromisoformat(entry["time"]) < since:
+                return
+
     def start(self, **fields: Any) -> dict[str, Any]:
         """Write the first entry of a new log (refused if there is already a log or checkpoint)."""
         if self.path.exists() or self.checkpoint.exists():
@@ -232,11 +244,17 @@ class AuditLog:
             seq, prev, _ = self._tail()
             return self._append_locked(seq, prev, event, outcome, fields)
 
-    def grant_once(self, nonce: str, **fields: Any) -> dict[str, Any]:
+    def grant_once(self, nonce: str, since: datetime.datetime | None = None, **fields: Any) -> dict[str, Any]:
         """Append a granted ``decode`` entry for the request with ``nonce``, unless one was already
-        granted: then :class:`NonceUsedError` (checked and written under one lock)."""
+        granted: then :class:`NonceUsedError` (checked and written under one lock).
+
+        Every entry that could hold an earlier grant of it (those written from ``since`` on, the
+        earliest the request could have been used; all entries when None) is checked against its
+        MAC first, so an edited nonce cannot turn a replay into a first use: the log fails closed.
+        """
         with self._locked():
             seq, prev, lines = self._tail()
+            self._check_since(lines, since)
             needle = b'"nonce":' + _canonical({"n": nonce})[5:-1]  # the nonce as it is written in a line
             for line in lines:
                 if needle in line:

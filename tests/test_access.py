@@ -354,3 +354,19 @@ def test_a_dataset_that_changes_between_authorisation_and_restore_is_not_restore
     assert not out.exists()
     failed = world.access.audit.entries()[-1]
     assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
+
+
+def test_a_request_made_in_the_future_is_refused(world, tmp_path):
+    import dataclasses
+    import datetime
+
+    from iae_privacy.access import DecodeRequest
+
+    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    later = datetime.datetime.fromisoformat(good.created) + datetime.timedelta(hours=1)
+    crafted = dataclasses.replace(good, created=later.isoformat(timespec="seconds"),
+                                  expires=(later + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))
+    signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
+        crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    # else its grant could be written before the earliest entry the replay check reads
+    assert_refused(world, crafted.serialize(signature), tmp_path / "o.parquet", "in the future")

@@ -110,3 +110,21 @@ def test_a_nonce_that_needs_escaping_in_json_is_still_granted_once(log):
     log.grant_once(nonce, principal="p")
     with pytest.raises(NonceUsedError):
         log.grant_once(nonce, principal="p")
+
+
+def test_a_replay_is_refused_even_after_its_grant_entry_was_edited(log):
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    log.grant_once("ab" * 16, since=started, principal="p")
+    log.append("decode", "restored", principal="p", rows=1)  # later entries: the grant is no longer the tail
+    content = lines(log)
+    content[-2] = content[-2].replace(b"ab" * 16, b"ef" * 16)  # hide the first use from the replay check
+    rewrite(log, content)
+    with pytest.raises(AuditError, match="line 7: entry was edited"):
+        log.grant_once("ab" * 16, since=started, principal="p")
+    assert len(lines(log)) == 8  # nothing granted
+    # entries written before the request could exist are left to 'audit verify'
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
+    log.grant_once("12" * 16, since=later, principal="p")
+    assert "line 7: entry was edited or is not a genuine entry (MAC fails)" in log.verify().problems
