@@ -98,6 +98,13 @@ def assert_refused(world: World, request: bytes, out: Path, reason: str, encoded
     assert world.access.audit.verify().ok
 
 
+def signed_by_admin(world: World, crafted) -> bytes:
+    """A request file for a hand-made DecodeRequest, properly signed (as an insider could)."""
+    signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
+        crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    return crafted.serialize(signature)
+
+
 def source_rows(world: World, row_ids: list[int]):
     """The source rows with these row ids (part << 32 | row), as one table."""
     import pyarrow as pa
@@ -337,9 +344,7 @@ def test_a_properly_signed_request_with_a_malformed_nonce_is_refused(world, tmp_
 
     good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
     crafted = dataclasses.replace(good, nonce='x"y')
-    signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
-        crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-    assert_refused(world, crafted.serialize(signature), tmp_path / "o.parquet", "not a valid decode request")
+    assert_refused(world, signed_by_admin(world, crafted), tmp_path / "o.parquet", "not a valid decode request")
 
 
 def test_a_dataset_that_changes_between_authorisation_and_restore_is_not_restored(world, copy, tmp_path):
@@ -366,7 +371,5 @@ def test_a_request_made_in_the_future_is_refused(world, tmp_path):
     later = datetime.datetime.fromisoformat(good.created) + datetime.timedelta(hours=1)
     crafted = dataclasses.replace(good, created=later.isoformat(timespec="seconds"),
                                   expires=(later + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))
-    signature, _ = crypto.sign(world.admin_key.read_bytes(), json.dumps(
-        crafted.document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
     # else its grant could be written before the earliest entry the replay check reads
-    assert_refused(world, crafted.serialize(signature), tmp_path / "o.parquet", "in the future")
+    assert_refused(world, signed_by_admin(world, crafted), tmp_path / "o.parquet", "in the future")
