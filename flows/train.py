@@ -22,12 +22,15 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
     workspace, keyring = open_workspace(home)
     registry = workspace.models
     version = registry.next_version(registry.check_name(model))
+
+    def on_epoch(s) -> None:
+        logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s", s.epoch, s.train_loss,
+                    s.validation_loss, s.rows_per_second)
+        progress.report(f"training {model}", s.epoch, epochs, "epochs")
+
     trained, report = fit_model(
         data, transform_key(keyring, model, version), CodecConfig.load(config) if config else None,
-        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims,
-        on_epoch=lambda s: (logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s",
-                                        s.epoch, s.train_loss, s.validation_loss, s.rows_per_second),
-                            progress.report(f"training {model}", s.epoch, epochs, "epochs")))
+        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch)
     # beyond the network's validation rows: codec and network together on the file's first rows
     check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
     if not check.exact:

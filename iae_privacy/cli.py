@@ -106,13 +106,18 @@ def _rows(path: Path) -> int:
         raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
 
 
+def _bars() -> Progress:
+    """Rich bars: what, bar, done/total, unit (a task field), time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=console)
+
+
 @contextmanager
 def progress(description: str, total: int) -> Iterator:
     """A rich progress bar in a terminal; a few plain lines when output goes to a file or CI."""
     if console.is_terminal:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("rows"), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task(description, total=total)
+        with _bars() as bar:
+            task = bar.add_task(description, total=total, unit="rows")
             yield lambda rows: bar.advance(task, rows)
         return
     done, next_report = 0, 0.0
@@ -146,27 +151,19 @@ def flow_progress() -> Iterator[None]:
     for handler, _ in quieted:
         handler.setLevel(max(handler.level, logging.WARNING))
     try:
-        with _bars(reports):
-            yield
+        with _bars() as bar:
+            tasks: dict[str, int] = {}
+
+            def show(what: str, done: int, total: int, unit: str) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(what, total=total, unit=unit)
+                bar.update(tasks[what], completed=done, total=total)
+
+            with reports.listening(show):
+                yield
     finally:
         for handler, level in quieted:
             handler.setLevel(level)
-
-
-@contextmanager
-def _bars(reports) -> Iterator[None]:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=console,
-                  transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def show(what: str, done: int, total: int, unit: str) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total, unit=unit)
-            bar.update(tasks[what], completed=done, total=total)
-
-        with reports.listening(show):
-            yield
 
 
 @app.command("profile")
