@@ -541,7 +541,7 @@ class AccessControl:
         else:
             raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
         quality = synth.fidelity(model, codes, np.concatenate(reference)[:reference_rows])
-        write_restored(out, iter(table.to_batches()), lambda: None)
+        write_restored(out, iter(table.to_batches()))
         report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
                   "real_records_compared": sum(p.rows for p in manifest.parts),
                   "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],

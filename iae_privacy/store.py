@@ -49,6 +49,13 @@ MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
 _PART_SHIFT = 32
 _VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
 """Metadata a vault segment adds beside the codec's: how many z_detail and detail columns it has."""
+DICTIONARY_PAGE_LIMIT = 256 * 1024
+"""Parquet's dictionary page limit for the files written here (Arrow's default is 1 MiB). A column
+chunk is dictionary-encoded until its dictionary reaches the limit, then falls back to plain; for
+columns of unique values (tokens, names, e-mails) the work before the fallback is wasted, once per
+row group. With the smaller row groups written here (65,536 and 262,144 rows) the default made
+writing the latent part and the restored file about 30 % slower, and the files no smaller (1M
+synthetic patients: latent 0.90 s and 155 MB at the default, 0.68 s and 154 MB at 256 KiB)."""
 
 
 class StoreError(IaeError):
@@ -224,7 +231,8 @@ class EncodedDataset:
                 table = self._latent_table(row_ids, latent, identifier_fields, tokenizer,
                                            model_name, model_version, codec.schema.names)
                 if writer is None:
-                    writer = pq.ParquetWriter(latent_tmp, table.schema)
+                    writer = pq.ParquetWriter(latent_tmp, table.schema,
+                                              dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
                 behind.put(table)  # written on a second thread while the next batch is encoded
                 counts["rows"] += batch.num_rows
                 counts["batches"] += 1
@@ -342,6 +350,10 @@ class EncodedDataset:
             if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
                 raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
 
+        # what decoding reads of the latent part: row ids, passthrough and z_public (not the tokens)
+        passthrough_n = len(model.codec.indices_with_role(Role.PASSTHROUGH))
+        needed = latent_file.schema_arrow.names[: 1 + passthrough_n] + \
+            [public_name(j) for j in range(model.network.config.public_dims)]
         _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
                                        self._vault_key_aad, keyring, "vault part", check)
         last = record.batches - 1 if take is None else max(take, default=-1)
@@ -354,7 +366,7 @@ class EncodedDataset:
                     break
                 continue
             vault = pa.ipc.open_stream(segment).read_next_batch()
-            latent = latent_file.read_row_group(group)
+            latent = latent_file.read_row_group(group, columns=needed)
             if vault.num_rows != latent.num_rows:
                 raise StoreError(f"vault part {record.vault} and latent part {record.latent} disagree on the "
                                  f"rows of batch {group}")
@@ -446,7 +458,7 @@ class EncodedDataset:
                         on_rows(done, total)
                     yield batch if columns is None else batch.select(columns)
 
-        return write_restored(out, batches(), lambda: None)
+        return write_restored(out, batches())
 
     def rewrap_all(self, keyring: Keyring) -> int:
         """Re-wrap every vault part's data key under the current key version."""
@@ -543,9 +555,9 @@ RESTORED_ROW_GROUP = 262_144
 """Rows per row group of a restored file: large groups write faster (a few batches' memory)."""
 
 
-def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
-    """Stream batches to a Parquet file only its owner can read; ``check()`` runs before the file
-    is put in place. Nothing is left on failure.
+def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check: Callable[[], None] | None = None) -> int:
+    """Stream batches to a Parquet file only its owner can read; ``check()``, if given, runs before
+    the file is put in place. Nothing is left on failure.
 
     Each row group is written on a second thread while the next is restored (memory: two groups).
     """
@@ -562,7 +574,7 @@ def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
         with Behind(write) as behind:
             for batch in batches:
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, batch.schema)
+                    writer = pq.ParquetWriter(tmp, batch.schema, dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
                 pending.append(batch)
                 rows += batch.num_rows
                 if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
@@ -574,7 +586,8 @@ def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check) -> int:
                 behind.put(pa.Table.from_batches(pending))
         writer.close()
         writer = None
-        check()
+        if check is not None:
+            check()
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     finally:
