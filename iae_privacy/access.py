@@ -21,11 +21,13 @@ no output file.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import fnmatch
 import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,8 +36,10 @@ import numpy as np
 
 from iae_privacy import crypto
 from iae_privacy.audit import AuditError, AuditLog, NonceUsedError
+from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
-from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.files import remove_stale_temporaries, write_private
+from iae_privacy.keyring import Keyring, Purpose, check_private
 from iae_privacy.store import EncodedDataset, Manifest
 from iae_privacy.workspace import Workspace
 
@@ -52,6 +56,15 @@ _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _TTL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far ahead of this machine's clock a request's creation time may be."""
+DEFAULT_MAX_LIFETIME = 24 * 3600
+"""Longest a request may stay valid (expiry minus creation), in seconds, unless its principal's
+role sets its own ``max_lifetime``: a leaked request file is useless after at most this long."""
+MAX_TTL = 366 * 86400
+"""No role may allow more than this (a year and a day): beyond it a lifetime is a mistake."""
+
+
+_HELD: dict[int, int] = {}
+"""Grants made in this process whose restore has not ended: audit entry -> locked marker's fd."""
 
 
 class AccessRefused(IaeError):
@@ -74,11 +87,25 @@ def check_name(name: str, what: str) -> str:
 
 
 def parse_ttl(text: str) -> int:
-    """Seconds in a time to live such as ``90s``, ``30m``, ``1h`` or ``7d``."""
+    """Seconds in a time to live such as ``90s``, ``30m``, ``1h`` or ``7d`` (at most a year)."""
     match = _TTL.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise IaeError(f"time to live {text!r}: expected a number and a unit, e.g. 30m, 1h, 7d")
-    return int(match.group(1)) * _TTL_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _TTL_SECONDS[match.group(2)]
+    if seconds > MAX_TTL:
+        raise IaeError(f"time to live {text!r} is longer than a year; requests are meant to be short-lived "
+                       f"(the policy's default cap is {DEFAULT_MAX_LIFETIME // 3600} h)")
+    return seconds
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    """A request's time: ISO 8601 with a time zone, between the years 2000 and 9000."""
+    stamp = datetime.datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        raise ValueError("time without a time zone")
+    if not 2000 <= stamp.year <= 9000:
+        raise ValueError("time out of range")
+    return stamp
 
 
 # -- the policy ------------------------------------------------------------------------------------
@@ -93,6 +120,26 @@ class AccessRole:
     """Most rows one request may restore; None: no limit."""
     whole_dataset: bool = False
     """Whether a request may restore a dataset whole (no row selection)."""
+    max_lifetime: int | None = None
+    """Longest a request may stay valid, in seconds; None: :data:`DEFAULT_MAX_LIFETIME`."""
+
+    @property
+    def lifetime_cap(self) -> int:
+        return DEFAULT_MAX_LIFETIME if self.max_lifetime is None else self.max_lifetime
+
+    def document(self) -> dict[str, Any]:
+        doc = asdict(self)
+        if self.max_lifetime is None:  # policies written before the setting existed keep their bytes
+            del doc["max_lifetime"]
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> AccessRole:
+        lifetime = doc.get("max_lifetime")
+        if lifetime is not None and (type(lifetime) is not int or not 0 < lifetime <= MAX_TTL):
+            raise ValueError("max_lifetime")
+        return cls(tuple(doc["datasets"]), tuple(doc["columns"]), doc["max_rows"], bool(doc["whole_dataset"]),
+                   lifetime)
 
     def allows_dataset(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.datasets)
@@ -117,7 +164,7 @@ class Policy:
 
     def body(self) -> bytes:
         return _canonical({"format": POLICY_FORMAT, "version": 1,
-                           "roles": {n: asdict(r) for n, r in sorted(self.roles.items())},
+                           "roles": {n: r.document() for n, r in sorted(self.roles.items())},
                            "principals": {n: asdict(p) for n, p in sorted(self.principals.items())}})
 
     def sha256(self) -> str:
@@ -126,16 +173,15 @@ class Policy:
     @classmethod
     def load(cls, path: Path, keyring: Keyring) -> Policy:
         try:
-            doc = json.loads(path.read_bytes())
+            doc = parse_json(path.read_bytes())
             body, tag = doc["body"], bytes.fromhex(doc["mac"])
             if body["format"] != POLICY_FORMAT:
                 raise ValueError("format")
-            policy = cls({n: AccessRole(tuple(r["datasets"]), tuple(r["columns"]), r["max_rows"], bool(r["whole_dataset"]))
-                          for n, r in body["roles"].items()},
+            policy = cls({n: AccessRole.from_document(r) for n, r in body["roles"].items()},
                          {n: Principal(**p) for n, p in body["principals"].items()})
         except FileNotFoundError:
             raise AccessRefused(f"no access policy at {path}: create one with 'iae-privacy keys init'") from None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise AccessRefused(f"access policy {path} is damaged") from None
         if not crypto.mac_matches(keyring.subkey(Purpose.POLICY), _canonical(body), tag) or policy.body() != _canonical(body):
             raise AccessRefused(f"access policy {path} fails its MAC: it was changed outside iae-privacy "
@@ -195,12 +241,22 @@ class DecodeRequest:
                       None if doc["synthesize"] is None else int(doc["synthesize"]))
         if request.document() != doc:
             raise ValueError("not canonical")
-        for stamp in (request.created, request.expires):
-            if datetime.datetime.fromisoformat(stamp).tzinfo is None:
-                raise ValueError("time without a time zone")
+        if _timestamp(request.expires) <= _timestamp(request.created):
+            raise ValueError("expires before it was made")
         if not _NONCE.match(request.nonce):
             raise ValueError("nonce")
+        if request.columns is not None and not request.columns:
+            raise ValueError("no column")
+        if request.rows is not None and not request.rows:
+            raise ValueError("no row")
+        if request.synthesize is not None and (request.synthesize < 1 or request.columns is not None
+                                               or request.rows is not None or request.where_token is not None):
+            raise ValueError("synthesize")
         return request
+
+    @property
+    def lifetime(self) -> datetime.timedelta:
+        return _timestamp(self.expires) - _timestamp(self.created)
 
     def serialize(self, signature: bytes) -> bytes:
         """The request file: canonical JSON, one line. No byte of it can change and still verify."""
@@ -209,8 +265,13 @@ class DecodeRequest:
     @classmethod
     def parse(cls, data: bytes) -> tuple[DecodeRequest, bytes]:
         """(request, signature) from a request file; ValueError unless it is exactly canonical."""
-        doc = json.loads(data)
-        request, signature = cls.from_document(doc["request"]), bytes.fromhex(doc["signature"])
+        try:
+            doc = parse_json(data)
+            if not isinstance(doc, dict) or not isinstance(doc.get("request"), dict):
+                raise ValueError("not a request")
+            request, signature = cls.from_document(doc["request"]), bytes.fromhex(doc["signature"])
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(type(exc).__name__) from None
         if request.serialize(signature) != data:
             raise ValueError("not canonical")
         return request, signature
@@ -228,15 +289,20 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
         raise IaeError("give rows or a token to match, not both")
     if rows is not None and not rows:
         raise IaeError("--rows names no row")
+    if columns is not None and not columns:
+        raise IaeError("--columns names no column")
     if where_token is not None and not all(isinstance(part, str) and part for part in where_token):
         raise IaeError("a token match needs a column name and a token")
     if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None or columns is not None):
         raise IaeError("a synthesis request names a positive number of rows, and no rows, token or columns")
     dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
     try:
+        check_private(private_key, folder=False, what="private key")
         pem = private_key.read_bytes()
     except FileNotFoundError:
         raise IaeError(f"no private key at {private_key} (made by 'iae-privacy keys add-principal')") from None
+    except OSError as exc:
+        raise IaeError(f"private key {private_key} cannot be read ({exc.strerror})") from None
     now = _now()
     request = DecodeRequest(principal, dataset, manifest_sha256, None if columns is None else tuple(columns),
                             None if rows is None else tuple(sorted(set(rows))), where_token, purpose,
@@ -286,7 +352,15 @@ class AccessControl:
         return self.workspace.keys / "policy.json"
 
     def policy(self) -> Policy:
-        return Policy.load(self.policy_path, self.keyring)
+        """The policy, after checking its MAC and that it is the one the audit log last recorded (a
+        genuine older copy put back, e.g. to undo a principal's removal, is refused)."""
+        policy = Policy.load(self.policy_path, self.keyring)
+        recorded = self.audit.last_entry("policy")
+        if recorded is not None and recorded.get("policy_sha256") != policy.sha256():
+            raise AccessRefused(f"access policy {self.policy_path} is not the one the audit log last recorded "
+                                f"(entry {recorded['seq']}, {recorded['outcome']}): an older copy was put back. "
+                                "Restore the current policy from a backup")
+        return policy
 
     @property
     def initialised(self) -> bool:
@@ -304,8 +378,15 @@ class AccessControl:
 
     def _change_policy(self, policy: Policy, change: str, details: dict[str, Any]) -> None:
         """Audit, then save: a change that cannot be audited is not made."""
+        previous = Policy.load(self.policy_path, self.keyring).sha256() if self.policy_path.exists() else None
         self.audit.append("policy", change, policy_sha256=policy.sha256(), **details)
-        policy.save(self.policy_path, self.keyring)
+        try:
+            policy.save(self.policy_path, self.keyring)
+        except OSError as exc:
+            if previous is not None:  # the log must name the policy that is in force
+                self.audit.append("policy", "not-saved", policy_sha256=previous, change=change)
+            raise IaeError(f"access policy {self.policy_path} cannot be written ({exc.strerror}); "
+                           "the change was not made") from None
 
     def add_principal(self, name: str, role: str, key_out: Path | None = None) -> Path:
         """A key pair for ``name``: the private half to ``key_out`` (owner-only; default
@@ -355,6 +436,7 @@ class AccessControl:
 
         Raises :class:`AccessRefused` (after recording the refusal) for anything that is not allowed.
         """
+        self.recover_interrupted()
         facts: dict[str, Any] = {"principal": None, "dataset": None,
                                  "request_sha256": hashlib.sha256(request_file).hexdigest()}
         try:
@@ -374,7 +456,7 @@ class AccessControl:
     def _authorize(self, encoded: Path, request_file: bytes, now: datetime.datetime, facts: dict[str, Any]) -> Grant:
         try:
             request, signature = DecodeRequest.parse(request_file)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError:
             raise AccessRefused("the request file is not a valid decode request: damaged or altered") from None
         facts.update(principal=request.principal, dataset=request.dataset, purpose=request.purpose,
                      nonce=request.nonce, columns="*" if request.columns is None else list(request.columns),
@@ -400,6 +482,10 @@ class AccessControl:
         if role is None:
             raise AccessRefused(f"principal {request.principal!r} has role {principal.role!r}, which the policy "
                                 "does not define")
+        if request.lifetime > datetime.timedelta(seconds=role.lifetime_cap):
+            raise AccessRefused(f"the request is valid for {request.lifetime}; role {principal.role!r} allows "
+                                f"requests of at most {datetime.timedelta(seconds=role.lifetime_cap)}: make a "
+                                "shorter one (request --ttl)")
         dataset = EncodedDataset(encoded)
         manifest = self._manifest(dataset, request)
         if not role.allows_dataset(manifest.dataset):
@@ -423,6 +509,7 @@ class AccessControl:
         # no grant of this request can be older than its creation (allowing for the clocks' skew)
         entry = self.audit.grant_once(request.nonce, since=created - 2 * CLOCK_SKEW,
                                       **{k: v for k, v in facts.items() if k != "nonce"})
+        self._hold(entry["seq"])
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
                      request.nonce, request.synthesize is not None, request.manifest_sha256)
 
@@ -476,31 +563,112 @@ class AccessControl:
 
         A whole dataset with every column restores part by part with each part's content checked
         against its source (``out`` a .parquet file for one part, else a folder); anything else
-        goes to one Parquet file. A failure is recorded in the audit log and leaves no output.
+        goes to one Parquet file. A failure is recorded in the audit log and leaves no output; so
+        does a restore whose outcome cannot be recorded. While it runs, a marker under
+        ``audit/running/`` is held locked: if the process dies, the next decode records the grant
+        as interrupted and removes the temporary output (:meth:`recover_interrupted`).
         """
         dataset = EncodedDataset(grant.encoded)
+        marker = self._hold(grant.audit_seq, out)
         try:
-            manifest = dataset.read_manifest(self.keyring)
-            if hashlib.sha256(manifest.body()).hexdigest() != grant.manifest_sha256:
-                # e.g. a scheduled encode committed a part in between: the grant covers what was checked
-                raise IaeError(f"{dataset.folder} changed between the authorisation and the restore: make a new request")
-            loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
-            if grant.synthesize:
-                rows = self._synthesize(dataset, manifest, loaded, grant.rows, out, on_rows)
-            elif grant.located is None and grant.columns is None:
-                rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows)
-            else:
-                if out.suffix != ".parquet":
-                    raise IaeError(f"{out}: a restore of some rows or columns goes to one .parquet file")
-                rows = dataset.decode_rows(manifest, loaded.model, self.keyring, out, grant.located,
-                                           None if grant.columns is None else list(grant.columns), on_rows)
-        except IaeError as exc:
-            self.audit.append("decode", "failed", principal=grant.principal, dataset=grant.dataset,
-                              granted_in=grant.audit_seq, reason=str(exc))
-            raise
-        self.audit.append("decode", "synthesized" if grant.synthesize else "restored", principal=grant.principal,
-                          dataset=grant.dataset, granted_in=grant.audit_seq, rows=rows)
+            try:
+                manifest = dataset.read_manifest(self.keyring)
+                if hashlib.sha256(manifest.body()).hexdigest() != grant.manifest_sha256:
+                    # e.g. a scheduled encode committed a part in between: the grant covers what was checked
+                    raise IaeError(f"{dataset.folder} changed between the authorisation and the restore: "
+                                   "make a new request")
+                loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
+                if grant.synthesize:
+                    rows = self._synthesize(dataset, manifest, loaded, grant.rows, out, on_rows)
+                elif grant.located is None and grant.columns is None:
+                    rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows)
+                else:
+                    if out.suffix != ".parquet":
+                        raise IaeError(f"{out}: a restore of some rows or columns goes to one .parquet file")
+                    rows = dataset.decode_rows(manifest, loaded.model, self.keyring, out, grant.located,
+                                               None if grant.columns is None else list(grant.columns), on_rows)
+            except BaseException as exc:
+                # an IaeError's message names files and keys, never values; anything else is named by type
+                reason = str(exc) if isinstance(exc, IaeError) else f"interrupted by {type(exc).__name__}"
+                self.audit.append("decode", "failed", principal=grant.principal, dataset=grant.dataset,
+                                  granted_in=grant.audit_seq, reason=reason)
+                raise
+            try:
+                self.audit.append("decode", "synthesized" if grant.synthesize else "restored",
+                                  principal=grant.principal, dataset=grant.dataset, granted_in=grant.audit_seq,
+                                  rows=rows)
+            except AuditError:
+                for path in ([out, out.with_name(out.name + ".fidelity.json")] if grant.synthesize else
+                             [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out)):
+                    path.unlink(missing_ok=True)
+                raise
+        finally:
+            self._release(grant.audit_seq, marker)
         return rows
+
+    # -- interrupted restores ------------------------------------------------------------------------
+
+    @property
+    def _running(self) -> Path:
+        return self.workspace.audit_log.parent / "running"
+
+    def _hold(self, seq: int, out: Path | None = None) -> int | None:
+        """Hold the marker of grant ``seq`` locked (made locked if new), recording ``out`` in it;
+        its file descriptor (None if the grant was made before markers existed)."""
+        fd = _HELD.get(seq)
+        path = self._running / f"{seq}.json"
+        if fd is None:
+            if out is not None and not path.exists():
+                return None
+            self._running.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd_tmp, name = tempfile.mkstemp(dir=self._running, prefix=f".{seq}.", suffix=".tmp")
+            fcntl.flock(fd_tmp, fcntl.LOCK_EX)  # locked before it has its name: never seen unlocked
+            os.replace(name, path)
+            fd = _HELD[seq] = fd_tmp
+        if out is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _canonical({"out": str(Path(out).absolute())}), 0)
+            os.fsync(fd)
+        return fd
+
+    def _release(self, seq: int, fd: int | None) -> None:
+        if fd is None:
+            return
+        (self._running / f"{seq}.json").unlink(missing_ok=True)
+        os.close(_HELD.pop(seq, fd))
+
+    def recover_interrupted(self) -> list[int]:
+        """Record the outcome of grants whose restore died (kill -9, a crash, a lost machine) and
+        remove the temporary output they left; the grants' audit entry numbers. A restore still
+        running, in this process or another, holds its marker locked and is left alone."""
+        recovered = []
+        for marker in sorted(self._running.glob("[0-9]*.json")) if self._running.is_dir() else []:
+            try:
+                fd = os.open(marker, os.O_RDWR | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                try:
+                    out = parse_json(os.pread(fd, 1 << 16, 0) or b"{}").get("out")
+                except (ValueError, AttributeError):
+                    out = None
+                removed = []
+                if isinstance(out, str):
+                    target = Path(out)
+                    removed = remove_stale_temporaries(target) if target.is_dir() else \
+                        remove_stale_temporaries(target.parent, target.name)
+                seq = int(marker.stem)
+                self.audit.append("decode", "interrupted", granted_in=seq, temporaries_removed=len(removed),
+                                  reason="the restore's process ended before it finished (killed or crashed)")
+                marker.unlink(missing_ok=True)
+                recovered.append(seq)
+            finally:
+                os.close(fd)
+        return recovered
 
     def _synthesize(self, dataset: EncodedDataset, manifest: Manifest, loaded, rows: int, out: Path,
                     on_rows: Callable[[int, int], None] | None, reference_rows: int = 50_000, seed: int | None = None) -> int:

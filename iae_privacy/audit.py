@@ -9,9 +9,15 @@ entry cannot be forged without the keyring.
 Cutting entries off the end leaves a shorter chain that is still valid; a **checkpoint** kept apart
 from the log (under ``keys/``: sequence number and MAC of the last entry, itself MAC'd) catches it.
 
-Fail closed: :meth:`AuditLog.append` first checks the log's tail against the checkpoint, and raises
-if either cannot be written; callers (the decode) do nothing further when it raises. Appends take
-an exclusive lock, so concurrent decodes cannot interleave entries or both use one request.
+Fail closed: :meth:`AuditLog.append` first checks the log's tail against the checkpoint, writes the
+whole line and syncs it before it returns, and raises if any of that fails (a short write is
+undone); callers (the decode) do nothing further when it raises. Appends take an exclusive lock,
+so concurrent decodes cannot interleave entries or both use one request.
+
+A **torn** last line (a crash or a full disk in the middle of an append: no newline at the end)
+is reported as torn, not as an edit; ``iae-privacy audit repair`` removes it, and only it, and
+records the repair. Deleting the log and its checkpoint together is caught too: the keyring
+records that the workspace's log was started.
 
 Entries hold names, counts, tokens and hashes, never restored values.
 """
@@ -19,6 +25,7 @@ Entries hold names, counts, tokens and hashes, never restored values.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -28,8 +35,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iae_privacy import crypto
+from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
-from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.files import write_private
+from iae_privacy.keyring import Keyring, Purpose
 
 __all__ = ["AuditLog", "AuditError", "AuditReport", "NonceUsedError", "GENESIS"]
 
@@ -66,7 +75,12 @@ class AuditLog:
         self.path = Path(path)
         self.checkpoint = Path(checkpoint)
         self._key = keyring.subkey(Purpose.AUDIT)
+        self._keyring = keyring
         self._starting = False
+
+    @property
+    def _started(self) -> str | None:
+        return self._keyring.audit_started
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -76,7 +90,7 @@ class AuditLog:
     def _parse(self, line: bytes) -> dict[str, Any] | None:
         """The entry on ``line`` if it is canonical and its MAC holds; else None."""
         try:
-            entry = json.loads(line)
+            entry = parse_json(line)
         except ValueError:
             return None
         if not isinstance(entry, dict) or _canonical(entry) != line or not isinstance(entry.get("mac"), str):
@@ -86,32 +100,58 @@ class AuditLog:
     @staticmethod
     def _claimed_mac(line: bytes) -> str:
         try:
-            return str(json.loads(line)["mac"])
+            return str(parse_json(line)["mac"])
         except (ValueError, KeyError, TypeError):
             return ""
 
-    def _lines(self) -> list[bytes]:
+    def _read(self) -> tuple[list[bytes], bytes]:
+        """(complete lines, torn tail): the tail is what follows the last newline (empty when the
+        last append completed)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return []
+            return [], b""
         except OSError as exc:
             raise AuditError(f"audit log {self.path} cannot be read ({exc.strerror or type(exc).__name__})") from None
-        return data.splitlines()
+        complete, newline, torn = data.rpartition(b"\n")
+        return (complete.split(b"\n") if newline else []), torn
+
+    def _lines(self) -> list[bytes]:
+        """Every line, a torn tail included."""
+        lines, torn = self._read()
+        return lines + [torn] if torn else lines
 
     def entries(self) -> list[dict[str, Any]]:
         """Every readable entry, in order (run :meth:`verify` to know they are genuine)."""
         out = []
         for line in self._lines():
             try:
-                out.append(json.loads(line))
+                out.append(parse_json(line))
             except ValueError:
                 out.append({"seq": None, "event": "(unreadable line)"})
         return out
 
+    def last_entry(self, event: str) -> dict[str, Any] | None:
+        """The latest entry of ``event``, after checking the chain from it to the end and the
+        checkpoint (so an older genuine entry cannot pass for the latest); None if there is none."""
+        lines, torn = self._read()
+        for i in range(len(lines) - 1, -1, -1):
+            if f'"event":{_canonical({"e": event})[5:-1].decode()}'.encode() not in lines[i]:
+                continue
+            entry = self._parse(lines[i])
+            if entry is None or entry.get("event") != event:
+                continue
+            problems = ([self._torn_problem(lines, torn)] if torn else []) or \
+                list(self._checkpoint_problems(lines)) or list(self._chain_problems(lines, i))
+            if problems:
+                raise AuditError(f"audit log {self.path} fails its checks ({problems[0]}). "
+                                 "See: iae-privacy audit verify")
+            return entry
+        return None
+
     def _read_checkpoint(self) -> tuple[int, str] | None:
         try:
-            doc = json.loads(self.checkpoint.read_bytes())
+            doc = parse_json(self.checkpoint.read_bytes())
             seq, mac, check = int(doc["seq"]), str(doc["mac"]), bytes.fromhex(doc["check"])
         except FileNotFoundError:
             return None
@@ -151,6 +191,9 @@ class AuditLog:
         if checkpoint is None:
             if lines:
                 yield f"the audit checkpoint {self.checkpoint} is missing"
+            elif self._started is not None and not self._starting:
+                yield (f"audit log {self.path} and its checkpoint {self.checkpoint} are both missing, but the "
+                       f"keyring records that this workspace's log was started on {self._started}: deleted")
             return
         seq, mac = checkpoint
         if seq > len(lines):
@@ -159,10 +202,18 @@ class AuditLog:
         elif seq and (entry := self._parse(lines[seq - 1])) is not None and entry["mac"] != mac:
             yield f"line {seq}: differs from the entry the checkpoint recorded there"
 
+    def _torn_problem(self, lines: list[bytes], torn: bytes) -> str:
+        return (f"line {len(lines) + 1}: the last line is torn ({len(torn)} bytes with no end of line): an "
+                "append did not complete (a full disk or a crash); the entries before it are unaffected. "
+                "Repair with: iae-privacy audit repair")
+
     def verify(self) -> AuditReport:
         """Check every entry's MAC, the sequence and chain, and the tail against the checkpoint."""
-        lines = self._lines()
-        return AuditReport(len(lines), list(self._chain_problems(lines)) + list(self._checkpoint_problems(lines)))
+        lines, torn = self._read()
+        problems = list(self._chain_problems(lines)) + list(self._checkpoint_problems(lines))
+        if torn:
+            problems.append(self._torn_problem(lines, torn))
+        return AuditReport(len(lines) + bool(torn), problems)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -180,58 +231,87 @@ class AuditLog:
         finally:
             os.close(fd)
 
-    def _tail(self) -> tuple[int, str, list[bytes]]:
-        """(last seq, last mac, lines) after checking the entries since the checkpoint."""
-        lines = self._lines()
+    def _tail(self, since: datetime.datetime | None = None, window: bool = False) -> tuple[int, str, list[bytes]]:
+        """(last seq, last mac, lines) after checking the log: the chain from the checkpoint on (and,
+        with ``window``, from the last entry written before ``since``; all entries when None) and
+        the checkpoint itself. Raises :class:`AuditError` for any problem."""
+        lines, torn = self._read()
         checkpoint = self._read_checkpoint()
-        if checkpoint is None and not lines and not self._starting:
+        if checkpoint is None and not lines and not torn and not self._starting and self._started is None:
             raise AuditError(f"audit log {self.path} and its checkpoint {self.checkpoint} are both missing; "
                              "a workspace's log starts with 'keys init' and must never be deleted")
-        start = checkpoint[0] if checkpoint else 0
-        problems = list(self._checkpoint_problems(lines))
-        if not problems:
-            problems = list(self._chain_problems(lines, max(start - 1, 0)))
+        start = max((checkpoint[0] if checkpoint else 0) - 1, 0)
+        if window:
+            start = min(start, self._window_start(lines, since))
+        problems = [self._torn_problem(lines, torn)] if torn else []
+        problems = problems or list(self._checkpoint_problems(lines)) or list(self._chain_problems(lines, start))
         if problems:
             raise AuditError(f"audit log {self.path} fails its checks ({problems[0]}); nothing that needs "
                              "an audit entry can run until it is repaired. See: iae-privacy audit verify")
         if not lines:
             return 0, GENESIS, lines
-        last = json.loads(lines[-1])
+        last = parse_json(lines[-1])
         return last["seq"], last["mac"], lines
+
+    def _window_start(self, lines: list[bytes], since: datetime.datetime | None) -> int:
+        """Index of the last line written before ``since`` (0 when None or none is): from there on,
+        the chain is checked. A line that fails its MAC cannot end the window early."""
+        if since is None:
+            return 0
+        for i in range(len(lines) - 1, -1, -1):
+            entry = self._parse(lines[i])
+            try:
+                if entry is not None and datetime.datetime.fromisoformat(entry["time"]) < since:
+                    return i
+            except (ValueError, TypeError, KeyError):
+                continue
+        return 0
 
     def _append_locked(self, seq: int, prev: str, event: str, outcome: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry = {**fields, "seq": seq + 1, "prev": prev, "event": event, "outcome": outcome,
                  "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
         entry["mac"] = self._mac(entry)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, _canonical(entry) + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_line(_canonical(entry) + b"\n")
             self._write_checkpoint(entry["seq"], entry["mac"])
         except OSError as exc:
             raise AuditError(f"audit log {self.path} cannot be written ({exc.strerror or type(exc).__name__}); "
                              "refusing to go on without an audit entry") from None
         return entry
 
-    def _check_since(self, lines: list[bytes], since: datetime.datetime | None) -> None:
-        """Raise :class:`AuditError` if any entry from the last one back to the first genuine one
-        written before ``since`` fails its MAC (entries are appended in time order)."""
-        for i in range(len(lines) - 1, -1, -1):
-            entry = self._parse(lines[i])
-            if entry is None:
-                raise AuditError(f"audit log {self.path} fails its checks (line {i + 1}: entry was edited or is "
-                                 "not a genuine entry); nothing that needs an audit entry can run until it is "
-                                 "repaired. See: iae-privacy audit verify")
-            if since is not None and datetime.datetime.fromisoformat(entry["time"]) < since:
-                return
+    def _write_line(self, line: bytes) -> None:
+        """Append ``line`` whole and synced, or raise OSError with the log as it was (a short write,
+        e.g. on a full disk, is cut off again; if even that fails, the line is left torn, which the
+        next append and 'audit verify' recognise)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
 
     def start(self, **fields: Any) -> dict[str, Any]:
-        """Write the first entry of a new log (refused if there is already a log or checkpoint)."""
+        """Write the first entry of a new log (refused if there is already a log or checkpoint, or
+        the keyring records that this workspace's log was started before)."""
         if self.path.exists() or self.checkpoint.exists():
             raise AuditError(f"audit log {self.path} already exists")
+        if self._started is not None:
+            raise AuditError(f"this workspace's audit log was started on {self._started} and is missing: "
+                             f"put it ({self.path}) and its checkpoint ({self.checkpoint}) back from a backup")
         self._starting = True
         try:
             return self.append("audit", "started", **fields)
@@ -242,23 +322,53 @@ class AuditLog:
         """Append an entry (``fields``: names, counts, tokens, hashes, never data values)."""
         with self._locked():
             seq, prev, _ = self._tail()
-            return self._append_locked(seq, prev, event, outcome, fields)
+            entry = self._append_locked(seq, prev, event, outcome, fields)
+        if self._started is None:  # a log started before the keyring kept this record
+            self._keyring.mark_audit_started(entry["time"])
+        return entry
+
+    def repair(self) -> int:
+        """Remove a torn last line (and nothing else) and record the repair; the bytes removed.
+
+        Refused when the last line is not torn, or when anything else in the log fails its checks:
+        only an append that did not complete is repairable, never an edit."""
+        with self._locked():
+            lines, torn = self._read()
+            if not torn:
+                raise AuditError(f"audit log {self.path} has no torn last line: nothing to repair")
+            problems = list(self._chain_problems(lines)) + list(self._checkpoint_problems(lines))
+            if problems:
+                raise AuditError(f"audit log {self.path} has other problems ({problems[0]}): only a torn last "
+                                 "line can be repaired")
+            try:
+                fd = os.open(self.path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, os.fstat(fd).st_size - len(torn))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise AuditError(f"audit log {self.path} cannot be repaired ({exc.strerror})") from None
+            seq, prev, _ = self._tail()
+            self._append_locked(seq, prev, "audit", "repaired", {"removed_line": len(lines) + 1,
+                                                                 "removed_bytes": len(torn)})
+        return len(torn)
 
     def grant_once(self, nonce: str, since: datetime.datetime | None = None, **fields: Any) -> dict[str, Any]:
         """Append a granted ``decode`` entry for the request with ``nonce``, unless one was already
         granted: then :class:`NonceUsedError` (checked and written under one lock).
 
         Every entry that could hold an earlier grant of it (those written from ``since`` on, the
-        earliest the request could have been used; all entries when None) is checked against its
-        MAC first, so an edited nonce cannot turn a replay into a first use: the log fails closed.
+        earliest the request could have been used; all entries when None) is checked as a chain
+        first (MAC, sequence and link to the entry before), so neither an edited nonce nor a genuine
+        entry copied over the earlier grant can turn a replay into a first use: the log fails closed.
         """
         with self._locked():
-            seq, prev, lines = self._tail()
-            self._check_since(lines, since)
+            seq, prev, lines = self._tail(since, window=True)
             needle = b'"nonce":' + _canonical({"n": nonce})[5:-1]  # the nonce as it is written in a line
             for line in lines:
                 if needle in line:
-                    entry = json.loads(line)
+                    entry = parse_json(line)
                     if entry.get("event") == "decode" and entry.get("outcome") == "granted" \
                             and entry.get("nonce") == nonce:
                         raise NonceUsedError(f"this request was already used (audit entry {entry['seq']}); "

@@ -245,7 +245,8 @@ def demo_command(
     from flows.train import train_flow
     from iae_privacy.access import ADMIN, AccessControl, make_request
     from iae_privacy.exactness import first_difference
-    from iae_privacy.keyring import Keyring, write_private
+    from iae_privacy.files import write_private
+    from iae_privacy.keyring import Keyring
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
     from iae_privacy.workspace import Workspace
 
@@ -329,7 +330,7 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
 
     from flows.decode import run_decode
     from iae_privacy.access import AccessRefused, AccessRole, make_request
-    from iae_privacy.keyring import write_private
+    from iae_privacy.files import write_private
 
     home, folder = access.workspace.home, access.workspace.home / "requests"
     if "clinician" not in access.policy().roles:
@@ -703,7 +704,7 @@ def request_command(
                         columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
                         rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl),
                         synthesize=synthesize)
-    from iae_privacy.keyring import write_private
+    from iae_privacy.files import write_private
 
     write_private(out, data)
     console.print(f"request written to {out}; valid for {ttl}, once")

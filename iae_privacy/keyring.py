@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Callable
 
 from iae_privacy import crypto
+from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
+from iae_privacy.files import write_private
 
-__all__ = ["Purpose", "Keyring", "KeyringError", "KeyVersion", "WrongKeyError", "RetiredKeyError",
+__all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
            "ENV_MASTER_KEY", "ENV_PASSPHRASE"]
 
 ENV_MASTER_KEY = "IAE_MASTER_KEY_V{version}"
@@ -95,29 +97,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file only its owner can read, atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-def _check_private(path: Path, folder: bool) -> None:
+def check_private(path: Path, folder: bool, what: str | None = None) -> None:
     """Refuse a key file or folder that group or others can reach, saying how to fix it."""
     if os.name != "posix":
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         fix = "700" if folder else "600"
-        what = "keys folder" if folder else "key file"
+        what = what or ("keys folder" if folder else "key file")
         raise KeyringError(
             f"{what} {path} is accessible by group or others (mode {mode:04o}); "
             f"iae-privacy refuses exposed keys. Fix with: chmod {fix} {path}"
@@ -128,10 +115,13 @@ class Keyring:
     """An opened keyring. Build with :meth:`init` or :meth:`open`; never prints key material."""
 
     def __init__(self, folder: Path, versions: list[KeyVersion], current: int,
-                 masters: dict[int, bytes], root: bytes) -> None:
+                 masters: dict[int, bytes], root: bytes, audit_started: str | None = None) -> None:
         self.folder = folder
         self.versions = versions
         self.current = current
+        self.audit_started = audit_started
+        """When this workspace's audit log was started (None: never): a log deleted with its
+        checkpoint is then caught, not taken for a new workspace."""
         self.__masters = masters
         self.__root = root
 
@@ -166,13 +156,16 @@ class Keyring:
         state_path = folder / "keyring.json"
         if not state_path.exists():
             raise KeyringError(f"no keyring in {folder}; create one with: iae-privacy keys init")
-        _check_private(folder, folder=True)
+        check_private(folder, folder=True)
         try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
+            state = parse_json(state_path.read_text(encoding="utf-8"))
             if state.get("format") != FORMAT:
                 raise ValueError("format")
             versions = [KeyVersion(**v) for v in state["versions"]]
             current = int(state["current"])
+            audit_started = state.get("audit_started")
+            if audit_started is not None and not isinstance(audit_started, str):
+                raise ValueError("audit_started")
         except (ValueError, KeyError, TypeError):
             raise KeyringError(f"{state_path} is damaged or not a keyring file") from None
         masters = {}
@@ -196,10 +189,10 @@ class Keyring:
                 if not path.exists():
                     raise KeyringError(f"key version {v.number} has no key file {path} and "
                                        f"{ENV_MASTER_KEY.format(version=v.number)} is not set")
-                _check_private(path, folder=False)
+                check_private(path, folder=False)
                 key = cls._decode_master(path, path.read_bytes(), ask)
             masters[v.number] = key
-        keyring = cls(folder, versions, current, masters, b"")
+        keyring = cls(folder, versions, current, masters, b"", audit_started)
         keyring.__root = keyring._read_root()
         return keyring
 
@@ -233,7 +226,7 @@ class Keyring:
         if len(data) == crypto.KEY_BYTES:
             return data
         try:
-            doc = json.loads(data)
+            doc = parse_json(data)
             salt = base64.b64decode(doc["salt"])
             sealed = base64.b64decode(doc["sealed"])
             params = (doc["n"], doc["r"], doc["p"])
@@ -258,7 +251,7 @@ class Keyring:
     def _read_root(self) -> bytes:
         path = self.folder / "root.sealed"
         try:
-            doc = json.loads(path.read_bytes())
+            doc = parse_json(path.read_bytes())
             version, sealed = int(doc["key_version"]), base64.b64decode(doc["sealed"])
         except FileNotFoundError:
             raise KeyringError(f"{path} is missing: the keyring is incomplete") from None
@@ -273,7 +266,14 @@ class Keyring:
 
     def _write_state(self) -> None:
         doc = {"format": FORMAT, "current": self.current, "versions": [asdict(v) for v in self.versions]}
+        if self.audit_started is not None:
+            doc["audit_started"] = self.audit_started
         write_private(self.folder / "keyring.json", json.dumps(doc, indent=1).encode())
+
+    def mark_audit_started(self, when: str) -> None:
+        """Record that the workspace's audit log exists from ``when`` on (see :attr:`audit_started`)."""
+        self.audit_started = when
+        self._write_state()
 
     # -- keys ------------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """Analysts' SQL over latent tables: DuckDB views of encoded datasets, and nothing else.
 
-Each encoded dataset is a view of its ``latent/`` Parquet parts (row id, passthrough columns,
-identifier tokens, ``z_public_*``). The connection is then closed around them with DuckDB's own
-settings: ``allowed_directories`` lists only the latent folders, ``enable_external_access`` is off
-and ``lock_configuration`` on, so SQL cannot read a vault part, a source file or anything else on
-disk, nor write a file, nor undo those settings. The vault holds no Parquet anyway: it is sealed.
+Each encoded dataset is a view of the latent Parquet parts its manifest lists (row id,
+passthrough columns, identifier tokens, ``z_public_*``), scanned through Arrow. The connection is
+then closed around them: ``enable_external_access`` is off with no allowed directory at all, no
+temporary directory, and ``lock_configuration`` on. So SQL cannot read a file (a vault part, a
+source, another latent part), write one (``COPY TO``, ``EXPORT DATABASE``, ``ATTACH``), list a
+folder, or undo those settings; a file in ``latent/`` that the manifest does not list is not in
+the view. Nothing the connection shows (settings, view definitions) holds a path.
 
 From Python::
 
@@ -31,11 +33,18 @@ class QueryError(IaeError):
     """A dataset cannot be registered, or the SQL failed."""
 
 
-def _latent_folder(folder: str | Path) -> Path:
-    latent = Path(folder).resolve() / "latent"
-    if not (Path(folder) / "manifest.json").exists() or not any(latent.glob("part-*.parquet")):
-        raise QueryError(f"{folder} is not an encoded dataset with latent parts (no manifest.json or latent/)")
-    return latent
+def _latent_parts(folder: str | Path) -> list[Path]:
+    from iae_privacy.store import EncodedDataset, StoreError
+
+    try:
+        parts = EncodedDataset(folder).listed_latent_parts()
+    except StoreError as exc:
+        raise QueryError(str(exc)) from None
+    missing = [p for p in parts if not p.is_file()]
+    if not parts or missing:
+        raise QueryError(f"{folder} is not an encoded dataset with latent parts "
+                         + (f"({missing[0]} is missing)" if missing else "(its manifest lists none)"))
+    return parts
 
 
 def view_name(folder: str | Path) -> str:
@@ -48,20 +57,18 @@ def connect(datasets: dict[str, str | Path]):
     """A DuckDB connection with one view per encoded dataset (``{view name: dataset folder}``),
     reading only the latent tables."""
     import duckdb
+    import pyarrow.dataset as ds
 
     latent = {}
     for name, folder in datasets.items():
         if not _VIEW.match(name):
             raise QueryError(f"view name {name!r}: use letters, digits and _ (not starting with a digit)")
-        latent[name] = _latent_folder(folder)
-    con = duckdb.connect()
-    allowed = sorted({f"{p}/" for p in latent.values()})
-    con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
+        latent[name] = _latent_parts(folder)
+    con = duckdb.connect(config={"temp_directory": ""})  # no spilling: nothing is ever written
+    for name, parts in latent.items():
+        con.register(name, ds.dataset([str(p) for p in parts], format="parquet"))
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    for name, folder in latent.items():
-        pattern = str(folder / "part-*.parquet").replace("'", "''")
-        con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet(\'{pattern}\')')
     return con
 
 

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from iae_privacy.files import atomic_file
+
 __all__ = ["synthetic_patients", "write_synthetic_patients", "sample_datasets"]
 
 _FIRST = ["Anna", "José", "Zoë", "Łukasz", "Mia", "Noah", "Aiko", "Olumide", "Søren", "Fatima",
@@ -93,12 +95,11 @@ def synthetic_patients(rows: int, seed: int = 0) -> pa.Table:
 
 def write_synthetic_patients(path: str | Path, rows: int, seed: int = 0,
                              row_group_size: int = 100_000) -> Path:
-    """Write the synthetic table to Parquet (atomically: a temporary file, then a rename)."""
+    """Write the synthetic table to Parquet, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(synthetic_patients(rows, seed), tmp, row_group_size=row_group_size)
-    tmp.replace(path)
+    with atomic_file(path) as sink:
+        pq.write_table(synthetic_patients(rows, seed), sink, row_group_size=row_group_size)
     return path
 
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from iae_privacy import crypto
+from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
-from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.files import atomic_file, write_private
+from iae_privacy.keyring import Keyring, Purpose
 
 __all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
            "content_sha256"]
@@ -73,7 +74,7 @@ def _read_preamble(f: BinaryIO, path: Path, magic: bytes, what: str) -> tuple[by
     if header is None or envelope is None:
         raise SealedFileError(f"{path} is truncated")
     try:
-        doc, env = json.loads(header), json.loads(envelope)
+        doc, env = parse_json(header), parse_json(envelope)
         key_version, wrapped = int(env["key_version"]), bytes.fromhex(env["wrapped_key"])
     except (ValueError, KeyError, TypeError):
         raise SealedFileError(f"{path} has a damaged header") from None
@@ -90,25 +91,17 @@ def write_sealed(path: Path, magic: bytes, header: dict[str, Any], purpose: Purp
     key_version, wrapped = keyring.wrap(purpose, data_key, key_aad)
     envelope = _envelope(key_version, wrapped)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            f.write(magic + _U32.pack(len(header_bytes)) + header_bytes + _U32.pack(len(envelope)) + envelope)
-            pending = None
-            for segment in segments:
-                if pending is not None:  # only now is it known not to be the last
-                    _write_segment(f, data_key, magic, header_bytes, count, False, pending)
-                    count += 1
-                pending = segment
-            _write_segment(f, data_key, magic, header_bytes, count, True, pending or b"")
-            count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as f:
+        f.write(magic + _U32.pack(len(header_bytes)) + header_bytes + _U32.pack(len(envelope)) + envelope)
+        pending = None
+        for segment in segments:
+            if pending is not None:  # only now is it known not to be the last
+                _write_segment(f, data_key, magic, header_bytes, count, False, pending)
+                count += 1
+            pending = segment
+        _write_segment(f, data_key, magic, header_bytes, count, True, pending or b"")
+        count += 1
     return count
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,9 +33,11 @@ import pyarrow.parquet as pq
 
 from iae_privacy import crypto
 from iae_privacy.codec import EncodedBatch, Role, read_batches
+from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.exactness import ContentDigest
-from iae_privacy.keyring import Keyring, Purpose, write_private
+from iae_privacy.files import atomic_file, write_private
+from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.overlap import Behind
 from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
@@ -47,6 +49,10 @@ ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
 MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
 _PART_SHIFT = 32
+_LATENT_PART = re.compile(r"^part-\d{5,}\.parquet$")
+_VAULT_PART = re.compile(r"^part-\d{5,}\.vault$")
+_PART_TMP = re.compile(r"^\.part-\d{5,}\.(parquet|vault)(\..*)?\.tmp$")
+"""Temporaries of a part write (files.atomic_file) that a killed run left behind."""
 _VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
 """Metadata a vault segment adds beside the codec's: how many z_detail and detail columns it has."""
 DICTIONARY_PAGE_LIMIT = 256 * 1024
@@ -124,22 +130,29 @@ class EncodedDataset:
 
     # -- manifest --------------------------------------------------------------------------------
 
-    def read_manifest(self, keyring: Keyring) -> Manifest:
-        """The manifest, after checking its signature."""
+    def _manifest_document(self) -> tuple[dict, bytes, str]:
+        """(body, its canonical bytes, the signature's hex) as the file says, unchecked."""
         try:
-            doc = json.loads(self.manifest_path.read_bytes())
-            body = json.dumps(doc["body"], sort_keys=True, separators=(",", ":")).encode()
-            signature = bytes.fromhex(doc["signature"])
-            b = doc["body"]
-            if b["format"] != MANIFEST_FORMAT:
+            doc = parse_json(self.manifest_path.read_bytes())
+            body = doc["body"]
+            if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
                 raise ValueError("format")
-            manifest = Manifest(b["dataset"], b["model"], int(b["model_version"]),
-                                [PartRecord(**p) for p in b["parts"]], b["updated"])
+            return body, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), str(doc["signature"])
         except FileNotFoundError:
             raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{self.manifest_path} is damaged") from None
-        if not crypto.mac_matches(_manifest_key(keyring), body, signature) or manifest.body() != body:
+
+    def read_manifest(self, keyring: Keyring) -> Manifest:
+        """The manifest, after checking its signature."""
+        b, body, signature = self._manifest_document()
+        try:
+            manifest = Manifest(str(b["dataset"]), str(b["model"]), int(b["model_version"]),
+                                [PartRecord(**p) for p in b["parts"]], str(b["updated"]))
+            tag = bytes.fromhex(signature)
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.manifest_path} is damaged") from None
+        if not crypto.mac_matches(_manifest_key(keyring), body, tag) or manifest.body() != body:
             raise StoreError(f"{self.manifest_path} fails its signature: it was altered, or signed by "
                              "another keyring")
         return manifest
@@ -147,13 +160,20 @@ class EncodedDataset:
     def manifest_identity(self) -> tuple[str, str]:
         """(dataset name, SHA-256 of the manifest's body) as the file says, without checking its
         signature (a request names a dataset by these; the decode checks the signature)."""
+        b, body, _ = self._manifest_document()
+        return str(b.get("dataset")), hashlib.sha256(body).hexdigest()
+
+    def listed_latent_parts(self) -> list[Path]:
+        """The latent part files the manifest lists, in part order, without checking its signature
+        (for analysts, who have no keyring): anything else in ``latent/`` is not the dataset."""
+        b, _, _ = self._manifest_document()
         try:
-            body = json.loads(self.manifest_path.read_bytes())["body"]
-            return str(body["dataset"]), hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        except FileNotFoundError:
-            raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
-        except (ValueError, KeyError, TypeError):
+            names = [str(p["latent"]) for p in sorted(b["parts"], key=lambda p: int(p["part"]))]
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise StoreError(f"{self.manifest_path} is damaged") from None
+        if any(not _LATENT_PART.match(Path(n).name) or Path(n).parent != Path("latent") for n in names):
+            raise StoreError(f"{self.manifest_path} lists a latent part outside latent/")
+        return [self.folder / n for n in names]
 
     def source_columns(self, manifest: Manifest) -> list[str]:
         """The source table's column names, in order (from the first latent part's metadata)."""
@@ -161,7 +181,7 @@ class EncodedDataset:
             raise StoreError(f"{self.folder} has no encoded parts")
         path = self.folder / min(manifest.parts, key=lambda p: p.part).latent
         try:
-            meanings = json.loads((pq.read_schema(path).metadata or {})[b"iae.columns"])
+            meanings = parse_json((pq.read_schema(path).metadata or {})[b"iae.columns"])
             return list(meanings["source"])
         except FileNotFoundError:
             raise StoreError(f"latent part {path} listed in the manifest is missing") from None
@@ -192,13 +212,36 @@ class EncodedDataset:
                 self.folder / "vault" / f"part-{part:05d}.vault")
 
     def remove_strays(self, manifest: Manifest) -> list[Path]:
-        """Delete part files and temporaries the manifest does not list (a run killed midway)."""
+        """Delete part files and temporaries the manifest does not list (a run killed midway).
+
+        Anything else in ``latent/`` or ``vault/`` (a folder, a file of another name: nothing
+        iae-privacy writes) is refused, not deleted: it is not ours to remove, and an encoded
+        dataset must hold only its parts."""
         listed = {p.latent for p in manifest.parts} | {p.vault for p in manifest.parts}
-        strays = [f for sub in ("latent", "vault") for f in (self.folder / sub).glob("*")
-                  if str(f.relative_to(self.folder)) not in listed]
+        strays, foreign = [], []
+        for sub, pattern in (("latent", _LATENT_PART), ("vault", _VAULT_PART)):
+            for f in sorted((self.folder / sub).glob("*")):
+                if str(f.relative_to(self.folder)) in listed and f.is_file() and not f.is_symlink():
+                    continue
+                ours = pattern.match(f.name) or _PART_TMP.match(f.name)
+                (strays if ours and (f.is_symlink() or f.is_file()) else foreign).append(f)
+        if foreign:
+            raise StoreError(f"{foreign[0]} is not a part of the encoded dataset {self.folder} "
+                             f"({len(foreign)} such entr{'y' if len(foreign) == 1 else 'ies'}): "
+                             "move it out; an encoded dataset's latent/ and vault/ hold only its parts")
         for f in strays:
             f.unlink()
         return strays
+
+    def _remove_empty_folders(self) -> None:
+        """After a failed first encode: leave no empty latent/, vault/ or dataset folder behind."""
+        if self.manifest_path.exists():
+            return
+        for folder in (self.folder / "latent", self.folder / "vault", self.folder):
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass
 
     def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
                       keyring: Keyring, dataset: str, source_sha256: str | None = None,
@@ -207,7 +250,6 @@ class EncodedDataset:
 
         ``on_rows`` gets the running row count after each batch (for progress)."""
         latent_path, vault_path = self.part_paths(part)
-        latent_tmp = latent_path.with_name(f".{latent_path.name}.tmp")
         latent_path.parent.mkdir(parents=True, exist_ok=True)
         source_sha256 = source_sha256 or file_sha256(source)
         tokenizer = Tokenizer(keyring)
@@ -232,7 +274,7 @@ class EncodedDataset:
                 table = self._latent_table(row_ids, latent, identifier_fields, tokenizer,
                                            model_name, model_version, codec.schema.names)
                 if writer is None:
-                    writer = pq.ParquetWriter(latent_tmp, table.schema,
+                    writer = pq.ParquetWriter(latent_sink, table.schema,
                                               dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
                 behind.put(table)  # written on a second thread while the next batch is encoded
                 counts["rows"] += batch.num_rows
@@ -245,19 +287,20 @@ class EncodedDataset:
             writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
         try:
-            with Behind(write_latent) as behind:
-                write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
-                             Purpose.VAULT, self._vault_key_aad({"dataset": dataset, "part": part}),
-                             segments(), keyring)
-            if writer is None:
-                raise StoreError(f"{source} has no record batches to encode")
-            writer.close()
-            os.replace(latent_tmp, latent_path)
+            with atomic_file(latent_path) as latent_sink:
+                try:
+                    with Behind(write_latent) as behind:
+                        write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
+                                     Purpose.VAULT, self._vault_key_aad({"dataset": dataset, "part": part}),
+                                     segments(), keyring)
+                    if writer is None:
+                        raise StoreError(f"{source} has no record batches to encode")
+                finally:
+                    if writer is not None:
+                        writer.close()
         except BaseException:
-            if writer is not None:
-                writer.close()
-            latent_tmp.unlink(missing_ok=True)
             vault_path.unlink(missing_ok=True)
+            self._remove_empty_folders()
             raise
         return PartRecord(part, str(source), source_sha256, counts["rows"], counts["batches"],
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
@@ -411,7 +454,7 @@ class EncodedDataset:
         for record in sorted(manifest.parts, key=lambda p: p.part):
             path = self.folder / record.latent
             schema = pq.read_schema(path)
-            meanings = json.loads((schema.metadata or {}).get(b"iae.columns", b"{}"))
+            meanings = parse_json((schema.metadata or {}).get(b"iae.columns", b"{}"))
             if column not in meanings.get("tokens", []):
                 raise StoreError(f"{path} has no token column {column!r} (token columns: "
                                  f"{', '.join(meanings.get('tokens', [])) or 'none'})")
@@ -509,6 +552,14 @@ class EncodedDataset:
         self.write_manifest(manifest, keyring)
         return manifest
 
+    def restored_paths(self, manifest: Manifest, out: Path) -> list[Path]:
+        """Where :meth:`decode_all` restores each part, in part order: ``out`` itself for a
+        ``.parquet`` name, else one file per part in the folder ``out``."""
+        records = sorted(manifest.parts, key=lambda p: p.part)
+        if out.suffix == ".parquet":
+            return [out] * len(records)
+        return [out / f"part-{record.part:05d}-{Path(record.source).name}" for record in records]
+
     def decode_all(self, model: Model, keyring: Keyring, out: Path,
                    on_rows: Callable[[int, int], None] | None = None) -> int:
         """Restore every part, after checking the manifest's signature and every part's hash.
@@ -527,8 +578,7 @@ class EncodedDataset:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
         rows, total, written = 0, sum(p.rows for p in manifest.parts), []
         try:
-            for record in sorted(manifest.parts, key=lambda p: p.part):
-                target = out if single else out / f"part-{record.part:05d}-{Path(record.source).name}"
+            for record, target in zip(sorted(manifest.parts, key=lambda p: p.part), self.restored_paths(manifest, out)):
                 content = ContentDigest()
 
                 def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
@@ -565,36 +615,29 @@ def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check: Callabl
     Each row group is written on a second thread while the next is restored (memory: two groups).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     writer, rows, pending = None, 0, []
 
     def write(table: pa.Table) -> None:
         writer.write_table(table, row_group_size=RESTORED_ROW_GROUP)
 
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
-        with Behind(write) as behind:
-            for batch in batches:
+    with atomic_file(path) as sink:
+        try:
+            with Behind(write) as behind:
+                for batch in batches:
+                    if writer is None:
+                        writer = pq.ParquetWriter(sink, batch.schema, dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
+                        behind.put(pa.Table.from_batches(pending))
+                        pending = []
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, batch.schema, dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
-                pending.append(batch)
-                rows += batch.num_rows
-                if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
+                    raise StoreError(f"nothing to restore to {path}")
+                if pending:
                     behind.put(pa.Table.from_batches(pending))
-                    pending = []
-            if writer is None:
-                raise StoreError(f"nothing to restore to {path}")
-            if pending:
-                behind.put(pa.Table.from_batches(pending))
-        writer.close()
-        writer = None
+        finally:
+            if writer is not None:
+                writer.close()
         if check is not None:
             check()
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
     return rows

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from iae_privacy.keyring import Keyring, write_private
+from iae_privacy.files import write_private
+from iae_privacy.keyring import Keyring
 from iae_privacy.registry import ModelRegistry
 
 __all__ = ["Workspace", "ENV_HOME"]

@@ -159,6 +159,7 @@ def test_a_principal_with_a_least_privilege_role_restores_diagnoses_by_pattern(w
 def test_an_unknown_principal_is_refused(world, tmp_path):
     stranger = tmp_path / "mallory.key"
     stranger.write_bytes(crypto.new_signing_key()[0])
+    stranger.chmod(0o600)
     assert_refused(world, world.request("mallory", key=stranger, rows=[1 << 32]), tmp_path / "o.parquet",
                    "unknown principal 'mallory'")
 
