@@ -6,16 +6,40 @@ from the workspace (never passed as a parameter), and no task result is persiste
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import os
+from typing import Callable, TypeVar
 
 from prefect.cache_policies import NO_CACHE
 
 from iae_privacy import progress
+from iae_privacy.errors import DEBUG, IaeError, withheld
 from iae_privacy.keyring import Keyring
 from iae_privacy.workspace import Workspace
 
 SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}
 """Settings for every task: results stay in memory, never in Prefect's storage or database."""
+
+F = TypeVar("F", bound=Callable)
+
+
+def no_data_in_errors(fn: F) -> F:
+    """For every task and flow body, under ``@task``/``@flow``: an exception that is not an
+    IaeError (whose messages name files, columns and keys only) is replaced by one naming its
+    type and place, before Prefect logs it, stores it in its database or shows it in the UI."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IaeError:
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG) == "1":
+                raise
+            raise withheld(exc, fn.__name__.replace("_", " ")) from None
+
+    return guarded  # type: ignore[return-value]
 
 
 def progress_logger(what: str, total: int, logger) -> Callable[[int], None]:

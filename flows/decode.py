@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed
 
-from flows.common import SAFE_TASK, open_workspace, progress_logger
+from flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 from iae_privacy.access import AccessControl, AccessRefused, Grant
 from iae_privacy.errors import IaeError
 
@@ -21,6 +21,7 @@ REFUSED, FAILED = "request refused: ", "restore failed: "
 
 
 @task(**SAFE_TASK)
+@no_data_in_errors
 def authorize(encoded: str, request: str, home: str) -> Grant | str:
     """The grant, or the reason for refusing (already in the audit log)."""
     logger = get_run_logger()
@@ -37,6 +38,7 @@ def authorize(encoded: str, request: str, home: str) -> Grant | str:
 
 
 @task(**SAFE_TASK)
+@no_data_in_errors
 def restore(grant: Grant, out: str, home: str) -> int | str:
     """Rows restored, or the reason the restore failed (already in the audit log)."""
     logger = get_run_logger()
@@ -55,6 +57,7 @@ def restore(grant: Grant, out: str, home: str) -> int | str:
 
 
 @flow(name="iae-decode")
+@no_data_in_errors
 def decode_flow(encoded: str, request: str, out: str, home: str = ".") -> dict:
     """Restore from the encoded dataset ENCODED what the signed REQUEST file allows, to OUT."""
     grant = authorize(encoded, request, home)

@@ -11,12 +11,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import SAFE_TASK, open_workspace
+from flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 from iae_privacy.codec import CodecConfig
 from iae_privacy.evaluate import EvaluationConfig, codec_config_of, evaluate, markdown, middle_point, write_report
 
 
 @task(**SAFE_TASK)
+@no_data_in_errors
 def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quasi_identifiers: list[str],
                    ks: list[int] | None, rows: int, epochs: int, leaked: list[int], config: str | None,
                    model: str | None, home: str) -> dict:
@@ -42,6 +43,7 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
 
 
 @flow(name="iae-evaluate")
+@no_data_in_errors
 def evaluate_flow(data: str, out: str, target: str, sensitive: str | None = None,
                   quasi_identifiers: list[str] | None = None, ks: list[int] | None = None, rows: int = 20_000,
                   epochs: int = 5, leaked: list[int] | None = None, config: str | None = None,

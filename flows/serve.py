@@ -27,7 +27,8 @@ def build_deployments(landing: str, model: str, out: str, home: str, cron: str =
     deployments = [encode_flow.to_deployment(
         name=f"encode-{Path(out).name}", cron=cron, concurrency_limit=1,
         parameters={"source": str(Path(landing).resolve()), "model": model.split(":")[0],
-                    "out": str(Path(out).resolve()), "home": home, "dataset": dataset or Path(out).name},
+                    "out": str(Path(out).resolve()), "home": home, "dataset": dataset or Path(out).name,
+                    "skip_unreadable": True},
         description="Encode every new Parquet file in the landing folder (each exactly once).",
         tags=["iae-privacy", "encode"])]
     if retrain_cron:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import SAFE_TASK, open_workspace
+from flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 from iae_privacy import progress
 from iae_privacy.codec import CodecConfig
+from iae_privacy.errors import IaeError
 from iae_privacy.network.train import TrainConfig
 from iae_privacy.pipeline import fit_model
 from iae_privacy.registry import transform_key
@@ -16,6 +17,7 @@ from iae_privacy.verify import verify_roundtrip
 
 
 @task(**SAFE_TASK)
+@no_data_in_errors
 def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, public_dims: int | None,
                    config: str | None, seconds: float | None) -> dict:
     logger = get_run_logger()
@@ -34,7 +36,7 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
     # beyond the network's validation rows: codec and network together on the file's first rows
     check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
     if not check.exact:
-        raise AssertionError(f"{model}:v{version} does not restore {data} exactly: {check.difference}")
+        raise IaeError(f"{model}:v{version} does not restore {data} exactly ({check.difference}); not sealed")
     path = registry.save(trained, model, version, keyring, report)
     curve = plot_loss(report.history, path.with_suffix(".loss.png"), f"{model}:v{version}")
     logger.info("sealed %s:v%d (%d validation rows restored bit for bit)", model, version,
@@ -49,6 +51,7 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
 
 
 @flow(name="iae-train")
+@no_data_in_errors
 def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device: str = "auto",
                public_dims: int | None = None, config: str | None = None, seconds: float | None = None) -> dict:
     """Train and seal a model version from a Parquet file; report per-feature reconstruction."""

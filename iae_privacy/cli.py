@@ -13,14 +13,22 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from iae_privacy.codec import CodecConfig, TableCodec
 from iae_privacy.verify import verify_roundtrip
 from iae_privacy.errors import IaeError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (and other unprintables) shown as escapes, so that what a
+    request's author wrote cannot move the cursor, clear the screen or fake lines on a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 app = typer.Typer(
     help="iae-privacy: turn sensitive Parquet tables into latent tables analysts can use, "
@@ -96,14 +104,9 @@ def _config_for(data: Path, config: Path | None) -> CodecConfig:
 
 
 def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
+    from iae_privacy.codec import parquet_rows
 
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except FileNotFoundError:
-        raise IaeError(f"{path}: no such file") from None
-    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    return parquet_rows(path)
 
 
 def _bars() -> Progress:
@@ -187,9 +190,12 @@ def profile_command(
             f"{n} [0,{lv})" for n, lv in zip(spec.feature.feature_names, spec.feature.feature_levels))
         table.add_row(spec.name, str(codec.schema.field(spec.name).type), spec.role.value, spec.reason, features)
     console.print(table)
-    if out is not None:
-        out.write_text(codec.to_json(), encoding="utf-8")
-        console.print(f"profile written to {out}")
+    if out is not None:  # category labels and bucket edges: data, so owner-only like the rest
+        from iae_privacy.files import write_private
+
+        write_private(out, codec.to_json().encode())
+        console.print(f"profile written to {out} (readable by you only: it holds category labels and "
+                      "bucket edges)")
 
 
 @app.command("roundtrip")
@@ -381,10 +387,8 @@ def keys_init_command(
     environment instead of a key file. In a workspace whose keyring predates access control, this
     adds the audit log, the policy and 'admin' to it.
     """
-    import os
-
     from iae_privacy.access import AccessControl
-    from iae_privacy.keyring import Keyring
+    from iae_privacy.keyring import Keyring, env_passphrase
 
     workspace = _workspace()
     if (workspace.keys / "keyring.json").exists() and not (workspace.keys / "policy.json").exists():
@@ -393,7 +397,7 @@ def keys_init_command(
     else:
         secret = None
         if passphrase:
-            secret = os.environ.get("IAE_PASSPHRASE") or typer.prompt(
+            secret = env_passphrase() or typer.prompt(
                 "Passphrase for the new master key", hide_input=True, confirmation_prompt=True)
         keyring = Keyring.init(workspace.keys, secret)
         console.print(f"keyring created in {keyring.folder} (key version {keyring.current}); "
@@ -420,39 +424,55 @@ def keys_add_principal_command(
                   "and keep no other copy.")
 
 
-def _protected_by_version(workspace) -> dict[int, int]:
-    """Sealed files (model bundles and vault parts) per key version."""
+DatasetsOption = Annotated[Optional[list[Path]], typer.Option(
+    "--dataset", help="An encoded dataset folder this workspace made that is no longer where it was "
+    "encoded (moved or copied): it is registered here and counted. Repeatable.")]
+
+
+def _protected_by_version(workspace, extra: list[Path] | None = None) -> tuple[dict[int, int], list[Path]]:
+    """Sealed files (model bundles and vault parts) per key version, and the registered dataset
+    folders that could not be found (whatever they hold is not counted)."""
     from iae_privacy.store import EncodedDataset
 
+    for folder in extra or []:
+        EncodedDataset(folder).manifest_identity()  # refuses a folder that is not an encoded dataset
+        workspace.register_dataset(folder)
     counts: dict[int, int] = {}
     for _, header in workspace.models.headers():
         counts[header.key_version] = counts.get(header.key_version, 0) + 1
     for folder in workspace.datasets():
         for version, n in EncodedDataset(folder).vault_key_versions().items():
             counts[version] = counts.get(version, 0) + n
-    return counts
+    return counts, workspace.missing_datasets()
+
+
+def _missing_hint(missing: list[Path]) -> str:
+    return (f"{len(missing)} registered dataset folder(s) cannot be found: {', '.join(map(str, missing))}. "
+            "If one moved, name its new place with --dataset NEW; if it was deleted, "
+            "'iae-privacy keys forget-dataset OLD'")
 
 
 @keys_app.command("status")
-def keys_status_command() -> None:
-    """Show the key versions, what each still protects, and warnings."""
+def keys_status_command(datasets: DatasetsOption = None) -> None:
+    """Show the key versions, what each still protects, and warnings (datasets that cannot be found
+    are named: what they hold is not counted)."""
     import os
 
     from iae_privacy.keyring import ENV_MASTER_KEY
 
     workspace = _workspace()
     keyring = _keyring()
-    protected = _protected_by_version(workspace)
+    protected, missing = _protected_by_version(workspace, datasets)
     table = Table(title=f"keyring {keyring.folder}")
     for heading in ("version", "status", "created", "source", "passphrase", "protects"):
         table.add_column(heading)
-    warnings = []
+    warnings = [_missing_hint(missing)] if missing else []
     for v in keyring.versions:
         count = protected.get(v.number, 0)
         source = "environment" if os.environ.get(ENV_MASTER_KEY.format(version=v.number)) else "file"
         status = v.status + (" (current)" if v.number == keyring.current else "")
         table.add_row(f"v{v.number}", status, v.created, "-" if v.status == "retired" else source,
-                      "yes" if v.passphrase else "no", f"{count} sealed file(s)")
+                      "yes" if v.passphrase else "no", f"{count} sealed file(s)" + (" found" if missing else ""))
         if v.status == "retired" and count:
             warnings.append(f"{count} sealed file(s) are under retired key version {v.number} "
                             "and can no longer be opened")
@@ -461,50 +481,82 @@ def keys_status_command() -> None:
                             "'keys rotate' re-wraps everything under a new current version")
     console.print(table)
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @keys_app.command("rotate")
-def keys_rotate_command() -> None:
-    """Add a new key version, make it current, and re-wrap every sealed model bundle under it.
+def keys_rotate_command(datasets: DatasetsOption = None) -> None:
+    """Add a new key version, make it current, and re-wrap every sealed model bundle and the vault
+    parts of every encoded dataset of this workspace under it.
 
     Encoded data and the latent transform are untouched: only the data keys are re-wrapped.
     Retire the old version afterwards with 'keys retire N'.
     """
-    import os
+    from iae_privacy.keyring import env_passphrase
+    from iae_privacy.store import EncodedDataset
 
     workspace = _workspace()
     keyring = _keyring()
+    _, missing = _protected_by_version(workspace, datasets)
     passphrase = None
     if keyring.version(keyring.current).passphrase:
-        passphrase = os.environ.get("IAE_PASSPHRASE") or _ask_passphrase()
-    from iae_privacy.store import EncodedDataset
-
+        passphrase = env_passphrase() or _ask_passphrase()
     number = keyring.rotate(passphrase)
     changed = workspace.models.rewrap_all(keyring)
     parts = sum(EncodedDataset(folder).rewrap_all(keyring) for folder in workspace.datasets())
-    _record_key_event(workspace, keyring, "rotated", key_version=number, bundles=changed, vault_parts=parts)
+    _record_key_event(workspace, keyring, "rotated", key_version=number, bundles=changed, vault_parts=parts,
+                      missing_datasets=[str(p) for p in missing])
     console.print(f"key version {number} is now current; {changed} model bundle(s) and {parts} vault "
                   "part(s) re-wrapped")
+    if missing:
+        console.print(f"[yellow]warning:[/] {escape(_missing_hint(missing))}; they were not re-wrapped",
+                      highlight=False)
 
 
 @keys_app.command("retire")
 def keys_retire_command(
     version: Annotated[int, typer.Argument(help="The key version to retire.")],
-    force: Annotated[bool, typer.Option(help="Retire even if something is still sealed under it.")] = False,
+    datasets: DatasetsOption = None,
+    force: Annotated[bool, typer.Option(
+        help="Retire even if something is, or could be, still sealed under it (it is then lost).")] = False,
 ) -> None:
-    """Retire a key version: its key is deleted, and anything still sealed under it is refused."""
+    """Retire a key version: its key is deleted, and anything still sealed under it is refused.
+
+    Refused while anything found is still sealed under it, or while a dataset this workspace
+    encoded cannot be found (it could need the version): name moved ones with --dataset, forget
+    deleted ones with 'keys forget-dataset', or pass --force to accept the loss."""
     workspace = _workspace()
     keyring = _keyring()
     if version == keyring.current or keyring.version(version).status == "retired":
         keyring.retire(version)  # refuses, saying why
-    count = _protected_by_version(workspace).get(version, 0)
-    if count and not force:
-        raise IaeError(f"{count} sealed file(s) (model bundles, vault parts) are still under key version {version}; run "
-                       "'iae-privacy keys rotate' first to re-wrap them, or pass --force to lose them")
+    protected, missing = _protected_by_version(workspace, datasets)
+    count = protected.get(version, 0)
+    if (count or missing) and not force:
+        why = [f"{count} sealed file(s) (model bundles, vault parts) are still under key version {version}; run "
+               "'iae-privacy keys rotate' first to re-wrap them"] if count else []
+        raise IaeError("; ".join(why + ([_missing_hint(missing)] if missing else []))
+                       + "; or pass --force to retire it anyway and lose what it protects")
+    if count or missing:
+        err_console.print(f"[bold yellow]warning:[/] retiring key version {version} by force: {count} sealed "
+                          f"file(s) found under it and {len(missing)} dataset folder(s) not found can no longer "
+                          "be opened if they need it", highlight=False)
     keyring.retire(version)
-    _record_key_event(workspace, keyring, "retired", key_version=version, forced=bool(count))
+    _record_key_event(workspace, keyring, "retired", key_version=version, forced=bool(count or missing),
+                      lost_files=count, missing_datasets=[str(p) for p in missing])
     console.print(f"key version {version} retired")
+
+
+@keys_app.command("forget-dataset")
+def keys_forget_dataset_command(
+    folder: Annotated[Path, typer.Argument(help="A registered dataset folder that no longer exists.")],
+) -> None:
+    """Stop counting a deleted encoded dataset (so that an old key version can be retired). Only a
+    folder that no longer exists can be forgotten; the change is audited."""
+    workspace = _workspace()
+    keyring = _keyring()
+    workspace.forget_dataset(folder)
+    _record_key_event(workspace, keyring, "dataset-forgotten", folder=str(folder))
+    console.print(f"{folder} is no longer counted")
 
 
 def _record_key_event(workspace, keyring, change: str, **details) -> None:
@@ -559,16 +611,19 @@ def policy_set_role_command(
     max_rows: Annotated[Optional[int], typer.Option(help="Most rows per request (default: no limit).")] = None,
     whole_dataset: Annotated[bool, typer.Option(
         "--whole-dataset/--no-whole-dataset", help="May it restore whole datasets?")] = False,
+    max_lifetime: Annotated[Optional[str], typer.Option(
+        help="Longest a request may stay valid (expiry minus creation): 90s, 30m, 12h, 7d. Default 24h.")] = None,
 ) -> None:
     """Create or replace a role. Example, a clinician who may restore one person's contact details:
 
         iae-privacy policy set-role clinician --datasets patients --columns full_name,email --max-rows 5
     """
-    from iae_privacy.access import AccessRole
+    from iae_privacy.access import AccessRole, parse_ttl
 
     if max_rows is not None and max_rows < 1:
         raise IaeError("--max-rows must be at least 1")
-    _access().set_role(role, AccessRole(_split(datasets), _split(columns), max_rows, whole_dataset))
+    lifetime = None if max_lifetime is None else parse_ttl(max_lifetime)
+    _access().set_role(role, AccessRole(_split(datasets), _split(columns), max_rows, whole_dataset, lifetime))
     console.print(f"role {role!r} set (audited)")
 
 
@@ -597,11 +652,33 @@ def audit_show_command(
     for entry in entries[-last:] if last else entries:
         what = [f"{k}={entry[k]}" for k in ("scope", "columns", "role", "token_column", "key_version")
                 if entry.get(k) is not None]
-        why = entry.get("reason") or entry.get("purpose") or ""
-        table.add_row(str(entry.get("seq")), str(entry.get("time", ""))[:19].replace("T", " "),
-                      str(entry.get("event")), str(entry.get("outcome", "")), str(entry.get("principal") or ""),
-                      str(entry.get("dataset") or ""), str(entry.get("rows", "")), "; ".join(what + [why] if why else what))
+        why = str(entry.get("reason") or entry.get("purpose") or "")
+        cells = (str(entry.get("seq")), str(entry.get("time", ""))[:19].replace("T", " "), str(entry.get("event")),
+                 str(entry.get("outcome", "")), str(entry.get("principal") or ""), str(entry.get("dataset") or ""),
+                 str(entry.get("rows", "")), "; ".join(what + [why] if why else what))
+        table.add_row(*(Text(printable(cell)) for cell in cells))  # Text: no markup is interpreted either
     console.print(table)
+
+
+@audit_app.command("repair")
+def audit_repair_command(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a torn last line (an append cut short by a full disk or a crash), and nothing else.
+
+    Refused unless the last line is torn and every other entry passes 'audit verify'. The repair
+    itself is recorded in the log. Make room on the disk first."""
+    access = _access()
+    report = access.audit.verify()
+    torn = [p for p in report.problems if "is torn" in p]
+    if not torn:
+        raise IaeError("the audit log has no torn last line: nothing to repair"
+                       + (f" (its problems: {report.problems[0]})" if report.problems else ""))
+    console.print(printable(torn[0]), highlight=False, markup=False)
+    if not yes and not typer.confirm("Remove that torn line?", default=False):
+        raise typer.Exit(1)
+    removed = access.audit.repair()
+    console.print(f"removed the torn last line ({removed} bytes); the repair is recorded in the audit log")
 
 
 @app.command("train")
@@ -623,7 +700,10 @@ def train_command(
     """
     from flows.train import train_flow
 
+    from iae_privacy.network.train import resolve_device
+
     _rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
+    resolve_device(device)  # and for a GPU this machine does not have
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)  # fail early, with the keyring's own message
     with flow_progress():
@@ -656,7 +736,7 @@ def encode_command(
     """
     from flows.encode import run_encode, sources_of
 
-    sources_of(str(source))
+    sources_of(str(source))  # one line naming any file that cannot be encoded, before Prefect starts
     workspace = _workspace()
     workspace.keyring(_ask_passphrase)
     with flow_progress():
@@ -895,8 +975,22 @@ def main() -> None:
 
     # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from iae_privacy.errors import DEBUG, withheld
+
+    # the passphrase stays in this process: no server, worker or tool we start inherits it
+    from iae_privacy.keyring import ENV_PASSPHRASE, hold_passphrase
+
+    hold_passphrase(os.environ.pop(ENV_PASSPHRASE, None))
     try:
         app()
     except IaeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        _fail(exc)
+    except Exception as exc:  # a bug, or a library's error: its message may quote a cell
+        if os.environ.get(DEBUG) == "1":
+            raise
+        _fail(withheld(exc, "the command"))
+
+
+def _fail(exc: IaeError) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    sys.exit(2)

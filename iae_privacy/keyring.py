@@ -35,10 +35,22 @@ from iae_privacy.errors import IaeError
 from iae_privacy.files import write_private
 
 __all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
-           "ENV_MASTER_KEY", "ENV_PASSPHRASE"]
+           "ENV_MASTER_KEY", "ENV_PASSPHRASE", "hold_passphrase", "env_passphrase"]
 
 ENV_MASTER_KEY = "IAE_MASTER_KEY_V{version}"
 ENV_PASSPHRASE = "IAE_PASSPHRASE"
+_held_passphrase: list[str] = []
+
+
+def hold_passphrase(value: str | None) -> None:
+    """Keep the passphrase (taken out of the environment by the CLI) in this process only, so that
+    processes started from it (Prefect's temporary server, tools) do not inherit it."""
+    _held_passphrase[:] = [value] if value else []
+
+
+def env_passphrase() -> str | None:
+    """The passphrase from ``IAE_PASSPHRASE``, or the one this process holds."""
+    return os.environ.get(ENV_PASSPHRASE) or (_held_passphrase[0] if _held_passphrase else None)
 FORMAT = "iae-privacy/keyring"
 
 
@@ -173,7 +185,7 @@ class Keyring:
 
         def ask() -> str:
             if not asked:
-                value = os.environ.get(ENV_PASSPHRASE) or (passphrase() if passphrase else None)
+                value = env_passphrase() or (passphrase() if passphrase else None)
                 if not value:
                     raise KeyringError(f"the master key is passphrase-protected; set {ENV_PASSPHRASE} "
                                        "or run interactively")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from iae_privacy.documents import parse_json
+from iae_privacy.errors import IaeError
 from iae_privacy.files import write_private
 from iae_privacy.keyring import Keyring
 from iae_privacy.registry import ModelRegistry
@@ -49,14 +51,38 @@ class Workspace:
     def _datasets_file(self) -> Path:
         return self.home / "datasets.json"
 
-    def datasets(self) -> list[Path]:
-        """Encoded dataset folders made with this workspace (that still exist)."""
+    def _registered(self) -> list[str]:
         if not self._datasets_file.exists():
             return []
-        return [Path(p) for p in json.loads(self._datasets_file.read_text()) if Path(p).exists()]
+        try:
+            folders = parse_json(self._datasets_file.read_bytes())
+            if not isinstance(folders, list) or not all(isinstance(p, str) for p in folders):
+                raise ValueError("not a list of folders")
+        except ValueError:
+            raise IaeError(f"{self._datasets_file} is damaged (it lists the encoded datasets key rotation "
+                           "reaches); restore it from a backup") from None
+        return folders
+
+    def datasets(self) -> list[Path]:
+        """Encoded dataset folders made with this workspace (that still exist)."""
+        return [Path(p) for p in self._registered() if Path(p).exists()]
+
+    def missing_datasets(self) -> list[Path]:
+        """Registered dataset folders that no longer exist where they were encoded."""
+        return [Path(p) for p in self._registered() if not Path(p).exists()]
 
     def register_dataset(self, folder: str | Path) -> None:
         folder = str(Path(folder).resolve())
-        known = [str(p) for p in self.datasets()]
+        known = self._registered()
         if folder not in known:
             write_private(self._datasets_file, json.dumps(sorted(known + [folder]), indent=1).encode())
+
+    def forget_dataset(self, folder: str | Path) -> None:
+        """Unregister a dataset folder that no longer exists."""
+        path = Path(folder).resolve()
+        known = self._registered()
+        if str(path) not in known:
+            raise IaeError(f"{folder} is not a registered dataset folder")
+        if path.exists():
+            raise IaeError(f"{folder} still exists; only a deleted dataset can be forgotten")
+        write_private(self._datasets_file, json.dumps([p for p in known if p != str(path)], indent=1).encode())

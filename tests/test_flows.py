@@ -152,7 +152,7 @@ def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect
     encode, retrain = asyncio.run(read())
     assert encode.parameters == {"source": str((tmp_path / "landing").resolve()), "model": "pat",
                                  "out": str((tmp_path / "enc").resolve()), "home": str(tmp_path.resolve()),
-                                 "dataset": "enc"}
+                                 "dataset": "enc", "skip_unreadable": True}
     assert encode.schedules[0].schedule.cron == "0 * * * *"
     assert retrain.schedules[0].schedule.cron == "0 3 * * 0" and retrain.parameters["model"] == "pat"
-    assert all(isinstance(v, str) for d in (encode, retrain) for v in d.parameters.values())
+    assert all(isinstance(v, (str, bool)) for d in (encode, retrain) for v in d.parameters.values())

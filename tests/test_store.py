@@ -229,9 +229,9 @@ def test_refusals_name_what_is_wrong(setup, tmp_path):
     with pytest.raises(StoreError, match="is not an encoded dataset"):
         EncodedDataset(tmp_path / "nowhere").read_manifest(keyring)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="no .parquet files to encode"):
+    with pytest.raises(IaeError, match="no .parquet files to encode"):
         sources_of(str(tmp_path / "empty"))
-    with pytest.raises(Exception, match="no such file or folder"):
+    with pytest.raises(IaeError, match="no such file or folder"):
         sources_of(str(tmp_path / "missing"))
 
 

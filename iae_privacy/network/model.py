@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from iae_privacy.errors import IaeError
 from iae_privacy.network.layers import ACTIVATION_BITS, AdditiveCoupling, KeyedMixing, QuantizedMLP
 
 __all__ = ["NetworkConfig", "ExactINN", "NetworkError"]
@@ -38,7 +39,7 @@ INPUT_RANGE = 8
 """The shift network sees each input rescaled to about [-INPUT_RANGE, INPUT_RANGE]."""
 
 
-class NetworkError(ValueError):
+class NetworkError(IaeError, ValueError):
     """Inputs the network cannot take (out of range, wrong shape), or a malformed model."""
 
 
