@@ -265,12 +265,14 @@ def test_a_policy_edited_by_hand_is_refused(world, tmp_path):
         path.write_bytes(original)
 
 
-def test_the_decode_does_not_run_when_the_audit_entry_cannot_be_written(world, tmp_path):
-    """A real write failure: the process may not grow any file (RLIMIT_FSIZE), as on a full disk."""
+@pytest.mark.parametrize("room", [0, 60], ids=["no room", "room for part of the entry"])
+def test_the_decode_does_not_run_when_the_audit_entry_cannot_be_written(world, tmp_path, room):
+    """A real write failure: the process may grow no file past the log's size plus ``room``
+    (RLIMIT_FSIZE), as on a full disk: with some room the append is a real short write."""
     request = world.request(rows=[1 << 32])
     log = world.access.audit.path
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (log.stat().st_size, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (log.stat().st_size + room, hard))
     try:
         with pytest.raises((AccessRefused, AuditError), match="cannot be written"):
             restore(world, request, tmp_path / "o.parquet")
@@ -374,3 +376,160 @@ def test_a_request_made_in_the_future_is_refused(world, tmp_path):
                                   expires=(later + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))
     # else its grant could be written before the earliest entry the replay check reads
     assert_refused(world, signed_by_admin(world, crafted), tmp_path / "o.parquet", "in the future")
+
+
+# -- hardening: what an attacker or a careless user tried ----------------------------------------------
+
+def crafted_from(world: World, **changes) -> bytes:
+    """A valid request, changed as given and properly signed by admin (an insider's own tool)."""
+    import dataclasses
+
+    from iae_privacy.access import DecodeRequest
+
+    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    return signed_by_admin(world, dataclasses.replace(good, **changes))
+
+
+@pytest.mark.parametrize("changes", [
+    {"rows": None, "synthesize": 0}, {"rows": None, "synthesize": -1}, {"columns": ()}, {"rows": ()},
+    {"created": "0001-01-01T00:00:00+00:00"}, {"expires": "9999-12-31T00:00:00+00:00"},
+    {"created": "2026-01-01T00:00:00"},
+], ids=["synthesize 0", "synthesize -1", "no column", "no row", "created in year 1", "expires in 9999",
+        "no time zone"])
+def test_malformed_but_signed_requests_are_refused_and_audited(world, tmp_path, changes):
+    assert_refused(world, crafted_from(world, **changes), tmp_path / "o.parquet", "not a valid decode request")
+
+
+def test_hostile_request_bytes_are_refused_and_audited(world, tmp_path):
+    for data in (b"[" * 100_000 + b"]" * 100_000, b'{"request": ' + b"[" * 100_000 + b"}",
+                 b'{"request": {"rows": [1e400]}}', b"\xff\xfe", b"NaN"):
+        assert_refused(world, data, tmp_path / "o.parquet", "not a valid decode request")
+
+
+def test_a_request_valid_for_longer_than_its_role_allows_is_refused(world, tmp_path):
+    assert_refused(world, world.request(rows=[1 << 32], ttl_seconds=25 * 3600), tmp_path / "o.parquet",
+                   r"valid for 1 day, 1:00:00; role 'admin' allows requests of at most 1 day")
+    long_key = tmp_path / "archivist.key"
+    world.access.set_role("archivist", AccessRole((DATASET,), ("*",), 5, False, max_lifetime=7 * 86400))
+    world.access.add_principal("archivist", "archivist", long_key)
+    assert restore(world, world.request("archivist", long_key, rows=[1 << 32], ttl_seconds=6 * 86400),
+                   tmp_path / "o.parquet") == 1
+    with pytest.raises(IaeError, match="longer than a year"):
+        from iae_privacy.access import parse_ttl
+
+        parse_ttl("99999999999d")
+
+
+def test_an_older_copy_of_the_policy_put_back_is_refused(world, tmp_path):
+    """Undoing a principal's removal by restoring an old, genuinely MAC'd policy file."""
+    world.access.set_role("temp", AccessRole((DATASET,), ("*",), 5, False))
+    key = world.access.add_principal("leaver", "temp", tmp_path / "leaver.key")
+    old = world.access.policy_path.read_bytes()
+    world.access.remove_principal("leaver")
+    current = world.access.policy_path.read_bytes()
+    world.access.policy_path.write_bytes(old)
+    try:
+        with pytest.raises(AccessRefused, match="not the one the audit log last recorded.*older copy was put back"):
+            restore(world, world.request("leaver", key, rows=[1 << 32]), tmp_path / "o.parquet")
+        assert not (tmp_path / "o.parquet").exists()
+    finally:
+        world.access.policy_path.write_bytes(current)
+    assert_refused(world, world.request("leaver", key, rows=[1 << 32]), tmp_path / "o.parquet",
+                   "unknown principal 'leaver'")
+
+
+def test_a_private_key_others_can_read_is_refused_with_the_fix(world, tmp_path):
+    key = tmp_path / "exposed.key"
+    key.write_bytes(world.clerk_key.read_bytes())
+    key.chmod(0o644)
+    with pytest.raises(IaeError, match=r"private key .*exposed.key is accessible by group or others .*chmod 600"):
+        world.request("clerk", key, rows=[1 << 32])
+
+
+def test_a_link_planted_at_a_temporary_output_name_is_never_followed(world, tmp_path):
+    target = tmp_path / "elsewhere.bin"
+    target.write_bytes(b"untouched")
+    out = tmp_path / "o.parquet"
+    for name in (f".{out.name}.tmp", f".{out.name}.x.tmp"):
+        (tmp_path / name).symlink_to(target)
+    assert restore(world, world.request(rows=[1 << 32]), out) == 1
+    assert target.read_bytes() == b"untouched"
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_a_restore_whose_outcome_cannot_be_recorded_leaves_no_output(world, tmp_path, monkeypatch):
+    """The outcome entry fails after the rows were restored (a fault injected: the disk fills up
+    between the two entries)."""
+    grant = world.access.authorize(world.encoded, world.request(rows=[1 << 32]))
+    real = world.access.audit.append
+
+    def full_disk_at_the_outcome(event, outcome, **fields):
+        if outcome == "restored":
+            raise AuditError("audit log cannot be written (No space left on device)")
+        return real(event, outcome, **fields)
+
+    monkeypatch.setattr(world.access.audit, "append", full_disk_at_the_outcome)
+    with pytest.raises(AuditError, match="cannot be written"):
+        world.access.restore(grant, tmp_path / "o.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_decode_killed_midway_is_recorded_and_its_temporary_output_removed_by_the_next(world, tmp_path):
+    """kill -9 of a real restore, from inside it, after its first batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    request = tmp_path / "request.json"
+    request.write_bytes(world.request())
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from iae_privacy.access import AccessControl
+        from iae_privacy.workspace import Workspace
+        workspace = Workspace.at({str(world.workspace.home)!r})
+        access = AccessControl(workspace, workspace.keyring())
+        grant = access.authorize({str(world.encoded)!r}, Path({str(request)!r}).read_bytes())
+        print(grant.audit_seq, flush=True)
+        access.restore(grant, Path({str(out)!r}), on_rows=lambda done, total: os.kill(os.getpid(), signal.SIGKILL))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+    seq = int(result.stdout.split()[0])
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # plaintext left behind
+    entries = world.access.audit.entries()
+    assert entries[-1]["seq"] == seq and entries[-1]["outcome"] == "granted"
+
+    world.access.authorize(world.encoded, world.request(rows=[1 << 32]))  # the next decode
+    interrupted = [e for e in world.access.audit.entries() if e.get("outcome") == "interrupted"]
+    assert interrupted[-1]["granted_in"] == seq and interrupted[-1]["temporaries_removed"] >= 1
+    assert [p for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    assert world.access.audit.verify().ok
+    assert world.access.recover_interrupted() == []  # once
+
+
+def test_analysts_sql_can_neither_write_nor_read_files_nor_see_paths(world, copy, tmp_path):
+    from iae_privacy.query import QueryError, query_arrow
+
+    datasets = {"p": copy}
+    part = copy / "latent" / "part-00001.parquet"
+    original = part.read_bytes()
+    for sql in (f"COPY (SELECT 1 AS x) TO '{part}'", f"COPY (SELECT 1 AS x) TO '{copy / 'latent' / 'extra.parquet'}'",
+                f"EXPORT DATABASE '{copy / 'latent' / 'export'}'", f"ATTACH '{copy / 'latent' / 'db.duckdb'}'",
+                f"SELECT * FROM read_parquet('{part}')", f"SELECT * FROM read_blob('{copy / 'vault' / 'part-00001.vault'}')",
+                f"SELECT * FROM glob('{copy}/*')", "SET enable_external_access = true"):
+        with pytest.raises(QueryError):
+            query_arrow(sql, datasets)
+    assert part.read_bytes() == original and sorted(p.name for p in (copy / "latent").iterdir()) == \
+        ["part-00001.parquet", "part-00002.parquet"]
+    settings = query_arrow("SELECT name, value FROM duckdb_settings()", datasets).to_pylist()
+    views = query_arrow("SELECT sql FROM duckdb_views() WHERE NOT internal", datasets).to_pylist()
+    assert not [s for s in settings + views if str(copy) in str(s) or str(tmp_path) in str(s)]
+    # a file dropped into latent/ is not part of the dataset: not in the view, refused by the next encode
+    shutil.copy(part, copy / "latent" / "part-00009.parquet")
+    (copy / "latent" / "export").mkdir()
+    rows = query_arrow("SELECT count(*) AS n FROM p", datasets).column("n")[0].as_py()
+    assert rows == 8_000
+    with pytest.raises(IaeError, match=r"latent/export is not a part of the encoded dataset"):
+        EncodedDataset(copy).plan(world.sources, world.keyring, DATASET, "p", 1)

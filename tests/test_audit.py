@@ -128,3 +128,86 @@ def test_a_replay_is_refused_even_after_its_grant_entry_was_edited(log):
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
     log.grant_once("12" * 16, since=later, principal="p")
     assert "line 7: entry was edited or is not a genuine entry (MAC fails)" in log.verify().problems
+
+
+@pytest.mark.parametrize("copied", ["an older line", "a later line"])
+def test_a_genuine_line_copied_over_the_grant_cannot_hide_it_from_the_replay_check(log, copied):
+    """The attack: overwrite the earlier 'granted' line with a copy of another genuine line (every
+    MAC holds, the log's last lines are intact), then replay the request."""
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    log.grant_once("ab" * 16, since=started, principal="p")
+    log.append("decode", "restored", principal="p", rows=1)
+    log.append("decode", "refused", principal="q", rows=0, reason="test")
+    content = lines(log)
+    content[6] = content[1] if copied == "an older line" else content[8]
+    rewrite(log, content)
+    with pytest.raises(AuditError, match="line 7"):
+        log.grant_once("ab" * 16, since=started, principal="p")
+    assert len(lines(log)) == 9  # nothing granted
+
+
+def test_a_short_write_on_a_full_disk_is_undone_and_grants_nothing(log):
+    """A real short write: the file may grow by only 40 bytes (RLIMIT_FSIZE), as on a full disk."""
+    import resource
+
+    before, checkpoint = log.path.read_bytes(), log.checkpoint.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 40, hard))
+    try:
+        with pytest.raises(AuditError, match="cannot be written"):
+            log.grant_once("ab" * 16, principal="p")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert log.path.read_bytes() == before and log.checkpoint.read_bytes() == checkpoint
+    assert log.verify().ok
+    log.grant_once("ab" * 16, principal="p")  # nothing was granted, so the request still works once
+
+
+def test_a_torn_last_line_is_reported_as_torn_and_only_it_is_repaired(log):
+    whole = log.path.read_bytes()
+    log.path.write_bytes(whole + b'{"event":"decode","outcome":"gran')  # a crash in the middle of an append
+    problems = log.verify().problems
+    assert len(problems) == 1 and "line 7: the last line is torn" in problems[0] and "audit repair" in problems[0]
+    with pytest.raises(AuditError, match="torn"):
+        log.append("decode", "refused")
+    assert log.repair() == len(b'{"event":"decode","outcome":"gran')
+    assert log.verify().ok
+    assert (log.entries()[-1]["event"], log.entries()[-1]["outcome"], log.entries()[-1]["removed_line"]) == \
+        ("audit", "repaired", 7)
+    with pytest.raises(AuditError, match="no torn last line"):
+        log.repair()
+
+
+def test_an_edit_is_never_repaired_even_with_a_torn_tail(log):
+    content = lines(log)
+    content[2] = content[2].replace(b'"rows":1', b'"rows":9')
+    rewrite(log, content + [b'{"torn'])
+    with pytest.raises(AuditError, match="other problems.*line 3"):
+        log.repair()
+    content = lines(log)
+    rewrite(log, content[:-1] + [content[-1] + b"\n"])  # a line that is whole but not genuine
+    with pytest.raises(AuditError, match="no torn last line"):
+        log.repair()
+
+
+def test_a_log_deleted_together_with_its_checkpoint_is_caught(log):
+    log.path.unlink()
+    log.checkpoint.unlink()
+    reopened = AuditLog(log.path, log.checkpoint, Keyring.open(log.checkpoint.parent))
+    assert "both missing, but the keyring records" in reopened.verify().problems[0]
+    with pytest.raises(AuditError, match="was started on .* and is missing"):
+        reopened.start()
+    with pytest.raises(AuditError, match="fails its checks"):
+        reopened.append("decode", "refused")
+
+
+def test_the_latest_entry_of_an_event_cannot_be_an_older_one_put_back(log):
+    log.append("policy", "role-set", policy_sha256="1" * 64)
+    log.append("policy", "role-set", policy_sha256="2" * 64)
+    assert log.last_entry("policy")["policy_sha256"] == "2" * 64
+    content = lines(log)
+    rewrite(log, content[:-1] + [content[-2]])  # the newest policy entry replaced by the one before
+    with pytest.raises(AuditError, match="fails its checks"):
+        log.last_entry("policy")
