@@ -44,8 +44,10 @@ _held_passphrase: list[str] = []
 
 def hold_passphrase(value: str | None) -> None:
     """Keep the passphrase (taken out of the environment by the CLI) in this process only, so that
-    processes started from it (Prefect's temporary server, tools) do not inherit it."""
-    _held_passphrase[:] = [value] if value else []
+    processes started from it (Prefect's temporary server, tools) do not inherit it. None keeps
+    the one held."""
+    if value:
+        _held_passphrase[:] = [value]
 
 
 def env_passphrase() -> str | None:
@@ -170,15 +172,18 @@ class Keyring:
             raise KeyringError(f"no keyring in {folder}; create one with: iae-privacy keys init")
         check_private(folder, folder=True)
         try:
-            state = parse_json(state_path.read_text(encoding="utf-8"))
+            state = parse_json(state_path.read_bytes())
             if state.get("format") != FORMAT:
                 raise ValueError("format")
             versions = [KeyVersion(**v) for v in state["versions"]]
             current = int(state["current"])
+            if any(type(v.number) is not int or v.status not in ("active", "retired") for v in versions) \
+                    or current not in {v.number for v in versions if v.status == "active"}:
+                raise ValueError("versions")
             audit_started = state.get("audit_started")
             if audit_started is not None and not isinstance(audit_started, str):
                 raise ValueError("audit_started")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise KeyringError(f"{state_path} is damaged or not a keyring file") from None
         masters = {}
         asked: list[str] = []
@@ -298,6 +303,8 @@ class Keyring:
     def master(self, number: int) -> bytes:
         if self.version(number).status == "retired":
             raise RetiredKeyError(f"key version {number} is retired")
+        if number not in self.__masters:
+            raise KeyringError(f"key version {number} is not loaded in this keyring")
         return self.__masters[number]
 
     def subkey(self, purpose: Purpose, version: int | None = None, context: str = "") -> bytes:

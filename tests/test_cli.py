@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -177,3 +178,171 @@ def test_flow_progress_draws_bars_in_a_terminal_and_stays_quiet_elsewhere(monkey
     finally:
         logging.getLogger().removeHandler(prefect_console)
     assert progress._listeners == []  # no listener is left behind
+
+
+# -- hardening: what a careless user (or an attacker with the CLI) meets --------------------------------
+
+def one_line_error(code: int, text: str, *needles: str) -> None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert code == 2, text
+    assert "Traceback" not in text and len(lines) == 1, text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_sources_that_cannot_be_encoded_are_named_in_one_line(monkeypatch, capsys, tmp_path):
+    for name, make, needle in (("a-empty.parquet", lambda p: p.write_bytes(b""), "not a readable Parquet file"),
+                               ("b-text.parquet", lambda p: p.write_text("name,email\n"), "not a readable Parquet file"),
+                               ("c-folder.parquet", lambda p: p.mkdir(), "a folder, not a Parquet file")):
+        landing = tmp_path / f"landing-{name}"
+        landing.mkdir()
+        make(landing / name)
+        for source in (landing / name, landing):  # the file itself, or the landing folder holding it
+            if (landing / name).is_dir() and source != landing:
+                continue  # a folder given directly is a folder of sources
+            code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "encode", str(source),
+                                  "--model", "m", "--out", str(tmp_path / "enc"))
+            one_line_error(code, text, name, needle)
+    assert not (tmp_path / "enc").exists()
+
+
+def test_train_on_a_gpu_this_machine_lacks_is_one_line(monkeypatch, capsys, data_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data_dir / "health_insurance.parquet"),
+                          "--model", "m", "--device", "cuda")
+    one_line_error(code, text, "device 'cuda' was asked for, but this machine has no CUDA GPU")
+
+
+def test_a_written_profile_is_readable_by_its_owner_only(tmp_path, data_dir):
+    import stat
+
+    out = tmp_path / "profile.json"
+    assert run("profile", str(data_dir / "cps1988_wages.parquet"), "--out", str(out)).exit_code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and b"region" in out.read_bytes()
+
+
+def test_audit_show_escapes_what_a_requester_wrote(tmp_path):
+    from iae_privacy.access import AccessControl
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    workspace = Workspace.at(tmp_path)
+    access = AccessControl(workspace, workspace.keyring())
+    access.audit.append("decode", "refused", principal="ana", purpose="\x1b[2J\x1b[1;1Hall clear [bold]x[/]", reason="")
+    shown = runner.invoke(app, ["--home", str(tmp_path), "audit", "show"], env={"COLUMNS": "400"}).output
+    assert "\x1b" not in shown and "\\x1b[2J\\x1b[1;1Hall clear [bold]x[/]" in shown
+
+
+def test_audit_verify_fails_when_the_log_and_its_checkpoint_are_both_deleted(monkeypatch, capsys, tmp_path):
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    (tmp_path / "audit" / "audit.log").unlink()
+    (tmp_path / "keys" / "audit.checkpoint").unlink()
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "verify")
+    assert code == 1 and "both missing, but the keyring records" in text
+
+
+def test_audit_repair_removes_a_torn_last_line_after_confirmation(monkeypatch, capsys, tmp_path):
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    log = tmp_path / "audit" / "audit.log"
+    whole = log.read_bytes()
+    log.write_bytes(whole + b'{"event":"dec')
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "verify")
+    assert code == 1 and "torn" in text and "edited" not in text
+    assert runner.invoke(app, ["--home", str(tmp_path), "audit", "repair"], input="n\n").exit_code == 1
+    assert log.read_bytes().startswith(whole) and log.read_bytes() != whole  # kept on "no"
+    result = runner.invoke(app, ["--home", str(tmp_path), "audit", "repair"], input="y\n")
+    assert result.exit_code == 0 and "removed the torn last line (13 bytes)" in result.output, result.output
+    assert "audit log intact" in run("audit", "verify", home=tmp_path).output
+    assert json_lines(log)[-1]["outcome"] == "repaired"
+
+
+def test_retire_refuses_while_a_dataset_of_the_workspace_cannot_be_found(monkeypatch, capsys, tmp_path):
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    moved = tmp_path / "encoded" / "wages"
+    Workspace.at(tmp_path).register_dataset(moved)  # encoded there once, since moved away
+    assert "is now current" in run("keys", "rotate", home=tmp_path).output
+    status = run("keys", "status", home=tmp_path).output
+    assert "cannot be found" in status and "wages" in status
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "retire", "1")
+    one_line_error(code, text, "cannot be found", "--dataset NEW", "forget-dataset", "--force")
+    assert (tmp_path / "keys" / "master-v1.key").exists()
+    assert run("keys", "forget-dataset", str(moved), home=tmp_path).exit_code == 0
+    assert run("keys", "retire", "1", home=tmp_path).exit_code == 0
+    assert not (tmp_path / "keys" / "master-v1.key").exists()
+
+
+def test_retire_by_force_warns_and_is_audited(tmp_path):
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    Workspace.at(tmp_path).register_dataset(tmp_path / "gone")
+    run("keys", "rotate", home=tmp_path)
+    result = runner.invoke(app, ["--home", str(tmp_path), "keys", "retire", "1", "--force"])
+    assert result.exit_code == 0 and "by force" in result.output
+    retired = json_lines(tmp_path / "audit" / "audit.log")[-1]
+    assert retired["outcome"] == "retired" and retired["forced"] and retired["missing_datasets"]
+
+
+def test_the_passphrase_is_taken_out_of_the_environment_and_still_opens_the_keyring(monkeypatch, capsys, tmp_path):
+    import os
+    import subprocess
+
+    monkeypatch.setenv("IAE_PASSPHRASE", "correct horse")
+    code, _ = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "init", "--passphrase")
+    assert code in (0, None)
+    assert "IAE_PASSPHRASE" not in os.environ  # so no server or worker started from here inherits it
+    assert "IAE_PASSPHRASE" not in subprocess.run(["env"], capture_output=True, text=True).stdout
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "status")
+    assert code in (0, None) and "v1" in text  # the key opened with the passphrase held in-process
+
+
+def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_path, prefect_harness, monkeypatch, capsys):
+    """A canary in every column type; two failures: a text cell that is not UTF-8 (ours to refuse),
+    and a library error that quotes a cell (injected: no library we use does so on demand)."""
+    import datetime
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    n, canary = 400, "CANARY-7f3a"
+    labels = [b"a", b"b"] * (n // 2)
+    labels[-1] = canary.encode() + b"\xff"  # not UTF-8
+    offsets = np.cumsum([0] + [len(v) for v in labels]).astype(np.int32)
+    bad = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(labels))])
+    columns = {"n": pa.array(np.arange(n)), "x": pa.array(np.linspace(0, 1, n)), "cat": bad,
+               "name": pa.array([f"{canary}-{i}" for i in range(n)]),
+               "day": pa.array([datetime.date(2020, 1, 1) + datetime.timedelta(days=i % 30) for i in range(n)]),
+               "flag": pa.array([i % 2 == 0 for i in range(n)]),
+               "nested": pa.array([{"k": f"{canary}{i}"} for i in range(n)])}
+    source = tmp_path / "canary.parquet"
+    pq.write_table(pa.table(columns), source)
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(source), "--model", "c",
+                          "--epochs", "1")
+    assert code == 2 and "column 'cat' holds text that is not valid UTF-8" in text and canary not in text
+
+    import flows.train
+
+    def quotes_a_cell(*args, **kwargs):
+        raise ValueError(f"cannot convert {canary}-12 to float")
+
+    monkeypatch.setattr(flows.train, "fit_model", quotes_a_cell)
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({k: v for k, v in columns.items() if k != "cat"}), good)
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(good), "--model", "c", "--epochs", "1")
+    assert code == 2 and "ValueError" in text and "withheld" in text and canary not in text
+
+    APILogHandler().flush()
+    database = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert b"withheld" in stored  # the failures are there, named by type ...
+    assert canary.encode() not in stored  # ... and no value with them

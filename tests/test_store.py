@@ -289,3 +289,30 @@ def test_a_restore_whose_write_fails_on_the_writer_thread_leaves_nothing(setup, 
         assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
     finally:
         store.RESTORED_ROW_GROUP = store_group
+
+
+@pytest.mark.parametrize("source", ["zero rows", "schema drift"])
+def test_a_source_that_cannot_be_encoded_leaves_no_folder_behind(setup, tmp_path, source):
+    from iae_privacy.errors import SchemaDriftError
+
+    _, keyring, sources, model = setup
+    table = pq.read_table(sources / "a.parquet")
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(table.slice(0, 0) if source == "zero rows" else table.drop_columns(["email"]), bad)
+    dataset = EncodedDataset(tmp_path / "enc")
+    with pytest.raises((StoreError, SchemaDriftError), match="no record batches|schema differs"):
+        dataset.encode_source(bad, 1, model, "p", 1, keyring, DATASET)
+    assert not (tmp_path / "enc").exists()
+
+
+def test_a_folder_or_foreign_file_in_latent_is_refused_not_deleted_nor_crashed_on(setup, tmp_path):
+    _, keyring, sources, model = setup
+    dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
+    (tmp_path / "enc" / "latent" / "export").mkdir()  # e.g. what EXPORT DATABASE once made there
+    with pytest.raises(StoreError, match=r"latent/export is not a part of the encoded dataset .* move it out"):
+        dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    assert (tmp_path / "enc" / "latent" / "export").is_dir()
+    (tmp_path / "enc" / "latent" / "export").rmdir()
+    (tmp_path / "enc" / "latent" / ".part-00003.parquet.abc123.tmp").write_bytes(b"half")  # a killed write
+    assert dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1) == []
+    assert not (tmp_path / "enc" / "latent" / ".part-00003.parquet.abc123.tmp").exists()
