@@ -122,7 +122,7 @@ def test_serve_without_a_prefect_server_says_how_to_start_one(monkeypatch, capsy
     assert code == 2 and "prefect server start" in out and "PREFECT_API_URL" in out
 
 
-def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_harness):
+def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_harness, monkeypatch, capsys):
     import csv
 
     source = data_dir / "cps1988_wages.parquet"
@@ -135,6 +135,11 @@ def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_ha
     assert run("query", "SELECT row_id FROM w ORDER BY row_id LIMIT 3", "--dataset", f"w={tmp_path / 'wages'}",
                "--out", str(out)).exit_code == 0
     assert [r["row_id"] for r in csv.DictReader(out.open())] == [str(1 << 32), str((1 << 32) + 1), str((1 << 32) + 2)]
+    part = tmp_path / "wages" / "latent" / "part-00001.parquet"
+    before = part.read_bytes()
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "query", f"COPY (SELECT 1 AS x) TO '{part}'")
+    one_line_error(code, text, "query failed", "Permission Error")
+    assert part.read_bytes() == before
 
     result = run("evaluate", str(source), "--target", "wage", "--ks", "1,3", "--rows", "3000", "--leaked", "10,100",
                  "--epochs", "1", "--model", "w", "--out", str(tmp_path / "ev"), home=tmp_path)
@@ -292,6 +297,9 @@ def test_the_passphrase_is_taken_out_of_the_environment_and_still_opens_the_keyr
     import os
     import subprocess
 
+    from iae_privacy import keyring
+
+    monkeypatch.setattr(keyring, "_held_passphrase", [])  # what main() holds goes with the test
     monkeypatch.setenv("IAE_PASSPHRASE", "correct horse")
     code, _ = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "init", "--passphrase")
     assert code in (0, None)

@@ -13,6 +13,7 @@ import pytest
 
 from iae_privacy import progress
 from iae_privacy.access import AccessControl, AccessRefused, make_request
+from iae_privacy.errors import IaeError
 from iae_privacy.exactness import first_difference
 from iae_privacy.workspace import Workspace
 from iae_privacy.keyring import Keyring, Purpose
@@ -42,8 +43,15 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     assert [r[1] for r in encoding] == sorted(r[1] for r in encoding)
 
     write_synthetic_patients(landing / "day2.parquet", 2_500, seed=2)
-    second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+    (landing / "day3.parquet").write_bytes(b"PAR1 still being copied")  # a scheduled run skips it, says so
+    (landing / "day4.parquet").mkdir()
+    with pytest.raises(IaeError, match="day3.parquet: not a readable Parquet file"):
+        encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+    second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home,
+                         skip_unreadable=True)
     assert (second["encoded_parts"], second["skipped_sources"], second["rows"]) == (1, 1, 6_500)
+    (landing / "day3.parquet").unlink()
+    (landing / "day4.parquet").rmdir()
 
     request = tmp_path / "request.json"
     request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from iae_privacy.codec import CodecConfig, Role
+from iae_privacy.errors import IaeError
 from iae_privacy.exactness import first_difference
 from iae_privacy.keyring import Keyring, WrongKeyError
 from iae_privacy.network.train import TrainConfig
