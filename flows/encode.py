@@ -57,19 +57,19 @@ def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_
         logger.warning("skipped %s (tried again next run)", reason)
     todo = EncodedDataset(out).plan(sources, keyring, dataset, name, version)
     logger.info("%d source file(s) to encode", len(todo))
-    return [{"source": str(s), "sha256": digest, "part": part} for s, digest, part in todo]
+    return [{"source": str(s), "digest": digest, "part": part} for s, digest, part in todo]
 
 
 @task(**SAFE_TASK, retries=1)
 @no_data_in_errors
-def encode_part(source: str, sha256: str, part: int, out: str, model: str, home: str, dataset: str) -> dict:
+def encode_part(source: str, digest: str, part: int, out: str, model: str, home: str, dataset: str) -> dict:
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
     loaded = workspace.models.load(f"{name}:v{version}", keyring)
     logger = get_run_logger()
     rows = pq.ParquetFile(source).metadata.num_rows
     record = EncodedDataset(out).encode_source(Path(source), part, loaded.model, name, version, keyring,
-                                               dataset, source_sha256=sha256,
+                                               dataset, source_digest=digest,
                                                on_rows=progress_logger(f"encoding part {part}", rows, logger))
     logger.info("part %d: %d rows in %d batches", record.part, record.rows, record.batches)
     return asdict(record)
@@ -111,7 +111,7 @@ def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str
     with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged."""
     dataset = dataset or Path(out).name
     plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
-    futures = encode_part.map([p["source"] for p in plan], [p["sha256"] for p in plan],
+    futures = encode_part.map([p["source"] for p in plan], [p["digest"] for p in plan],
                               [p["part"] for p in plan], out, model, home, dataset)
     records = [f.result() for f in futures]
     totals = commit_parts(records, out, model, home, dataset)

@@ -599,7 +599,7 @@ class AccessControl:
                                   rows=rows)
             except AuditError:
                 for path in ([out, out.with_name(out.name + ".fidelity.json")] if grant.synthesize else
-                             [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out)):
+                             [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out, self.keyring)):
                     path.unlink(missing_ok=True)
                 raise
         finally:

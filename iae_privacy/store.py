@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.overlap import Behind
 from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
-from iae_privacy.tokens import Tokenizer
+from iae_privacy.tokens import Tokenizer, token_domain
 
 __all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "file_sha256"]
 
@@ -69,8 +70,9 @@ class StoreError(IaeError):
     """An encoded dataset is inconsistent, tampered with, or not one."""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path, key: bytes | None = None) -> str:
+    """SHA-256 of a file's bytes, or HMAC-SHA256 under ``key``."""
+    digest = hashlib.sha256() if key is None else hmac.new(key, digestmod=hashlib.sha256)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -81,11 +83,27 @@ def public_name(j: int) -> str:
     return f"z_public_{j}"
 
 
+CURRENT_FORMAT = 2
+"""Encoded datasets made now. Format 1 (before): the manifest held the source's path and plain
+SHA-256 digests of its bytes and content (an oracle: anyone holding a candidate copy confirms it,
+and an unknown cell of a known record falls to a few guesses), and tokens were keyed per type
+family for the whole keyring. Format 2: the path is sealed, both digests are keyed (HMAC under the
+manifest subkey), and tokens are keyed per (dataset, column) or declared join domain. A dataset
+keeps the format it was made with, so new parts match its old ones."""
+
+_RECORD_NAMES = {1: {"source": "source", "source_digest": "source_sha256", "content_digest": "content_sha256"},
+                 2: {"source": "source_sealed", "source_digest": "source_mac", "content_digest": "content_mac"}}
+"""How each format spells the fields of a part whose meaning changed."""
+
+
 @dataclass
 class PartRecord:
     part: int
     source: str
-    source_sha256: str
+    """The source file's path: as given (format 1) or sealed, hex (format 2; :meth:`Scheme.source`)."""
+    source_digest: str
+    """Of the source file's bytes: SHA-256 (format 1) or HMAC-SHA256 (format 2). Equal digests:
+    the same file, encoded once."""
     rows: int
     batches: int
     latent: str
@@ -93,9 +111,18 @@ class PartRecord:
     vault: str
     vault_sha256: str
     """Of the vault part less its key envelope, which key rotation rewrites."""
-    content_sha256: str
-    """Canonical digest of the source's record batches (exactness.ContentDigest): a restore must
-    reproduce it, bit for bit."""
+    content_digest: str
+    """Canonical digest of the source's record batches (exactness.ContentDigest; keyed in format 2):
+    a restore must reproduce it, bit for bit."""
+
+    def document(self, version: int) -> dict:
+        names = _RECORD_NAMES[version]
+        return {names.get(k, k): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_document(cls, doc: dict, version: int) -> PartRecord:
+        fields = {v: k for k, v in _RECORD_NAMES[version].items()}
+        return cls(**{fields.get(k, k): v for k, v in doc.items()})
 
 
 @dataclass
@@ -105,12 +132,52 @@ class Manifest:
     model_version: int
     parts: list[PartRecord] = field(default_factory=list)
     updated: str = ""
+    version: int = CURRENT_FORMAT
 
     def body(self) -> bytes:
-        doc = {"format": MANIFEST_FORMAT, "version": 1, "dataset": self.dataset, "model": self.model,
+        doc = {"format": MANIFEST_FORMAT, "version": self.version, "dataset": self.dataset, "model": self.model,
                "model_version": self.model_version, "updated": self.updated,
-               "parts": [asdict(p) for p in sorted(self.parts, key=lambda p: p.part)]}
+               "parts": [p.document(self.version) for p in sorted(self.parts, key=lambda p: p.part)]}
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+class Scheme:
+    """How a dataset of one format digests its sources, records their paths and keys its tokens."""
+
+    def __init__(self, keyring: Keyring, version: int) -> None:
+        if version not in _RECORD_NAMES:
+            raise StoreError(f"encoded dataset format {version} is not known to this release")
+        self.version = version
+        self._keyring = keyring
+
+    def _key(self, what: str) -> bytes:
+        return self._keyring.subkey(Purpose.MANIFEST, context=what)
+
+    def file_digest(self, path: Path) -> str:
+        return file_sha256(path) if self.version == 1 else file_sha256(path, self._key("source-mac"))
+
+    def content(self) -> ContentDigest:
+        return ContentDigest() if self.version == 1 else ContentDigest(self._key("content-mac"))
+
+    def seal_source(self, path: str) -> str:
+        if self.version == 1:
+            return path
+        return crypto.seal(self._key("source-path"), path.encode(), b"iae-privacy/source-path").hex()
+
+    def source(self, record: PartRecord) -> str:
+        """The source path a part was encoded from."""
+        if self.version == 1:
+            return record.source
+        try:
+            return crypto.open_sealed(self._key("source-path"), bytes.fromhex(record.source),
+                                      b"iae-privacy/source-path").decode()
+        except (ValueError, crypto.AuthenticationFailed):
+            raise StoreError(f"part {record.part}'s sealed source path does not open with this keyring") from None
+
+    def tokenizers(self, dataset: str, columns: list[str], join_domains: dict[str, str]) -> list[Tokenizer]:
+        if self.version == 1:
+            return [Tokenizer(self._keyring)] * len(columns)
+        return [Tokenizer(self._keyring, token_domain(dataset, c, join_domains)) for c in columns]
 
 
 def _manifest_key(keyring: Keyring) -> bytes:
@@ -147,10 +214,14 @@ class EncodedDataset:
         """The manifest, after checking its signature."""
         b, body, signature = self._manifest_document()
         try:
+            version = b.get("version")
+            if version not in _RECORD_NAMES:
+                raise ValueError("version")
             manifest = Manifest(str(b["dataset"]), str(b["model"]), int(b["model_version"]),
-                                [PartRecord(**p) for p in b["parts"]], str(b["updated"]))
+                                [PartRecord.from_document(p, version) for p in b["parts"]], str(b["updated"]),
+                                version)
             tag = bytes.fromhex(signature)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise StoreError(f"{self.manifest_path} is damaged") from None
         if not crypto.mac_matches(_manifest_key(keyring), body, tag) or manifest.body() != body:
             raise StoreError(f"{self.manifest_path} fails its signature: it was altered, or signed by "
@@ -196,9 +267,19 @@ class EncodedDataset:
         doc = {"body": json.loads(body), "signature": signature}
         write_private(self.manifest_path, json.dumps(doc, indent=1, ensure_ascii=False).encode())
 
+    def format_version(self) -> int:
+        """The format of this dataset (as its manifest says; checked when it is read), or
+        :data:`CURRENT_FORMAT` for a dataset not made yet."""
+        if not self.manifest_path.exists():
+            return CURRENT_FORMAT
+        version = self._manifest_document()[0].get("version")
+        if version not in _RECORD_NAMES:
+            raise StoreError(f"{self.manifest_path} is of format {version!r}, which this release does not know")
+        return version
+
     def manifest_or_new(self, keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
         if not self.manifest_path.exists():
-            return Manifest(dataset, model, version)
+            return Manifest(dataset, model, version, version=CURRENT_FORMAT)
         manifest = self.read_manifest(keyring)
         if (manifest.model, manifest.model_version) != (model, version):
             raise StoreError(f"{self.folder} was encoded with model {manifest.model}:v{manifest.model_version}; "
@@ -244,17 +325,19 @@ class EncodedDataset:
                 pass
 
     def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
-                      keyring: Keyring, dataset: str, source_sha256: str | None = None,
+                      keyring: Keyring, dataset: str, source_digest: str | None = None,
                       batch_size: int = 65_536, on_rows: Callable[[int], None] | None = None) -> PartRecord:
-        """Encode one source file into part ``part`` (latent + vault, written atomically).
+        """Encode one source file into part ``part`` (latent + vault, written atomically), in the
+        dataset's format (:data:`CURRENT_FORMAT` for a new one).
 
         ``on_rows`` gets the running row count after each batch (for progress)."""
+        scheme = Scheme(keyring, self.format_version())
         latent_path, vault_path = self.part_paths(part)
         latent_path.parent.mkdir(parents=True, exist_ok=True)
-        source_sha256 = source_sha256 or file_sha256(source)
-        tokenizer = Tokenizer(keyring)
+        source_digest = source_digest or scheme.file_digest(source)
         codec = model.codec
         identifier_fields = [codec.schema.field(i) for i in codec.indices_with_role(Role.IDENTIFIER)]
+        tokenizers = scheme.tokenizers(dataset, [f.name for f in identifier_fields], codec.config.join_domains)
         reserved = {ROW_ID} | {public_name(j) for j in range(model.network.config.public_dims)}
         clash = [f.name for i in codec.indices_with_role(Role.PASSTHROUGH) + codec.indices_with_role(Role.IDENTIFIER)
                  if (f := codec.schema.field(i)).name in reserved]
@@ -262,7 +345,7 @@ class EncodedDataset:
             raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
         counts = {"rows": 0, "batches": 0}
         writer: pq.ParquetWriter | None = None
-        content = ContentDigest()
+        content = scheme.content()
 
         def segments() -> Iterator[bytes]:
             nonlocal writer
@@ -271,7 +354,7 @@ class EncodedDataset:
                 latent = model.encode(batch, source=str(source))
                 rows = np.arange(counts["rows"], counts["rows"] + batch.num_rows, dtype=np.int64)
                 row_ids = pa.array((np.int64(part) << _PART_SHIFT) | rows)
-                table = self._latent_table(row_ids, latent, identifier_fields, tokenizer,
+                table = self._latent_table(row_ids, latent, identifier_fields, tokenizers,
                                            model_name, model_version, codec.schema.names)
                 if writer is None:
                     writer = pq.ParquetWriter(latent_sink, table.schema,
@@ -302,7 +385,7 @@ class EncodedDataset:
             vault_path.unlink(missing_ok=True)
             self._remove_empty_folders()
             raise
-        return PartRecord(part, str(source), source_sha256, counts["rows"], counts["batches"],
+        return PartRecord(part, scheme.seal_source(str(source)), source_digest, counts["rows"], counts["batches"],
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
                           str(vault_path.relative_to(self.folder)), self._vault_sha256(vault_path),
                           content.hexdigest())
@@ -317,10 +400,10 @@ class EncodedDataset:
 
     @staticmethod
     def _latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
-                      tokenizer: Tokenizer, model_name: str, model_version: int,
+                      tokenizers: list[Tokenizer], model_name: str, model_version: int,
                       source_columns: list[str]) -> pa.Table:
         e = latent.encoded
-        columns = [row_ids] + list(e.passthrough.columns) + [tokenizer.tokens(c) for c in e.identifiers.columns]
+        columns = [row_ids] + list(e.passthrough.columns) + [t.tokens(c) for t, c in zip(tokenizers, e.identifiers.columns)]
         columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
         meanings = {"row_id": "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
                     "tokens": [f.name for f in identifier_fields],
@@ -522,17 +605,18 @@ class EncodedDataset:
     # -- whole datasets (what the flows call) ------------------------------------------------------
 
     def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str, version: int) -> list[tuple[Path, str, int]]:
-        """(source, sha256, part) for every source not yet encoded with this model version.
+        """(source, digest, part) for every source not yet encoded with this model version.
 
         Clears what a killed run left behind first. Sources with identical content are encoded once.
         """
         manifest = self.manifest_or_new(keyring, dataset, model, version)
         self.remove_strays(manifest)
-        done = {p.source_sha256 for p in manifest.parts}
+        scheme = Scheme(keyring, manifest.version)
+        done = {p.source_digest for p in manifest.parts}
         part = max((p.part for p in manifest.parts), default=0) + 1
         todo = []
         for source in sorted(sources):
-            digest = file_sha256(source)
+            digest = scheme.file_digest(source)
             if digest in done:
                 continue
             done.add(digest)
@@ -552,13 +636,14 @@ class EncodedDataset:
         self.write_manifest(manifest, keyring)
         return manifest
 
-    def restored_paths(self, manifest: Manifest, out: Path) -> list[Path]:
+    def restored_paths(self, manifest: Manifest, out: Path, keyring: Keyring) -> list[Path]:
         """Where :meth:`decode_all` restores each part, in part order: ``out`` itself for a
-        ``.parquet`` name, else one file per part in the folder ``out``."""
+        ``.parquet`` name, else one file per part in the folder ``out``, named after its source."""
         records = sorted(manifest.parts, key=lambda p: p.part)
         if out.suffix == ".parquet":
             return [out] * len(records)
-        return [out / f"part-{record.part:05d}-{Path(record.source).name}" for record in records]
+        scheme = Scheme(keyring, manifest.version)
+        return [out / f"part-{record.part:05d}-{Path(scheme.source(record)).name}" for record in records]
 
     def decode_all(self, model: Model, keyring: Keyring, out: Path,
                    on_rows: Callable[[int, int], None] | None = None) -> int:
@@ -578,8 +663,10 @@ class EncodedDataset:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
         rows, total, written = 0, sum(p.rows for p in manifest.parts), []
         try:
-            for record, target in zip(sorted(manifest.parts, key=lambda p: p.part), self.restored_paths(manifest, out)):
-                content = ContentDigest()
+            scheme = Scheme(keyring, manifest.version)
+            for record, target in zip(sorted(manifest.parts, key=lambda p: p.part),
+                                      self.restored_paths(manifest, out, keyring)):
+                content = scheme.content()
 
                 def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
                     done = rows
@@ -591,9 +678,9 @@ class EncodedDataset:
                         yield batch
 
                 def check(record: PartRecord = record, content: ContentDigest = content) -> None:
-                    if content.hexdigest() != record.content_sha256:
+                    if content.hexdigest() != record.content_digest:
                         raise StoreError(f"part {record.part} restored to data that differs from its source "
-                                         f"{record.source}: refusing to write it")
+                                         f"{scheme.source(record)}: refusing to write it")
 
                 rows += write_restored(target, restored(), check)
                 written.append(target)

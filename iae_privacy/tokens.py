@@ -1,9 +1,10 @@
 """Identifier tokens and vault cells: what analysts see of an identifier, and where its value goes.
 
-* **Tokens**: HMAC-SHA256 under the keyring's token subkey (one per type family), truncated to 128
-  bits, as 32 lowercase hex characters. Deterministic for a keyring: the same identifier gets the
-  same token in every file and run, so analysts can join and count; fixed length, so a token does
-  not leak the length of the value. Null stays null.
+* **Tokens**: HMAC-SHA256 under the keyring's token subkey for the column's domain (its dataset and
+  column, or a declared join domain) and type family, truncated to 128 bits, as 32 lowercase hex
+  characters. Deterministic within a domain: the same identifier gets the same token in every file
+  and run, so analysts can join and count; fixed length, so a token does not leak the length of
+  the value. Null stays null.
 * **Vault cells**: each value sealed with AES-256-GCM under a key derived from a random per-part data
   key, with associated data binding dataset, part, column and row: a cell moved anywhere else fails
   to open. The data key is wrapped by the keyring's vault key (re-wrapped on rotation).
@@ -20,7 +21,7 @@ from iae_privacy.codec.ordered import validity_buffer
 from iae_privacy.errors import IaeError
 from iae_privacy.keyring import Keyring, Purpose
 
-__all__ = ["TOKEN_BYTES", "Tokenizer", "VaultCells", "VaultCellError"]
+__all__ = ["TOKEN_BYTES", "Tokenizer", "VaultCells", "VaultCellError", "token_domain"]
 
 TOKEN_BYTES = 16
 _HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
@@ -30,11 +31,25 @@ class VaultCellError(IaeError):
     """A vault cell does not open where it is: moved, swapped, altered, or the wrong key."""
 
 
-class Tokenizer:
-    """Deterministic keyed tokens for identifier columns."""
+def token_domain(dataset: str, column: str, join_domains: dict[str, str] | None = None) -> str:
+    """The domain a column's tokens are keyed in: its own (dataset, column) unless the data team
+    declared a join domain for it (``[tokens] column = "domain"``), which every column declaring
+    that domain, in any dataset of the keyring, shares."""
+    declared = (join_domains or {}).get(column)
+    return f"join/{declared}" if declared else f"dataset/{dataset}/column/{column}"
 
-    def __init__(self, keyring: Keyring) -> None:
+
+class Tokenizer:
+    """Deterministic keyed tokens for identifier columns.
+
+    With a ``domain`` (encoded datasets of format 2), tokens are keyed per domain: by default one
+    dataset's column, so a token dictionary learned on one column (say a visible row number)
+    decodes nothing elsewhere. Without one (format 1), one key per type family for the whole
+    keyring: kept so that datasets made that way take new parts with the same tokens."""
+
+    def __init__(self, keyring: Keyring, domain: str | None = None) -> None:
         self._keyring = keyring
+        self._domain = domain
         self._keys: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
@@ -43,7 +58,8 @@ class Tokenizer:
     def _key(self, type_: pa.DataType) -> bytes:
         name = family(type_)
         if name not in self._keys:
-            self._keys[name] = self._keyring.subkey(Purpose.TOKENS, context=name)
+            context = name if self._domain is None else f"{self._domain}/{name}"
+            self._keys[name] = self._keyring.subkey(Purpose.TOKENS, context=context)
         return self._keys[name]
 
     def tokens(self, array: pa.Array | pa.ChunkedArray) -> pa.Array:

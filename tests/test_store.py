@@ -317,3 +317,93 @@ def test_a_folder_or_foreign_file_in_latent_is_refused_not_deleted_nor_crashed_o
     (tmp_path / "enc" / "latent" / ".part-00003.parquet.abc123.tmp").write_bytes(b"half")  # a killed write
     assert dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1) == []
     assert not (tmp_path / "enc" / "latent" / ".part-00003.parquet.abc123.tmp").exists()
+
+
+def every_byte(folder) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_no_readable_byte_of_an_encoded_dataset_confirms_or_locates_its_source(setup, tmp_path):
+    """The manifest oracle: no plain digest of the source's bytes or content, and no path."""
+    import hashlib
+
+    from iae_privacy.codec import read_batches
+    from iae_privacy.exactness import ContentDigest
+
+    _, keyring, sources, model = setup
+    encode_all(tmp_path / "enc", keyring, sources, model)
+    stored = every_byte(tmp_path / "enc")
+    for name in ("a.parquet", "b.parquet"):
+        content = ContentDigest()
+        for batch in read_batches(sources / name, 3_000):
+            content.update(batch)
+        for secret in (hashlib.sha256((sources / name).read_bytes()).hexdigest(), content.hexdigest(),
+                       str(sources / name), str(sources)):
+            assert secret.encode() not in stored
+        assert name.encode() not in stored
+    manifest = EncodedDataset(tmp_path / "enc").read_manifest(keyring)
+    assert manifest.version == 2
+    # the keyring still tells where each part came from, and the restore checks the keyed digest
+    assert EncodedDataset(tmp_path / "enc").decode_all(model, keyring, tmp_path / "out") == 14_000
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00001-a.parquet", "part-00002-b.parquet"]
+
+
+def test_tokens_of_equal_values_differ_across_datasets_unless_a_join_domain_says_otherwise(setup, tmp_path):
+    root, keyring, sources, model = setup
+    source = sources / "b.parquet"
+
+    def tokens(model, dataset):
+        folder = EncodedDataset(tmp_path / dataset)
+        record = folder.encode_source(source, 1, model, "p", 1, keyring, dataset)
+        return pq.read_table(folder.folder / record.latent, columns=["email", "national_id"])
+
+    def present(table, column):
+        return set(table.column(column).drop_null().to_pylist())
+
+    a, b = tokens(model, "clinic-a"), tokens(model, "clinic-b")
+    for column in ("email", "national_id"):
+        assert present(a, column) and not present(a, column) & present(b, column)
+    joined, _ = fit_model(sources / "a.parquet", transform_key(keyring, "p", 1),
+                          CodecConfig(roles={"sex": Role.PASSTHROUGH}, join_domains={"email": "person"}),
+                          TrainConfig(epochs=1))
+    a, b = tokens(joined, "visits-a"), tokens(joined, "visits-b")
+    assert a.column("email").to_pylist() == b.column("email").to_pylist()  # joinable across datasets
+    assert not present(a, "national_id") & present(b, "national_id")
+
+
+def test_a_join_domain_on_a_column_that_has_no_tokens_is_refused(setup):
+    from iae_privacy.codec import TableCodec
+    from iae_privacy.errors import ConfigError
+
+    _, _, sources, _ = setup
+    with pytest.raises(ConfigError, match=r"tokens.sex: only identifier columns have tokens, and 'sex' is declared"):
+        TableCodec.fit(sources / "a.parquet", CodecConfig(roles={"sex": Role.PASSTHROUGH}, join_domains={"sex": "x"}))
+    with pytest.raises(ConfigError, match="join domain is a name"):
+        CodecConfig(join_domains={"email": "no spaces"})
+    with pytest.raises(ConfigError, match=r"\[tokens\] names column 'nowhere', which is not in the data"):
+        TableCodec.fit(sources / "a.parquet", CodecConfig(join_domains={"nowhere": "x"}))
+
+
+def test_a_format_1_dataset_takes_new_parts_in_its_own_format_and_restores(setup, tmp_path, monkeypatch):
+    """Datasets made before format 2 keep working: same tokens, plain digests, bit-exact restores."""
+    from iae_privacy import store
+    from iae_privacy.store import file_sha256
+    from iae_privacy.tokens import Tokenizer
+
+    _, keyring, sources, model = setup
+    dataset = EncodedDataset(tmp_path / "old")
+    monkeypatch.setattr(store, "CURRENT_FORMAT", 1)
+    ((source, digest, part),) = dataset.plan([sources / "a.parquet"], keyring, DATASET, "p", 1)
+    dataset.commit([dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000)],
+                   keyring, DATASET, "p", 1)
+    monkeypatch.setattr(store, "CURRENT_FORMAT", 2)
+    ((source, digest, part),) = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    record = dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000)
+    manifest = dataset.commit([record], keyring, DATASET, "p", 1)
+    assert manifest.version == 1 and record.source == str(sources / "b.parquet")
+    assert record.source_digest == file_sha256(sources / "b.parquet")
+    emails = pq.read_table(dataset.folder / record.latent, columns=["email"]).column("email").combine_chunks()
+    plain = pq.read_table(sources / "b.parquet", columns=["email"]).column("email")
+    assert emails.to_pylist() == Tokenizer(keyring).tokens(plain).to_pylist()
+    assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
+    assert first_difference(pq.read_table(sources / "b.parquet"), pq.read_table(tmp_path / "out" / "part-00002-b.parquet")) is None

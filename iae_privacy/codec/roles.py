@@ -90,6 +90,9 @@ def network_kind(type_: pa.DataType) -> str | None:
     return None
 
 
+_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 @dataclass(frozen=True)
 class CodecConfig:
     """Per-dataset settings: role overrides and how finely numbers are cut for the network.
@@ -104,12 +107,18 @@ class CodecConfig:
         levels = 4096            # coarse levels per numeric column
         max_categories = 256     # more distinct strings than this: an identifier
         sample_rows = 200000     # rows read to fit the codec
+
+        [tokens]
+        patient_id = "patient"   # a join domain: every column naming it, in any dataset, shares tokens
     """
 
     roles: dict[str, Role] = field(default_factory=dict)
     levels: int = 4096
     max_categories: int = 256
     sample_rows: int = 200_000
+    join_domains: dict[str, str] = field(default_factory=dict)
+    """Identifier column -> join domain. Without one, a column's tokens are its own (dataset,
+    column): equal values in two datasets get different tokens."""
 
     def __post_init__(self) -> None:
         if not 2 <= self.levels <= 1 << 20:
@@ -120,6 +129,13 @@ class CodecConfig:
             )
         if self.sample_rows < 1:
             raise ConfigError(f"codec.sample_rows must be positive, got {self.sample_rows}")
+        for column, domain in self.join_domains.items():
+            if not isinstance(domain, str) or not _DOMAIN.match(domain):
+                raise ConfigError(f"tokens.{column}: a join domain is a name of letters, digits, '_', '.' "
+                                  f"and '-' (up to 64), got {domain!r}")
+            if self.roles.get(column, Role.IDENTIFIER) is not Role.IDENTIFIER:
+                raise ConfigError(f"tokens.{column}: only identifier columns have tokens, and {column!r} "
+                                  f"is declared {self.roles[column].value}")
 
     @classmethod
     def load(cls, path: str | Path) -> CodecConfig:
@@ -131,9 +147,9 @@ class CodecConfig:
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        unknown = set(doc) - {"columns", "codec"}
+        unknown = set(doc) - {"columns", "codec", "tokens"}
         if unknown:
-            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec]")
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec], [tokens]")
         roles = {}
         for column, value in doc.get("columns", {}).items():
             try:
@@ -151,7 +167,7 @@ class CodecConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{path}: codec.{key} must be an integer")
         try:
-            return cls(roles=roles, **codec)
+            return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), **codec)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from iae_privacy.codec.columns import FeatureColumn, feature_column
 from iae_privacy.codec.roles import CodecConfig, Role, infer_role, network_kind
-from iae_privacy.errors import CodecError, IaeError, ProfileError, SchemaDriftError
+from iae_privacy.errors import CodecError, ConfigError, IaeError, ProfileError, SchemaDriftError
 
 __all__ = ["TableCodec", "EncodedBatch", "ColumnSpec", "read_batches", "PROFILE_FORMAT", "PROFILE_VERSION"]
 
@@ -179,6 +179,12 @@ class TableCodec:
             if decision.role is Role.FEATURE:
                 feature = feature_column(network_kind(column.type), index, name, column, config)
             specs.append(ColumnSpec(index, name, decision.role, decision.reason, feature))
+        for column in config.join_domains:
+            role = next((spec.role for spec in specs if spec.name == column), None)
+            if role is not Role.IDENTIFIER:
+                raise ConfigError(f"[tokens] names column {column!r}, which is "
+                                  + ("not in the data" if role is None else f"a {role.value} column, not an identifier")
+                                  + ": only identifier columns have tokens")
         return cls(table.schema, specs, config, table.num_rows)
 
     # -- what the network sees ---------------------------------------------------------------
@@ -301,7 +307,8 @@ class TableCodec:
             "version": PROFILE_VERSION,
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
             "config": {"levels": self.config.levels, "max_categories": self.config.max_categories,
-                       "sample_rows": self.config.sample_rows},
+                       "sample_rows": self.config.sample_rows,
+                       **({"join_domains": dict(self.config.join_domains)} if self.config.join_domains else {})},
             "fit_rows": self.fit_rows,
             "columns": [
                 {"name": c.name, "role": c.role.value, "reason": c.reason,
