@@ -30,6 +30,26 @@ def test_roles_are_inferred_from_type_name_and_cardinality():
     assert codec.feature_names == ["age", "region"]
 
 
+def test_a_number_becomes_a_token_only_when_it_looks_like_an_id_not_for_a_word_in_its_name():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    table = pa.table({
+        "account_never_delinq_percent": pa.array(np.round(rng.uniform(0, 100, 2_000), 1)),  # 'account'
+        "card_count": pa.array(rng.integers(0, 6, 2_000)),                                  # 'card', a few codes
+        "rownames": pa.array(np.arange(2_000)),                                             # a row number
+        "patient_id": pa.array(rng.integers(0, 900, 2_000)),                                # repeated over visits
+        "user_name": pa.array([f"u{i % 30}" for i in range(2_000)]),                        # text with a hint
+    })
+    codec = TableCodec.fit(table)
+    roles = {c.name: (c.role, c.reason) for c in codec.columns}
+    assert roles["account_never_delinq_percent"] == (Role.FEATURE, "number; name hint 'account' ignored: not integers")
+    assert roles["card_count"][0] is Role.FEATURE and "2,000, not an id" in roles["card_count"][1]
+    assert roles["rownames"] == (Role.IDENTIFIER, "name hint 'rownames', 2,000 distinct integers of 2,000")
+    assert roles["patient_id"][0] is Role.IDENTIFIER
+    assert roles["user_name"] == (Role.IDENTIFIER, "name hint 'user'")
+
+
 def test_high_cardinality_strings_are_identifiers_whatever_their_name():
     table = pa.table({"city": [f"town {i}" for i in range(100)]})
     assert TableCodec.fit(table).columns[0].role is Role.IDENTIFIER

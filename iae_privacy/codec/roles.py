@@ -45,6 +45,12 @@ IDENTIFIER_WORDS = frozenset(
     """.split()
 )
 
+ID_UNIQUENESS = 0.9
+"""A number column with an identifying name is an identifier only if it holds integers that look
+like ids: at least this share of its present values distinct (row numbers, person numbers), or
+more distinct values than ``max_categories`` (a person number repeated over visits). Otherwise
+(fractions, a few codes) it is a feature."""
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SPLIT = re.compile(r"[^a-z0-9]+")
 
@@ -192,8 +198,20 @@ def infer_role(name: str, column: pa.ChunkedArray, config: CodecConfig) -> RoleD
     if kind is None:
         return RoleDecision(Role.VAULT, f"type {column.type} is kept whole")
     hint = name_hint(name)
-    if hint is not None and kind != "boolean":
+    if hint is not None and kind == "category":
         return RoleDecision(Role.IDENTIFIER, f"name hint {hint!r}")
+    if hint is not None and kind in ("number", "decimal"):
+        # a number is an id only if it looks like one: integers, (nearly) one per row. A word in the
+        # name alone (account_never_delinq_percent) would cost analysts a feature, and give them a
+        # token whose few values cover most rows
+        values = dense_values(column)
+        present = len(values) - values.null_count
+        distinct = pc.count_distinct(values).as_py() if present else 0
+        integral = pa.types.is_integer(values.type)
+        if integral and present and (distinct >= ID_UNIQUENESS * present or distinct > config.max_categories):
+            return RoleDecision(Role.IDENTIFIER, f"name hint {hint!r}, {distinct:,} distinct integers of {present:,}")
+        return RoleDecision(Role.FEATURE, f"{kind}; name hint {hint!r} ignored: "
+                            + ("not integers" if not integral else f"{distinct:,} distinct of {present:,}, not an id"))
     if kind == "category":
         values = dense_values(column)
         distinct = pc.count_distinct(values).as_py()
