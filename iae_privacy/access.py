@@ -542,14 +542,13 @@ class AccessControl:
             return None
         return tuple(i for i, name in enumerate(names) if name in set(request.columns))
 
-    @staticmethod
-    def _rows(dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest) -> tuple[Any, int]:
+    def _rows(self, dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest) -> tuple[Any, int]:
         try:
             if request.whole:
                 return None, sum(p.rows for p in manifest.parts)
             ids = np.asarray(request.rows, dtype=np.int64) if request.rows is not None else \
                 dataset.token_row_ids(manifest, *request.where_token)
-            located = dataset.locate(manifest, ids)
+            located = dataset.locate(manifest, ids, self.keyring)
         except IaeError as exc:
             raise AccessRefused(str(exc)) from None
         except OverflowError:

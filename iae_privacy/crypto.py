@@ -7,6 +7,9 @@
 - Signatures: Ed25519 (``cryptography``) for the principals who sign decode requests; private keys
   as PKCS#8 PEM, public keys as their 32 raw bytes.
 - MACs: HMAC-SHA256 for signed manifests, the policy and the audit chain.
+- A pseudorandom permutation of 64-bit integers (row ids): a 4-round Feistel network whose round
+  function is AES-256 of the round number and the half, a whole array per call (Luby and Rackoff
+  1988: four rounds of a pseudorandom function give a strong pseudorandom permutation).
 
 Errors never carry key material or plaintext.
 """
@@ -22,6 +25,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -29,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 __all__ = [
     "KEY_BYTES", "NONCE_BYTES", "AuthenticationFailed", "random_key", "derive_key", "seal", "open_sealed",
     "passphrase_key", "hmac_sha256_many", "CellCipher", "constant_time_equal", "mac", "mac_matches",
-    "new_signing_key", "sign", "signature_matches", "InvalidSigningKey",
+    "new_signing_key", "sign", "signature_matches", "InvalidSigningKey", "permute64", "unpermute64",
 ]
 
 KEY_BYTES = 32
@@ -166,3 +170,34 @@ class CellCipher:
                     for i, c in enumerate(sealed)]
         except InvalidTag:
             raise AuthenticationFailed("a vault cell failed authentication") from None
+
+
+_FEISTEL_ROUNDS = 4
+
+
+def _round(key: bytes, index: int, half: np.ndarray) -> np.ndarray:
+    """The Feistel round function: the first 32 bits of AES-256(key, index | half | zeros), as
+    little-endian words (one AES block per value: a pseudorandom function of the half)."""
+    blocks = np.zeros((len(half), 4), dtype="<u4")
+    blocks[:, 0] = (half << np.uint32(8)) | np.uint32(index)  # bytes 0..3: index, half's low 3 bytes
+    blocks[:, 1] = half >> np.uint32(24)                       # byte 4: half's high byte
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    out = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), dtype="<u4")
+    return out[0::4].astype(np.uint32)
+
+
+def permute64(key: bytes, values: np.ndarray) -> np.ndarray:
+    """A keyed pseudorandom permutation of uint64 values (the inverse is :func:`unpermute64`)."""
+    values = np.asarray(values, dtype=np.uint64)
+    left, right = (values >> np.uint64(32)).astype(np.uint32), (values & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    for index in range(_FEISTEL_ROUNDS):
+        left, right = right, left ^ _round(key, index, right)
+    return (left.astype(np.uint64) << np.uint64(32)) | right.astype(np.uint64)
+
+
+def unpermute64(key: bytes, values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.uint64)
+    left, right = (values >> np.uint64(32)).astype(np.uint32), (values & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    for index in reversed(range(_FEISTEL_ROUNDS)):
+        left, right = right ^ _round(key, index, left), left
+    return (left.astype(np.uint64) << np.uint64(32)) | right.astype(np.uint64)

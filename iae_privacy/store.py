@@ -33,7 +33,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from iae_privacy import crypto
-from iae_privacy.codec import EncodedBatch, Role, read_batches
+from iae_privacy.codec import EncodedBatch, Role, parquet_rows, read_batches
 from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.exactness import ContentDigest
@@ -42,6 +42,7 @@ from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.overlap import Behind
 from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.rowids import PART_SHIFT, RowIds, ShuffledWriter
 from iae_privacy.tokens import Tokenizer, token_domain
 
 __all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "file_sha256"]
@@ -49,13 +50,15 @@ __all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "
 ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
 MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
-_PART_SHIFT = 32
 _LATENT_PART = re.compile(r"^part-\d{5,}\.parquet$")
 _VAULT_PART = re.compile(r"^part-\d{5,}\.vault$")
 _PART_TMP = re.compile(r"^\.part-\d{5,}\.(parquet|vault)(\..*)?\.tmp$")
 """Temporaries of a part write (files.atomic_file) that a killed run left behind."""
 _VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
 """Metadata a vault segment adds beside the codec's: how many z_detail and detail columns it has."""
+_COMPLETE = b"iae.z_public"
+"""In a format-2 segment: how many z_public columns follow the identifiers (then the passthrough
+columns): the segment restores its batch without the latent part."""
 DICTIONARY_PAGE_LIMIT = 256 * 1024
 """Parquet's dictionary page limit for the files written here (Arrow's default is 1 MiB). A column
 chunk is dictionary-encoded until its dictionary reaches the limit, then falls back to plain; for
@@ -114,10 +117,15 @@ class PartRecord:
     content_digest: str
     """Canonical digest of the source's record batches (exactness.ContentDigest; keyed in format 2):
     a restore must reproduce it, bit for bit."""
+    batch_rows: list[int] = field(default_factory=list)
+    """Rows of each batch (vault segment), format 2: where a row id's row is, without the latent."""
 
     def document(self, version: int) -> dict:
         names = _RECORD_NAMES[version]
-        return {names.get(k, k): v for k, v in asdict(self).items()}
+        doc = {names.get(k, k): v for k, v in asdict(self).items()}
+        if version == 1:
+            del doc["batch_rows"]
+        return doc
 
     @classmethod
     def from_document(cls, doc: dict, version: int) -> PartRecord:
@@ -343,32 +351,40 @@ class EncodedDataset:
                  if (f := codec.schema.field(i)).name in reserved]
         if clash:
             raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
-        counts = {"rows": 0, "batches": 0}
-        writer: pq.ParquetWriter | None = None
+        shuffled = scheme.version >= 2
+        row_ids = RowIds(keyring, dataset) if shuffled else None
+        batch_rows: list[int] = []
+        writer: pq.ParquetWriter | ShuffledWriter | None = None
         content = scheme.content()
+        done = 0
 
         def segments() -> Iterator[bytes]:
-            nonlocal writer
+            nonlocal writer, done
             for batch in read_batches(source, batch_size):
                 content.update(batch)
                 latent = model.encode(batch, source=str(source))
-                rows = np.arange(counts["rows"], counts["rows"] + batch.num_rows, dtype=np.int64)
-                row_ids = pa.array((np.int64(part) << _PART_SHIFT) | rows)
-                table = self._latent_table(row_ids, latent, identifier_fields, tokenizers,
-                                           model_name, model_version, codec.schema.names)
+                rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
+                ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
+                table = self._latent_table(pa.array(ids), latent, identifier_fields, tokenizers,
+                                           model_name, model_version, codec.schema.names, shuffled)
                 if writer is None:
-                    writer = pq.ParquetWriter(latent_sink, table.schema,
-                                              dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
-                behind.put(table)  # written on a second thread while the next batch is encoded
-                counts["rows"] += batch.num_rows
-                counts["batches"] += 1
+                    writer = ShuffledWriter(latent_sink, latent_path.parent, latent_path.name, buckets, ROW_ID) \
+                        if shuffled else pq.ParquetWriter(latent_sink, table.schema,
+                                                          dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                behind.put(table)  # written (or spilled) on a second thread while the next batch is encoded
+                done += batch.num_rows
+                batch_rows.append(batch.num_rows)
                 if on_rows is not None:
-                    on_rows(counts["rows"])
-                yield self._vault_segment(latent)
+                    on_rows(done)
+                yield self._vault_segment(latent, complete=shuffled)
 
         def write_latent(table: pa.Table) -> None:
-            writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            if shuffled:
+                writer.put(table)
+            else:
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
+        buckets = -(-parquet_rows(source) // batch_size) if shuffled else 0
         try:
             with atomic_file(latent_path) as latent_sink:
                 try:
@@ -378,6 +394,8 @@ class EncodedDataset:
                                      segments(), keyring)
                     if writer is None:
                         raise StoreError(f"{source} has no record batches to encode")
+                    if shuffled:
+                        writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
                 finally:
                     if writer is not None:
                         writer.close()
@@ -385,10 +403,10 @@ class EncodedDataset:
             vault_path.unlink(missing_ok=True)
             self._remove_empty_folders()
             raise
-        return PartRecord(part, scheme.seal_source(str(source)), source_digest, counts["rows"], counts["batches"],
+        return PartRecord(part, scheme.seal_source(str(source)), source_digest, done, len(batch_rows),
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
                           str(vault_path.relative_to(self.folder)), self._vault_sha256(vault_path),
-                          content.hexdigest())
+                          content.hexdigest(), batch_rows if shuffled else [])
 
     @staticmethod
     def _vault_sha256(path: Path) -> str:
@@ -401,11 +419,12 @@ class EncodedDataset:
     @staticmethod
     def _latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
                       tokenizers: list[Tokenizer], model_name: str, model_version: int,
-                      source_columns: list[str]) -> pa.Table:
+                      source_columns: list[str], shuffled: bool) -> pa.Table:
         e = latent.encoded
         columns = [row_ids] + list(e.passthrough.columns) + [t.tokens(c) for t, c in zip(tokenizers, e.identifiers.columns)]
         columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
-        meanings = {"row_id": "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
+        meanings = {"row_id": "record id: keyed pseudorandom, unrelated to source order" if shuffled else
+                    "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
                     "tokens": [f.name for f in identifier_fields],
                     "z_public": [public_name(j) for j in range(latent.z_public.shape[1])],
                     "source": source_columns}
@@ -417,8 +436,10 @@ class EncodedDataset:
         return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
 
     @staticmethod
-    def _vault_segment(latent: LatentBatch) -> bytes:
-        """One batch's vault contents as an Arrow IPC stream: z_detail, codec detail, identifiers."""
+    def _vault_segment(latent: LatentBatch, complete: bool) -> bytes:
+        """One batch's vault contents as an Arrow IPC stream: z_detail, codec detail, identifiers;
+        ``complete`` (format 2): then z_public and the passthrough columns too, so that the vault
+        alone restores the batch while the latent part's rows are in another order."""
         e = latent.encoded
         columns = [pa.array(latent.z_detail[:, j]) for j in range(latent.z_detail.shape[1])]
         names = [f"z_detail_{j}" for j in range(latent.z_detail.shape[1])]
@@ -428,6 +449,12 @@ class EncodedDataset:
         z_detail_key, detail_key = _VAULT_KEYS
         metadata[z_detail_key] = str(latent.z_detail.shape[1]).encode()
         metadata[detail_key] = str(e.detail.num_columns).encode()
+        if complete:
+            columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
+            columns += list(e.passthrough.columns)
+            names += [public_name(j) for j in range(latent.z_public.shape[1])]
+            names += [f"passthrough_{j}" for j in range(e.passthrough.num_columns)]
+            metadata[_COMPLETE] = str(latent.z_public.shape[1]).encode()
         batch = pa.RecordBatch.from_arrays(columns, names=names, metadata=metadata) if columns else \
             e.detail.select([]).replace_schema_metadata(metadata)
         sink = pa.BufferOutputStream()
@@ -468,8 +495,9 @@ class EncodedDataset:
         ``take`` restores only some rows: {batch index: row positions within that batch}; other
         batches are skipped (their vault segments are still authenticated up to the last one taken).
         """
-        latent_file = pq.ParquetFile(self.folder / record.latent, pre_buffer=False)  # see read_batches
-        if latent_file.num_row_groups != record.batches:
+        complete = bool(record.batch_rows)  # format 2: the vault alone restores, in source order
+        latent_file = None if complete else pq.ParquetFile(self.folder / record.latent, pre_buffer=False)
+        if latent_file is not None and latent_file.num_row_groups != record.batches:
             raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
                              f"the manifest says {record.batches}")
 
@@ -477,11 +505,11 @@ class EncodedDataset:
             if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
                 raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
 
-        # what decoding reads of the latent part: row ids, passthrough and z_public (not the tokens).
-        # Selecting by name cannot pull in anything else: a name also selects the nested fields it
-        # prefixes, and the columns left out (tokens) are flat strings with none.
+        # what decoding reads of a format-1 latent part: row ids, passthrough and z_public (not the
+        # tokens). Selecting by name cannot pull in anything else: a name also selects the nested
+        # fields it prefixes, and the columns left out (tokens) are flat strings with none.
         passthrough_n = len(model.codec.indices_with_role(Role.PASSTHROUGH))
-        needed = latent_file.schema_arrow.names[: 1 + passthrough_n] + \
+        needed = None if latent_file is None else latent_file.schema_arrow.names[: 1 + passthrough_n] + \
             [public_name(j) for j in range(model.network.config.public_dims)]
         _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
                                        self._vault_key_aad, keyring, "vault part", check)
@@ -489,44 +517,53 @@ class EncodedDataset:
         group = -1
         for group, segment in enumerate(segments):
             if group >= record.batches:
-                raise StoreError(f"vault part {record.vault} has more batches than its latent part")
+                raise StoreError(f"vault part {record.vault} has more batches than the manifest says")
             if take is not None and group not in take:
                 if group >= last:
                     break
                 continue
             vault = pa.ipc.open_stream(segment).read_next_batch()
-            latent = latent_file.read_row_group(group, columns=needed)
-            if vault.num_rows != latent.num_rows:
-                raise StoreError(f"vault part {record.vault} and latent part {record.latent} disagree on the "
-                                 f"rows of batch {group}")
+            latent = vault if latent_file is None else latent_file.read_row_group(group, columns=needed)
+            expected = record.batch_rows[group] if complete else latent.num_rows
+            if vault.num_rows != expected or (complete and _COMPLETE not in (vault.schema.metadata or {})):
+                raise StoreError(f"vault part {record.vault} and the " + ("manifest" if complete else
+                                 f"latent part {record.latent}") + f" disagree on the rows of batch {group}")
             if take is not None:
                 rows = pa.array(take[group], pa.int64())
                 vault, latent = vault.take(rows), latent.take(rows)
-            yield model.decode(self._latent_batch(latent, vault, model))
+            yield model.decode(self._latent_batch(None if complete else latent, vault, model))
             if group >= last:
                 break
         if take is None and group + 1 != record.batches:
-            raise StoreError(f"vault part {record.vault} has fewer batches than its latent part")
+            raise StoreError(f"vault part {record.vault} has fewer batches than the manifest says")
 
     @staticmethod
-    def _latent_batch(latent: pa.Table, vault: pa.RecordBatch, model: Model) -> LatentBatch:
-        """What the model decodes, from one batch's latent rows and vault rows."""
+    def _latent_batch(latent: pa.Table | None, vault: pa.RecordBatch, model: Model) -> LatentBatch:
+        """What the model decodes, from one batch's vault rows and (format 1) its latent rows."""
         k = model.network.config.public_dims
-        passthrough_n = len(model.codec.indices_with_role(Role.PASSTHROUGH))
+        passthrough_at = model.codec.indices_with_role(Role.PASSTHROUGH)
+        passthrough_n = len(passthrough_at)
         meta = vault.schema.metadata or {}
         d, detail_n = (int(meta[key]) for key in _VAULT_KEYS)
-        z_public = np.stack([latent.column(public_name(j)).to_numpy() for j in range(k)], axis=1) \
-            if k else np.zeros((latent.num_rows, 0), dtype=np.int64)
+        end = vault.num_columns
+        if latent is None:  # format 2: z_public and passthrough close the vault segment
+            end = vault.num_columns - k - passthrough_n
+            public = [vault.column(end + j) for j in range(k)]
+            passthrough_columns = [vault.column(end + k + j) for j in range(passthrough_n)]
+            passthrough_fields = [model.codec.schema.field(i) for i in passthrough_at]
+        else:
+            public = [latent.column(public_name(j)).combine_chunks() for j in range(k)]
+            passthrough_columns = [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)]
+            passthrough_fields = [latent.schema.field(1 + j) for j in range(passthrough_n)]
+        z_public = np.stack([c.to_numpy() for c in public], axis=1) if k else np.zeros((vault.num_rows, 0), dtype=np.int64)
         z_detail = np.stack([vault.column(j).to_numpy() for j in range(d)], axis=1) \
             if d else np.zeros((vault.num_rows, 0), dtype=np.int64)
-        detail_meta = {key: v for key, v in meta.items() if key not in _VAULT_KEYS}
+        detail_meta = {key: v for key, v in meta.items() if key not in _VAULT_KEYS and key != _COMPLETE}
         # select keeps the row count even when it selects no column
         detail = vault.select(list(range(d, d + detail_n))).replace_schema_metadata(detail_meta or None)
-        identifiers = vault.select(list(range(d + detail_n, vault.num_columns)))
-        passthrough = pa.RecordBatch.from_arrays(
-            [latent.column(1 + j).combine_chunks() for j in range(passthrough_n)],
-            schema=pa.schema([latent.schema.field(1 + j) for j in range(passthrough_n)])
-        ) if passthrough_n else vault.select([])
+        identifiers = vault.select(list(range(d + detail_n, end)))
+        passthrough = pa.RecordBatch.from_arrays(passthrough_columns, schema=pa.schema(passthrough_fields)) \
+            if passthrough_n else vault.select([])
         encoded = EncodedBatch(np.empty((vault.num_rows, 0), dtype=np.int64), passthrough, identifiers, detail)
         return LatentBatch(np.ascontiguousarray(z_public), np.ascontiguousarray(z_detail), encoded)
 
@@ -546,21 +583,32 @@ class EncodedDataset:
             found.append(table.column(ROW_ID).filter(hits).to_numpy())
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
-    def locate(self, manifest: Manifest, row_ids: np.ndarray) -> dict[int, dict[int, np.ndarray]]:
-        """{part: {batch: row positions in the batch}} for ``row_ids`` (sorted, duplicates dropped);
-        :class:`StoreError` for a row id the dataset does not have."""
+    def locate(self, manifest: Manifest, row_ids: np.ndarray, keyring: Keyring) -> dict[int, dict[int, np.ndarray]]:
+        """{part: {batch: row positions in the batch}} for ``row_ids`` (duplicates dropped);
+        :class:`StoreError` for a row id the dataset does not have. In format 2 only the keyring
+        maps an id to its part and row."""
         row_ids = np.unique(np.asarray(row_ids, dtype=np.int64))
+        if len(row_ids) and row_ids[0] < 0:
+            raise StoreError(f"row id {int(row_ids[0])} is not in {self.folder} (row ids are not negative)")
+        if manifest.version >= 2:
+            parts_of, rows_of = RowIds(keyring, manifest.dataset).positions(row_ids)
+        else:
+            parts_of, rows_of = row_ids >> PART_SHIFT, row_ids & ((1 << PART_SHIFT) - 1)
         parts = {p.part: p for p in manifest.parts}
         located: dict[int, dict[int, np.ndarray]] = {}
-        for part in np.unique(row_ids >> _PART_SHIFT):
-            rows = row_ids[(row_ids >> _PART_SHIFT) == part] & ((1 << _PART_SHIFT) - 1)
+        for part in np.unique(parts_of):
+            mine = parts_of == part
+            rows = np.sort(rows_of[mine])
             record = parts.get(int(part))
             if record is None or rows[-1] >= record.rows:
-                bad = int((int(part) << _PART_SHIFT) | int(rows[-1]))
-                raise StoreError(f"row id {bad} is not in {self.folder} (part {int(part)} "
-                                 f"{'does not exist' if record is None else f'has {record.rows} rows'})")
-            metadata = pq.ParquetFile(self.folder / record.latent).metadata
-            starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+                bad = row_ids[mine][np.argmax(rows_of[mine])] if record is not None else row_ids[mine][0]
+                raise StoreError(f"row id {int(bad)} is not in {self.folder}")
+            if record.batch_rows:
+                sizes = record.batch_rows
+            else:
+                metadata = pq.ParquetFile(self.folder / record.latent).metadata
+                sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            starts = np.cumsum([0] + list(sizes))
             groups = np.searchsorted(starts, rows, side="right") - 1
             located[int(part)] = {int(g): rows[groups == g] - starts[g] for g in np.unique(groups)}
         return located
@@ -571,7 +619,8 @@ class EncodedDataset:
         """Restore some rows (``located``, from :meth:`locate`; None: all) and some columns (source
         positions; None: all) of the dataset to one Parquet file ``out``, owner-only, atomically.
 
-        Check the parts involved with :meth:`verify_part` first. Rows come in row-id order.
+        Check the parts involved with :meth:`verify_part` first. Rows come in source order (part,
+        then row).
         """
         records = sorted((p for p in manifest.parts if located is None or p.part in located), key=lambda p: p.part)
         total = sum(p.rows for p in records) if located is None else \

@@ -29,6 +29,7 @@ from iae_privacy.keyring import Keyring
 from iae_privacy.network.train import TrainConfig
 from iae_privacy.pipeline import fit_model
 from iae_privacy.registry import transform_key
+from iae_privacy.rowids import RowIds
 from iae_privacy.samples import write_synthetic_patients
 from iae_privacy.store import EncodedDataset
 from iae_privacy.workspace import Workspace
@@ -45,6 +46,12 @@ class World:
     clerk_key: Path
     sources: list[Path]
     encoded: Path
+
+    def id(self, part: int, row: int) -> int:
+        """The row id of row ``row`` of part ``part`` (only the keyring knows it)."""
+        import numpy as np
+
+        return int(RowIds(self.keyring, DATASET).ids(part, np.array([row]))[0])
 
     def request(self, who: str = "admin", key: Path | None = None, encoded: Path | None = None, **scope) -> bytes:
         key = key or (self.admin_key if who == "admin" else self.clerk_key)
@@ -106,10 +113,12 @@ def signed_by_admin(world: World, crafted) -> bytes:
 
 
 def source_rows(world: World, row_ids: list[int]):
-    """The source rows with these row ids (part << 32 | row), as one table."""
+    """The source rows with these row ids, in source order (part, then row), as one table."""
+    import numpy as np
     import pyarrow as pa
 
-    tables = [pq.read_table(world.sources[(r >> 32) - 1]).slice(r & 0xFFFFFFFF, 1) for r in sorted(row_ids)]
+    parts, rows = RowIds(world.keyring, DATASET).positions(np.array(row_ids))
+    tables = [pq.read_table(world.sources[part - 1]).slice(row, 1) for part, row in sorted(zip(parts, rows))]
     return pa.concat_tables(tables)
 
 
@@ -130,10 +139,10 @@ def test_a_whole_dataset_restore_is_bit_identical_owner_only_and_audited(world, 
 
 def test_one_persons_record_by_token_restores_that_row_and_only_the_permitted_columns(world, tmp_path):
     latent = pq.read_table(world.encoded / "latent" / "part-00002.parquet")
-    token = latent.column("email")[2_345].as_py()
+    token, row_id = latent.column("email")[2_345].as_py(), latent.column("row_id")[2_345].as_py()
     out = tmp_path / "one.parquet"
     assert restore(world, world.request("clerk", columns=["email", "full_name"], where_token=("email", token)), out) == 1
-    expected = source_rows(world, [(2 << 32) | 2_345]).select(["full_name", "email"])
+    expected = source_rows(world, [row_id]).select(["full_name", "email"])
     got = pq.read_table(out)
     assert first_difference(expected, got) is None and got.column_names == ["full_name", "email"]
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
@@ -142,7 +151,7 @@ def test_one_persons_record_by_token_restores_that_row_and_only_the_permitted_co
 
 
 def test_rows_by_id_across_parts_and_batches_come_back_exactly_in_row_id_order(world, tmp_path):
-    ids = [(2 << 32) | 2_999, (1 << 32) | 0, (1 << 32) | 4_001, (1 << 32) | 1_999, (1 << 32) | 2_000, (2 << 32) | 7]
+    ids = [world.id(2, 2_999), world.id(1, 0), world.id(1, 4_001), world.id(1, 1_999), world.id(1, 2_000), world.id(2, 7)]
     out = tmp_path / "rows.parquet"
     assert restore(world, world.request(rows=ids), out) == len(ids)
     assert first_difference(source_rows(world, ids), pq.read_table(out)) is None
@@ -150,8 +159,8 @@ def test_rows_by_id_across_parts_and_batches_come_back_exactly_in_row_id_order(w
 
 def test_a_principal_with_a_least_privilege_role_restores_diagnoses_by_pattern(world, tmp_path):
     out = tmp_path / "dx.parquet"
-    assert restore(world, world.request("clerk", columns=["diagnosis_code"], rows=[1 << 32]), out) == 1
-    assert first_difference(source_rows(world, [1 << 32]).select(["diagnosis_code"]), pq.read_table(out)) is None
+    assert restore(world, world.request("clerk", columns=["diagnosis_code"], rows=[world.id(1, 0)]), out) == 1
+    assert first_difference(source_rows(world, [world.id(1, 0)]).select(["diagnosis_code"]), pq.read_table(out)) is None
 
 
 # -- refusals ---------------------------------------------------------------------------------------
@@ -160,7 +169,7 @@ def test_an_unknown_principal_is_refused(world, tmp_path):
     stranger = tmp_path / "mallory.key"
     stranger.write_bytes(crypto.new_signing_key()[0])
     stranger.chmod(0o600)
-    assert_refused(world, world.request("mallory", key=stranger, rows=[1 << 32]), tmp_path / "o.parquet",
+    assert_refused(world, world.request("mallory", key=stranger, rows=[world.id(1, 0)]), tmp_path / "o.parquet",
                    "unknown principal 'mallory'")
 
 
@@ -170,7 +179,7 @@ def test_a_request_signed_by_another_key_is_refused(world, tmp_path):
 
 
 def test_changing_any_byte_of_a_request_is_refused(world, tmp_path):
-    request = world.request("admin", rows=[1 << 32])
+    request = world.request("admin", rows=[world.id(1, 0)])
     out = tmp_path / "o.parquet"
     for i in range(len(request)):
         changed = bytearray(request)
@@ -183,37 +192,40 @@ def test_changing_any_byte_of_a_request_is_refused(world, tmp_path):
 
 def test_an_expired_request_is_refused(world, tmp_path):
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
-    assert_refused(world, world.request(rows=[1 << 32]), tmp_path / "o.parquet", "expired", now=later)
+    assert_refused(world, world.request(rows=[world.id(1, 0)]), tmp_path / "o.parquet", "expired", now=later)
 
 
 def test_a_replayed_request_is_refused(world, tmp_path):
-    request = world.request(rows=[1 << 32])
+    request = world.request(rows=[world.id(1, 0)])
     restore(world, request, tmp_path / "first.parquet")
     assert_refused(world, request, tmp_path / "again.parquet", "already used")
 
 
 @pytest.mark.parametrize("scope, reason", [
-    ({"columns": ["national_id"], "rows": [1 << 32]}, "may not restore column\\(s\\) 'national_id'"),
-    ({"rows": [1 << 32]}, "the request asks for every column"),
-    ({"columns": ["email"], "rows": [1 << 32, (1 << 32) + 1, (1 << 32) + 2, (1 << 32) + 3]}, "at most 3 per request"),
+    ({"columns": ["national_id"], "rows": [(1, 0)]}, "may not restore column\\(s\\) 'national_id'"),
+    ({"rows": [(1, 0)]}, "the request asks for every column"),
+    ({"columns": ["email"], "rows": [(1, 0), (1, 1), (1, 2), (1, 3)]}, "at most 3 per request"),
     ({"columns": ["email"]}, "may not restore a whole dataset"),
-    ({"columns": ["no_such_column"], "rows": [1 << 32]}, "has no column"),
-    ({"columns": ["email"], "rows": [(3 << 32) + 1]}, "row id .* is not in"),
+    ({"columns": ["no_such_column"], "rows": [(1, 0)]}, "has no column"),
+    ({"columns": ["email"], "rows": [(3, 1)]}, "row id .* is not in"),
+    ({"columns": ["email"], "rows": [(1, 5_000)]}, "row id .* is not in"),
     ({"columns": ["email"], "where_token": ("email", "0" * 32)}, "no row matches"),
 ])
 def test_requests_outside_the_role_or_the_dataset_are_refused(world, tmp_path, scope, reason):
+    if "rows" in scope:  # (part, row) -> the dataset's row id
+        scope = {**scope, "rows": [world.id(*at) for at in scope["rows"]]}
     assert_refused(world, world.request("clerk", **scope), tmp_path / "o.parquet", reason)
 
 
 def test_a_dataset_outside_the_role_is_refused(world, tmp_path):
     world.access.set_role("clerk-elsewhere", AccessRole(("other-*",), ("*",), None, True))
     key = world.access.add_principal("elsewhere", "clerk-elsewhere")
-    request = make_request(world.encoded, "elsewhere", key, rows=[1 << 32])
+    request = make_request(world.encoded, "elsewhere", key, rows=[world.id(1, 0)])
     assert_refused(world, request, tmp_path / "o.parquet", "may not restore dataset 'patients'")
 
 
 def test_a_tampered_manifest_is_refused(world, copy, tmp_path):
-    request = world.request(rows=[1 << 32], encoded=copy)
+    request = world.request(rows=[world.id(1, 0)], encoded=copy)
     doc = json.loads((copy / "manifest.json").read_bytes())
     doc["body"]["parts"][0]["rows"] += 1
     (copy / "manifest.json").write_text(json.dumps(doc))
@@ -221,7 +233,7 @@ def test_a_tampered_manifest_is_refused(world, copy, tmp_path):
 
 
 def test_a_manifest_changed_since_the_request_was_made_is_refused(world, copy, tmp_path):
-    request = world.request(rows=[1 << 32], encoded=copy)
+    request = world.request(rows=[world.id(1, 0)], encoded=copy)
     dataset = EncodedDataset(copy)
     manifest = dataset.read_manifest(world.keyring)
     manifest.parts = manifest.parts[:1]  # e.g. a part withdrawn, the manifest properly re-signed
@@ -250,7 +262,7 @@ def test_tampered_swapped_or_missing_parts_are_refused(world, copy, tmp_path, da
 
 
 def test_a_policy_edited_by_hand_is_refused(world, tmp_path):
-    request = world.request("clerk", columns=["national_id"], rows=[1 << 32])
+    request = world.request("clerk", columns=["national_id"], rows=[world.id(1, 0)])
     path = world.access.policy_path
     original = path.read_bytes()
     doc = json.loads(original)
@@ -269,7 +281,7 @@ def test_a_policy_edited_by_hand_is_refused(world, tmp_path):
 def test_the_decode_does_not_run_when_the_audit_entry_cannot_be_written(world, tmp_path, room):
     """A real write failure: the process may grow no file past the log's size plus ``room``
     (RLIMIT_FSIZE), as on a full disk: with some room the append is a real short write."""
-    request = world.request(rows=[1 << 32])
+    request = world.request(rows=[world.id(1, 0)])
     log = world.access.audit.path
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (log.stat().st_size + room, hard))
@@ -289,7 +301,7 @@ def test_a_restore_with_a_model_from_another_keyring_or_a_retired_key_fails_audi
     original = bundle.read_bytes()
     bundle.write_bytes(world.workspace.models.path("p", 1).read_bytes())  # same name, another keyring
     out = tmp_path / "o.parquet"
-    grant = other.access.authorize(other.encoded, other.request(rows=[1 << 32]))
+    grant = other.access.authorize(other.encoded, other.request(rows=[other.id(1, 0)]))
     with pytest.raises(IaeError, match="does not open with this keyring"):
         other.access.restore(grant, out)
     assert not out.exists() and other.access.audit.entries()[-1]["outcome"] == "failed"
@@ -297,7 +309,7 @@ def test_a_restore_with_a_model_from_another_keyring_or_a_retired_key_fails_audi
     bundle.write_bytes(original)
     other.keyring.rotate()
     other.keyring.retire(1)  # the bundle was never re-wrapped under version 2
-    grant = other.access.authorize(other.encoded, other.request(rows=[1 << 32]))
+    grant = other.access.authorize(other.encoded, other.request(rows=[other.id(1, 0)]))
     with pytest.raises(IaeError, match="sealed with key version 1, which is retired"):
         other.access.restore(grant, out)
     assert not out.exists()
@@ -308,7 +320,7 @@ def test_a_restore_with_a_model_from_another_keyring_or_a_retired_key_fails_audi
 
 def test_a_removed_principal_is_refused(world, tmp_path):
     key = world.access.add_principal("leaver", "clerk")
-    request = make_request(world.encoded, "leaver", key, columns=["email"], rows=[1 << 32])
+    request = make_request(world.encoded, "leaver", key, columns=["email"], rows=[world.id(1, 0)])
     world.access.remove_principal("leaver")
     assert_refused(world, request, tmp_path / "o.parquet", "unknown principal 'leaver'")
     assert [e["outcome"] for e in world.access.audit.entries() if e.get("principal") == "leaver"][:2] == \
@@ -345,7 +357,7 @@ def test_a_properly_signed_request_with_a_malformed_nonce_is_refused(world, tmp_
 
     from iae_privacy.access import DecodeRequest
 
-    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     crafted = dataclasses.replace(good, nonce='x"y')
     assert_refused(world, signed_by_admin(world, crafted), tmp_path / "o.parquet", "not a valid decode request")
 
@@ -370,7 +382,7 @@ def test_a_request_made_in_the_future_is_refused(world, tmp_path):
 
     from iae_privacy.access import DecodeRequest
 
-    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     later = datetime.datetime.fromisoformat(good.created) + datetime.timedelta(hours=1)
     crafted = dataclasses.replace(good, created=later.isoformat(timespec="seconds"),
                                   expires=(later + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))
@@ -386,7 +398,7 @@ def crafted_from(world: World, **changes) -> bytes:
 
     from iae_privacy.access import DecodeRequest
 
-    good, _ = DecodeRequest.parse(world.request(rows=[1 << 32]))
+    good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     return signed_by_admin(world, dataclasses.replace(good, **changes))
 
 
@@ -407,12 +419,12 @@ def test_hostile_request_bytes_are_refused_and_audited(world, tmp_path):
 
 
 def test_a_request_valid_for_longer_than_its_role_allows_is_refused(world, tmp_path):
-    assert_refused(world, world.request(rows=[1 << 32], ttl_seconds=25 * 3600), tmp_path / "o.parquet",
+    assert_refused(world, world.request(rows=[world.id(1, 0)], ttl_seconds=25 * 3600), tmp_path / "o.parquet",
                    r"valid for 1 day, 1:00:00; role 'admin' allows requests of at most 1 day")
     long_key = tmp_path / "archivist.key"
     world.access.set_role("archivist", AccessRole((DATASET,), ("*",), 5, False, max_lifetime=7 * 86400))
     world.access.add_principal("archivist", "archivist", long_key)
-    assert restore(world, world.request("archivist", long_key, rows=[1 << 32], ttl_seconds=6 * 86400),
+    assert restore(world, world.request("archivist", long_key, rows=[world.id(1, 0)], ttl_seconds=6 * 86400),
                    tmp_path / "o.parquet") == 1
     with pytest.raises(IaeError, match="longer than a year"):
         from iae_privacy.access import parse_ttl
@@ -430,11 +442,11 @@ def test_an_older_copy_of_the_policy_put_back_is_refused(world, tmp_path):
     world.access.policy_path.write_bytes(old)
     try:
         with pytest.raises(AccessRefused, match="not the one the audit log last recorded.*older copy was put back"):
-            restore(world, world.request("leaver", key, rows=[1 << 32]), tmp_path / "o.parquet")
+            restore(world, world.request("leaver", key, rows=[world.id(1, 0)]), tmp_path / "o.parquet")
         assert not (tmp_path / "o.parquet").exists()
     finally:
         world.access.policy_path.write_bytes(current)
-    assert_refused(world, world.request("leaver", key, rows=[1 << 32]), tmp_path / "o.parquet",
+    assert_refused(world, world.request("leaver", key, rows=[world.id(1, 0)]), tmp_path / "o.parquet",
                    "unknown principal 'leaver'")
 
 
@@ -443,7 +455,7 @@ def test_a_private_key_others_can_read_is_refused_with_the_fix(world, tmp_path):
     key.write_bytes(world.clerk_key.read_bytes())
     key.chmod(0o644)
     with pytest.raises(IaeError, match=r"private key .*exposed.key is accessible by group or others .*chmod 600"):
-        world.request("clerk", key, rows=[1 << 32])
+        world.request("clerk", key, rows=[world.id(1, 0)])
 
 
 def test_a_link_planted_at_a_temporary_output_name_is_never_followed(world, tmp_path):
@@ -452,7 +464,7 @@ def test_a_link_planted_at_a_temporary_output_name_is_never_followed(world, tmp_
     out = tmp_path / "o.parquet"
     for name in (f".{out.name}.tmp", f".{out.name}.x.tmp"):
         (tmp_path / name).symlink_to(target)
-    assert restore(world, world.request(rows=[1 << 32]), out) == 1
+    assert restore(world, world.request(rows=[world.id(1, 0)]), out) == 1
     assert target.read_bytes() == b"untouched"
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 
@@ -460,7 +472,7 @@ def test_a_link_planted_at_a_temporary_output_name_is_never_followed(world, tmp_
 def test_a_restore_whose_outcome_cannot_be_recorded_leaves_no_output(world, tmp_path, monkeypatch):
     """The outcome entry fails after the rows were restored (a fault injected: the disk fills up
     between the two entries)."""
-    grant = world.access.authorize(world.encoded, world.request(rows=[1 << 32]))
+    grant = world.access.authorize(world.encoded, world.request(rows=[world.id(1, 0)]))
     real = world.access.audit.append
 
     def full_disk_at_the_outcome(event, outcome, **fields):
@@ -501,7 +513,7 @@ def test_a_decode_killed_midway_is_recorded_and_its_temporary_output_removed_by_
     entries = world.access.audit.entries()
     assert entries[-1]["seq"] == seq and entries[-1]["outcome"] == "granted"
 
-    world.access.authorize(world.encoded, world.request(rows=[1 << 32]))  # the next decode
+    world.access.authorize(world.encoded, world.request(rows=[world.id(1, 0)]))  # the next decode
     interrupted = [e for e in world.access.audit.entries() if e.get("outcome") == "interrupted"]
     assert interrupted[-1]["granted_in"] == seq and interrupted[-1]["temporaries_removed"] >= 1
     assert [p for p in out.iterdir() if p.name.endswith(".tmp")] == []
