@@ -1,19 +1,23 @@
 """The encoded dataset on disk: latent parts for analysts, sealed vault parts, a signed manifest.
 
-Layout of an encoded dataset folder::
+Layout of an encoded dataset folder (format 2, :data:`CURRENT_FORMAT`)::
 
-    manifest.json                     every part: source file and hash, rows, part hashes; signed
-    latent/part-00001.parquet         row_id, passthrough columns, identifier tokens, z_public columns
-    vault/part-00001.vault            sealed: z_detail, codec detail, identifier values (per batch)
+    manifest.json                     every part: sealed source path, keyed digests, rows, part hashes; signed
+    latent/part-00001.parquet         row_id, passthrough columns, identifier tokens, z_public columns,
+                                      rows in a keyed pseudorandom order (iae_privacy.rowids)
+    vault/part-00001.vault            sealed, one segment per source batch in source order: z_detail,
+                                      codec detail, identifier values, z_public, passthrough columns
 
-One part per source file, one Parquet row group and one vault segment per record batch, so both
-are written and read as streams and memory stays at a batch or two whatever the file's size.
-Parts are written to temporary names and renamed; the manifest is rewritten (atomically) only
-after both files of a part are in place, so a run killed at any point leaves no part that the
-manifest lists half-written, and the next run removes strays and finishes the job. A source whose
-content (SHA-256) was already encoded with the same model version is skipped.
+One part per source file. The vault is written as a stream, one segment per record batch, and
+restores alone, in source order; the latent part goes through a bounded-memory shuffle. Parts are
+written to temporary names and renamed; the manifest is rewritten (atomically) only after both
+files of a part are in place, so a run killed at any point leaves no part that the manifest lists
+half-written, and the next run removes strays and finishes the job. A source whose bytes were
+already encoded with the same model version (same keyed digest) is skipped.
 
-``row_id`` is ``part << 32 | row``: unique in the dataset, stable, and what a decode request names.
+``row_id`` is a keyed pseudorandom 63-bit id of ``(part, row)``: unique in the dataset, stable, what
+a decode request names, and mapped back to its row only with the keyring. Datasets of format 1
+(``row_id = part << 32 | row``, latent rows in source order, plain digests) keep that format.
 """
 
 from __future__ import annotations
