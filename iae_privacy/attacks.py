@@ -121,6 +121,25 @@ def linkage(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Generato
     return float((nearest[:, 0] == np.arange(len(held))).mean()), 1.0 / len(held)
 
 
+def twin_lookup(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """The fingerprint attack: (share of held-out rows whose record is recovered exactly by looking
+    their latent row up among ``m`` leaked (latent, record) pairs, share equal to the most common
+    leaked record (the baseline), share of all rows whose latent row is not unique).
+
+    An exactly invertible map gives identical records identical latent rows, and at a large k
+    distinct records distinct ones: then one leaked pair is a lookup entry for every record equal
+    to it, with no model to fit."""
+    order = rng.permutation(len(latent))
+    leaked, held = order[:m], order[m:]
+    table = {row.tobytes(): record for row, record in zip(np.ascontiguousarray(latent[leaked]), raw[leaked])}
+    hits = np.array([(found := table.get(row.tobytes())) is not None and np.array_equal(found, record)
+                     for row, record in zip(np.ascontiguousarray(latent[held]), raw[held])], dtype=bool)
+    records, counts = np.unique(raw[leaked], axis=0, return_counts=True)
+    common = records[np.argmax(counts)]
+    _, inverse, sizes = np.unique(latent, axis=0, return_inverse=True, return_counts=True)
+    return float(hits.mean()), float((raw[held] == common).all(axis=1).mean()), float((sizes[inverse.reshape(-1)] > 1).mean())
+
+
 def quasi_identifier_recovery(inversion: InversionResult, raw: np.ndarray, columns: list[int]) -> tuple[float, float]:
     """(share of held-out rows whose whole quasi-identifier combination (features ``columns``) the
     inversion recovers, share the most common leaked combination matches)."""

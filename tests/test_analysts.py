@@ -55,6 +55,19 @@ def test_attacks_on_noise_do_no_better_than_their_baselines():
     assert attribute < majority + 0.05
 
 
+def test_the_twin_lookup_recovers_records_whose_latent_row_is_an_exact_fingerprint():
+    rng = np.random.default_rng(2)
+    # few distinct records, many repeats: an exact map gives equal records equal latent rows
+    distinct = rng.integers(0, 50, size=(40, 3))
+    raw = distinct[rng.integers(0, 40, 4_000)]
+    fingerprint = raw @ np.array([[1], [100], [10_000]])  # one exact integer per record: k = 1
+    recovered, baseline, shared = attacks.twin_lookup(fingerprint, raw, 1_000, rng)
+    assert recovered > 0.99 and baseline < 0.1 and shared > 0.99
+    # the same records behind a latent that is not a function of them: nothing to look up
+    recovered, baseline, shared = attacks.twin_lookup(rng.normal(size=(4_000, 1)), raw, 1_000, rng)
+    assert recovered == 0.0 and shared == 0.0
+
+
 def test_evaluation_sweeps_k_and_reports_utility_and_attacks(data_dir, tmp_path):
     config = EvaluationConfig(target="wage", rows=6_000, ks=(1, 6), epochs=2, seconds=10,
                               leaked=(10, 100, 1_000), quasi_identifiers=("education", "experience"),
