@@ -975,6 +975,8 @@ def main() -> None:
 
     # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # its temporary server gets 20 s to start by default, which a busy 2-core machine can miss
+    os.environ.setdefault(PREFECT_STARTUP, str(PREFECT_STARTUP_SECONDS))
     from iae_privacy.errors import DEBUG, withheld
 
     # the passphrase stays in this process: no server, worker or tool we start inherits it
@@ -988,7 +990,16 @@ def main() -> None:
     except Exception as exc:  # a bug, or a library's error: its message may quote a cell
         if os.environ.get(DEBUG) == "1":
             raise
+        if "ephemeral Prefect API server" in str(exc):
+            _fail(IaeError(f"Prefect's temporary server did not start within {os.environ[PREFECT_STARTUP]} s "
+                           "(a busy machine?): start a long-lived one ('prefect server start') and set "
+                           f"PREFECT_API_URL, or give it longer with {PREFECT_STARTUP}"))
         _fail(withheld(exc, "the command"))
+
+
+PREFECT_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+PREFECT_STARTUP_SECONDS = 180
+"""How long a command waits for Prefect's temporary server, unless the user set it."""
 
 
 def _fail(exc: IaeError) -> None:

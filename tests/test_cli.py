@@ -361,3 +361,21 @@ def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_pa
     stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
     assert b"withheld" in stored  # the failures are there, named by type ...
     assert canary.encode() not in stored  # ... and no value with them
+
+
+def test_a_prefect_server_that_does_not_start_in_time_is_one_line_saying_what_to_do(tmp_path, data_dir):
+    """A real start-up failure: no time at all to start Prefect's temporary server."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "IAE_HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0"}
+    env.pop("PREFECT_API_URL", None)
+    cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()"]
+    assert subprocess.run(cli + ["keys", "init"], env=env, capture_output=True, timeout=120).returncode == 0
+    result = subprocess.run(cli + ["train", str(data_dir / "health_insurance.parquet"), "--model", "m", "--epochs", "1"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "prefect server start" in result.stderr
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in result.stderr
