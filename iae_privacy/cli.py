@@ -629,11 +629,21 @@ def policy_set_role_command(
 
 @audit_app.command("verify")
 def audit_verify_command() -> None:
-    """Check every entry's MAC, the hash chain, and the log's end against the checkpoint kept
-    under keys/. Says which line is wrong; exits with status 1 if anything is."""
-    report = _access().audit.verify()
+    """Check every entry's MAC, the hash chain, the log's end against the checkpoint kept under
+    keys/, and that keys/policy.json is the policy the log last recorded (not an older copy put
+    back). Says which line is wrong; exits with status 1 if anything is."""
+    from iae_privacy.access import AccessRefused
+
+    access = _access()
+    report = access.audit.verify()
     if report.ok:
-        console.print(f"audit log intact: {report.entries} entries, chain and checkpoint verified")
+        try:
+            access.policy()  # and the policy in force is the one the log last recorded
+        except AccessRefused as exc:
+            report.problems.append(str(exc))
+    if report.ok:
+        console.print(f"audit log intact: {report.entries} entries, chain and checkpoint verified; the policy "
+                      "is the one it last recorded")
         return
     for problem in report.problems:
         err_console.print(f"[bold red]audit:[/] {problem}", highlight=False)

@@ -379,3 +379,16 @@ def test_a_prefect_server_that_does_not_start_in_time_is_one_line_saying_what_to
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "prefect server start" in result.stderr
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in result.stderr
+
+
+def test_audit_verify_finds_an_older_policy_put_back(monkeypatch, capsys, tmp_path):
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    assert run("policy", "set-role", "temp", home=tmp_path).exit_code == 0
+    assert run("keys", "add-principal", "leaver", "--role", "temp", home=tmp_path).exit_code == 0
+    policy = tmp_path / "keys" / "policy.json"
+    old = policy.read_bytes()
+    assert run("keys", "remove-principal", "leaver", home=tmp_path).exit_code == 0
+    assert "the policy is the one it last recorded" in " ".join(run("audit", "verify", home=tmp_path).output.split())
+    policy.write_bytes(old)
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "verify")
+    assert code == 1 and "an older copy was put back" in text
