@@ -63,8 +63,8 @@ MAX_TTL = 366 * 86400
 """No role may allow more than this (a year and a day): beyond it a lifetime is a mistake."""
 
 
-_HELD: dict[int, int] = {}
-"""Grants made in this process whose restore has not ended: audit entry -> locked marker's fd."""
+_HELD: dict[Path, int] = {}
+"""Grants made in this process whose restore has not ended: marker path -> its locked fd."""
 
 
 class AccessRefused(IaeError):
@@ -614,8 +614,8 @@ class AccessControl:
     def _hold(self, seq: int, out: Path | None = None) -> int | None:
         """Hold the marker of grant ``seq`` locked (made locked if new), recording ``out`` in it;
         its file descriptor (None if the grant was made before markers existed)."""
-        fd = _HELD.get(seq)
         path = self._running / f"{seq}.json"
+        fd = _HELD.get(path)
         if fd is None:
             if out is not None and not path.exists():
                 return None
@@ -623,7 +623,7 @@ class AccessControl:
             fd_tmp, name = tempfile.mkstemp(dir=self._running, prefix=f".{seq}.", suffix=".tmp")
             fcntl.flock(fd_tmp, fcntl.LOCK_EX)  # locked before it has its name: never seen unlocked
             os.replace(name, path)
-            fd = _HELD[seq] = fd_tmp
+            fd = _HELD[path] = fd_tmp
         if out is not None:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _canonical({"out": str(Path(out).absolute())}), 0)
@@ -633,8 +633,9 @@ class AccessControl:
     def _release(self, seq: int, fd: int | None) -> None:
         if fd is None:
             return
-        (self._running / f"{seq}.json").unlink(missing_ok=True)
-        os.close(_HELD.pop(seq, fd))
+        path = self._running / f"{seq}.json"
+        path.unlink(missing_ok=True)
+        os.close(_HELD.pop(path, fd))
 
     def recover_interrupted(self) -> list[int]:
         """Record the outcome of grants whose restore died (kill -9, a crash, a lost machine) and
