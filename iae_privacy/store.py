@@ -279,15 +279,10 @@ class EncodedDataset:
         doc = {"body": json.loads(body), "signature": signature}
         write_private(self.manifest_path, json.dumps(doc, indent=1, ensure_ascii=False).encode())
 
-    def format_version(self) -> int:
-        """The format of this dataset (as its manifest says; checked when it is read), or
-        :data:`CURRENT_FORMAT` for a dataset not made yet."""
-        if not self.manifest_path.exists():
-            return CURRENT_FORMAT
-        version = self._manifest_document()[0].get("version")
-        if version not in _RECORD_NAMES:
-            raise StoreError(f"{self.manifest_path} is of format {version!r}, which this release does not know")
-        return version
+    def format_version(self, keyring: Keyring) -> int:
+        """The format of this dataset (its signed manifest's), or :data:`CURRENT_FORMAT` for a
+        dataset not made yet."""
+        return self.read_manifest(keyring).version if self.manifest_path.exists() else CURRENT_FORMAT
 
     def manifest_or_new(self, keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
         if not self.manifest_path.exists():
@@ -343,7 +338,7 @@ class EncodedDataset:
         dataset's format (:data:`CURRENT_FORMAT` for a new one).
 
         ``on_rows`` gets the running row count after each batch (for progress)."""
-        scheme = Scheme(keyring, self.format_version())
+        scheme = Scheme(keyring, self.format_version(keyring))
         latent_path, vault_path = self.part_paths(part)
         latent_path.parent.mkdir(parents=True, exist_ok=True)
         source_digest = source_digest or scheme.file_digest(source)
