@@ -14,13 +14,15 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.sealed import SealedFileError, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+
+if TYPE_CHECKING:  # torch loads only where weights are sealed or opened: listings and keys need none
+    import torch
 
 __all__ = ["BundleError", "BundleHeader", "SealedModel", "seal_bundle", "open_bundle", "read_header",
            "rewrap_bundle", "MAGIC"]
@@ -61,6 +63,8 @@ def _header(doc: dict, key_version: int, path: Path) -> BundleHeader:
 
 def seal_bundle(path: Path, model: str, version: int, created: str, sealed: SealedModel, keyring: Keyring) -> None:
     """Seal ``sealed`` into ``path`` (written atomically, owner-only)."""
+    from safetensors.torch import save as save_safetensors
+
     payload = save_safetensors({k: v.contiguous() for k, v in sealed.tensors.items()}, metadata=sealed.metadata)
     doc = {"kind": "model", "model": model, "model_version": version, "created": created}
     write_sealed(path, MAGIC, doc, Purpose.WEIGHTS, _key_aad(doc), [payload], keyring)
@@ -84,6 +88,8 @@ def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = N
     payload = b"".join(segments)
     header = _header(doc, key_version, path)
     try:
+        from safetensors.torch import load as load_safetensors
+
         tensors = load_safetensors(payload)
         metadata = _safetensors_metadata(payload)
     except (SafetensorError, ValueError, struct.error) as exc:

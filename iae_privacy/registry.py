@@ -12,15 +12,16 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iae_privacy.bundle import BundleHeader, SealedModel, open_bundle, read_header, rewrap_bundle, seal_bundle
 from iae_privacy.codec import TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.keyring import Keyring, Purpose
-from iae_privacy.network import ExactINN
-from iae_privacy.network.train import TrainReport
-from iae_privacy.pipeline import Model
+
+if TYPE_CHECKING:  # torch loads only where a model is saved or loaded, not for listings or keys
+    from iae_privacy.network.train import TrainReport
+    from iae_privacy.pipeline import Model
 
 __all__ = ["ModelRegistry", "LoadedModel", "transform_key"]
 
@@ -103,6 +104,9 @@ class ModelRegistry:
         if meta.get("format") != "iae-privacy/model/1":
             raise IaeError(f"model {name} v{version} has an unknown format {meta.get('format')!r}")
         codec = TableCodec.from_json(meta["codec_profile"])
+        from iae_privacy.network import ExactINN
+        from iae_privacy.pipeline import Model
+
         network = ExactINN.from_quantized_state(sealed.tensors, json.loads(meta["network"]),
                                                 transform_key(keyring, name, version))
         return LoadedModel(Model(codec, network), header, json.loads(meta["training"]))

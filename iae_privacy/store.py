@@ -29,7 +29,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -44,10 +44,12 @@ from iae_privacy.exactness import ContentDigest
 from iae_privacy.files import atomic_file, write_private
 from iae_privacy.keyring import Keyring, Purpose
 from iae_privacy.overlap import Behind
-from iae_privacy.pipeline import LatentBatch, Model
 from iae_privacy.sealed import SealedFileError, content_sha256, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
 from iae_privacy.rowids import PART_SHIFT, RowIds, ShuffledWriter
 from iae_privacy.tokens import Tokenizer, token_domain
+
+if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
+    from iae_privacy.pipeline import LatentBatch, Model
 
 __all__ = ["EncodedDataset", "PartRecord", "Manifest", "StoreError", "ROW_ID", "file_sha256"]
 
@@ -564,6 +566,8 @@ class EncodedDataset:
         passthrough = pa.RecordBatch.from_arrays(passthrough_columns, schema=pa.schema(passthrough_fields)) \
             if passthrough_n else vault.select([])
         encoded = EncodedBatch(np.empty((vault.num_rows, 0), dtype=np.int64), passthrough, identifiers, detail)
+        from iae_privacy.pipeline import LatentBatch
+
         return LatentBatch(np.ascontiguousarray(z_public), np.ascontiguousarray(z_detail), encoded)
 
     def token_row_ids(self, manifest: Manifest, column: str, token: str) -> np.ndarray:

@@ -392,3 +392,19 @@ def test_audit_verify_finds_an_older_policy_put_back(monkeypatch, capsys, tmp_pa
     policy.write_bytes(old)
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "verify")
     assert code == 1 and "an older copy was put back" in text
+
+
+def test_keys_policy_audit_and_request_commands_import_neither_torch_nor_prefect(tmp_path):
+    """Their wait is the user's: torch alone costs about 1.5 s to import here (issue 16)."""
+    import subprocess
+    import sys
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    code = ("import sys\nfrom iae_privacy.cli import main\n"
+            f"for argv in (['keys', 'status'], ['policy', 'show'], ['audit', 'show'], ['audit', 'verify'], ['models'], "
+            f"['request', {str(tmp_path / 'none')!r}, '--as', 'admin', '--out', {str(tmp_path / 'r.json')!r}]):\n"
+            f"    sys.argv = ['iae-privacy', '--home', {str(tmp_path)!r}, *argv]\n"
+            "    try:\n        main()\n    except SystemExit:\n        pass\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'torch', 'prefect'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
