@@ -51,13 +51,27 @@ app.add_typer(audit_app, name="audit")
 _state: dict[str, Path | None] = {"home": None}
 
 
+server_app = typer.Typer(help="A long-lived Prefect server for this workspace, so that commands do not each "
+                          "start a temporary one (13-18 s, and it can time out on a busy machine).",
+                          no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
 @app.callback()
 def _main_options(
     home: Annotated[Optional[Path], typer.Option(
         "--home", envvar="IAE_HOME",
         help="Workspace folder holding keys/ and models/ (default: the current folder).")] = None,
 ) -> None:
+    import os
+
     _state["home"] = home
+    if not os.environ.get("PREFECT_API_URL"):  # the workspace's own server, if one runs (before Prefect loads)
+        from iae_privacy.server import WorkspaceServer
+
+        running = WorkspaceServer(_workspace().home).state()
+        if running is not None:
+            os.environ["PREFECT_API_URL"] = running.url
 
 
 def _workspace():
@@ -956,8 +970,8 @@ def serve_command(
     from flows.serve import build_deployments
 
     if not os.environ.get("PREFECT_API_URL"):
-        raise IaeError("schedules need a Prefect server: run 'prefect server start' in another terminal, "
-                       "then set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+        raise IaeError("schedules need a Prefect server: run 'iae-privacy server start' (or 'prefect server "
+                       "start' and set PREFECT_API_URL)")
     if retrain_cron and retrain_data is None:
         raise IaeError("--retrain-cron needs --retrain-data")
     workspace = _workspace()
@@ -966,6 +980,45 @@ def serve_command(
     deployments = build_deployments(str(landing), model, str(out), str(workspace.home), cron, retrain_cron,
                                     str(retrain_data) if retrain_data else None)
     serve(*deployments)
+
+
+@server_app.command("start")
+def server_start_command() -> None:
+    """Start this workspace's Prefect server in the background (loopback; its database under
+    HOME/server/prefect). Later commands in the workspace use it without any setting; the UI shows
+    every flow run. Stop it with 'iae-privacy server stop'."""
+    from iae_privacy.server import START_SECONDS, WorkspaceServer
+
+    server = WorkspaceServer(_workspace().home)
+    if server.running() is None:
+        console.print(f"starting the Prefect server (up to {START_SECONDS} s on a busy machine) ...")
+    state = server.start()
+    console.print(f"Prefect server running for {_workspace().home}: API {state.url}, UI {state.ui} "
+                  f"(process {state.pid}, log {server.log})", highlight=False)
+
+
+@server_app.command("stop")
+def server_stop_command() -> None:
+    """Stop this workspace's Prefect server (flow runs already recorded stay in its database)."""
+    from iae_privacy.server import WorkspaceServer
+
+    stopped = WorkspaceServer(_workspace().home).stop()
+    console.print("Prefect server stopped" if stopped else "no Prefect server was running for this workspace")
+
+
+@server_app.command("status")
+def server_status_command() -> None:
+    """Show whether this workspace's Prefect server runs, its API address and its UI."""
+    from iae_privacy.server import WorkspaceServer
+
+    server = WorkspaceServer(_workspace().home)
+    state = server.running()
+    if state is None:
+        console.print("no Prefect server is running for this workspace: 'iae-privacy server start' starts one "
+                      "(without it, each command starts a temporary one)")
+        raise typer.Exit(1)
+    console.print(f"running since {state.started}: API {state.url}, UI {state.ui} (process {state.pid})",
+                  highlight=False)
 
 
 @app.command("models")
@@ -1002,8 +1055,8 @@ def main() -> None:
             raise
         if "ephemeral Prefect API server" in str(exc):
             _fail(IaeError(f"Prefect's temporary server did not start within {os.environ[PREFECT_STARTUP]} s "
-                           "(a busy machine?): start a long-lived one ('prefect server start') and set "
-                           f"PREFECT_API_URL, or give it longer with {PREFECT_STARTUP}"))
+                           "(a busy machine?): start the workspace's own with 'iae-privacy server start' (or "
+                           f"'prefect server start' and set PREFECT_API_URL), or give it longer with {PREFECT_STARTUP}"))
         _fail(withheld(exc, "the command"))
 
 
