@@ -35,6 +35,9 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
         TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch)
     # beyond the network's validation rows: codec and network together on the file's first rows
     check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
+    if report.worse_than_pca:
+        logger.warning("z_public reconstructs the features worse than PCA with the same k on the validation "
+                       "rows (mean R2 %.2f vs %.2f)", report.mean_r2, report.pca_r2)
     if not check.exact:
         raise IaeError(f"{model}:v{version} does not restore {data} exactly ({check.difference}); not sealed")
     path = registry.save(trained, model, version, keyring, report)
@@ -45,6 +48,8 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
             "device": report.device,
             "epochs": len(report.history), "best_epoch": report.best_epoch,
             "public_dims": trained.network.config.public_dims,
+            "mean_r2": report.mean_r2, "pca_r2": report.pca_r2, "worse_than_pca": report.worse_than_pca,
+            "threads": report.threads,
             "features": [{"name": f.name, "levels": f.levels, "exact_match": f.exact_match, "r2": f.r2}
                          for f in report.features],
             "loss": [(e.train_loss, e.validation_loss) for e in report.history]}
@@ -63,6 +68,9 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
         markdown=(f"# {result['model']}:v{result['version']}\n\n"
                   f"device {result['device']}, {result['epochs']} epochs (best {result['best_epoch']}), "
                   f"{result['public_dims']} public latent columns; loss curve: {result['loss_curve']}\n\n"
+                  f"Mean R2 from z_public {result['mean_r2']:.3f}; PCA with the same k on the same rows "
+                  + ("n/a" if result["pca_r2"] is None else f"{result['pca_r2']:.3f}")
+                  + (" (**worse than PCA**)" if result["worse_than_pca"] else "") + "\n\n"
                   "| feature | levels | exact from z_public | R2 from z_public |\n| --- | --- | --- | --- |\n"
                   + rows),
         description="What z_public alone reconstructs, per feature (validation rows)")

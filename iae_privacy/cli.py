@@ -287,7 +287,7 @@ def demo_command(
     home = str(workspace.home)
     datasets["patients"] = write_synthetic_patients(workspace.home / "landing" / "patients.parquet", patients, seed=0)
     summary = Table(title="train → seal → encode → decode: every bit back?")
-    for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "model", "exact"):
+    for heading in ("dataset", "rows", "feat", "public", "epochs", "R2", "PCA R2", "model", "exact"):
         summary.add_column(heading, justify="left" if heading in ("dataset", "model") else "right")
     failures, encoded_by_name = [], {}
     for name, path in datasets.items():
@@ -309,13 +309,15 @@ def demo_command(
         difference = first_difference(pq.read_table(path), pq.read_table(restored))
         r2 = sum(max(f["r2"], 0.0) for f in trained["features"]) / max(len(trained["features"]), 1)
         summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained["features"])),
-                        str(trained["public_dims"]), str(trained["epochs"]), f"{r2:.2f}", spec,
+                        str(trained["public_dims"]), str(trained["epochs"]), f"{r2:.2f}",
+                        "-" if trained["pca_r2"] is None else f"{trained['pca_r2']:.2f}", spec,
                         "yes" if difference is None else "NO")
         if difference is not None:
             failures.append(f"{name}: {difference}")
     console.print(summary)
     console.print("feat: network features; public: z_public columns; R2: mean over features of how well "
-                  "z_public alone (z_detail at its prior mean) reconstructs each feature's code, clipped at 0.",
+                  "z_public alone (z_detail at its prior mean) reconstructs each feature's code, clipped at 0; "
+                  "PCA R2: the same for a PCA with as many components (unclipped), the bar to clear.",
                   highlight=False)
     latent = pq.read_table(encoded_by_name["patients"] / "latent" / "part-00001.parquet")
     peek = Table(title=f"what an analyst gets: patients latent table, {latent.num_columns} columns "
@@ -713,7 +715,8 @@ def train_command(
     device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
     public_dims: Annotated[Optional[int], typer.Option(
         help="Latent columns analysts get (z_public); default half the features.")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Training time limit.")] = None,
+    seconds: Annotated[float, typer.Option(
+        help="Training time limit in seconds, honoured within an epoch (the epochs adapt to it).")] = 600.0,
     config: ConfigOption = None,
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
@@ -740,8 +743,16 @@ def train_command(
     for f in result["features"]:
         table.add_row(f["name"], str(f["levels"]), f"{f['exact_match']:.1%}", f"{f['r2']:.2f}")
     console.print(table)
-    console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, best "
-                  f"epoch {result['best_epoch']} of {result['epochs']}); loss curve {result['loss_curve']}")
+    console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, "
+                  f"{result['threads']} thread(s), best epoch {result['best_epoch']} of {result['epochs']}); loss "
+                  f"curve {result['loss_curve']}")
+    if result["pca_r2"] is not None:
+        console.print(f"mean R2 from z_public {result['mean_r2']:.2f}; PCA with the same k on the same rows "
+                      f"{result['pca_r2']:.2f}", highlight=False)
+    if result["worse_than_pca"]:
+        console.print("[yellow]warning:[/] z_public gives the features back worse than PCA would at the same k: "
+                      "train longer (--seconds, --epochs) or choose another --public-dims before handing the "
+                      "latent table over (see docs/threat-model.md)", highlight=False)
 
 
 @app.command("encode")

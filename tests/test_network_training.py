@@ -77,3 +77,39 @@ def test_trained_on_gpu_restores_on_cpu(wages):
     x = torch.as_tensor(features)
     z_gpu = model.to("cuda").encode(x.to("cuda")).cpu()
     assert torch.equal(model.cpu().decode(z_gpu), x)
+
+
+def test_the_time_budget_holds_inside_an_epoch_and_the_report_sets_pca_as_the_bar():
+    import time
+
+    import numpy as np
+
+    from iae_privacy.network import NetworkConfig
+    from iae_privacy.network.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    levels = (50, 40, 30, 20)
+    x = np.stack([rng.integers(0, lv, 200_000) for lv in levels], axis=1)
+    started = time.perf_counter()
+    _, report = train(x, NetworkConfig(levels=levels, public_dims=2), b"k" * 32,
+                      TrainConfig(epochs=50, max_seconds=0.5, batch_size=256, threads=1))
+    assert time.perf_counter() - started < 30  # one epoch of 180,000 rows alone takes longer than the budget
+    assert len(report.history) == 1 and report.stopped_early and report.threads == 1
+    assert report.history[0].rows_per_second > 0
+    assert report.pca_r2 is not None and 0.0 < report.pca_r2 < 1.0  # independent features: PCA-2 keeps part
+    assert report.worse_than_pca == (report.mean_r2 < report.pca_r2)
+
+
+def test_training_threads_follow_the_setting_and_the_load(monkeypatch):
+    import os
+
+    from iae_privacy.network.train import NetworkError, training_threads
+
+    monkeypatch.setenv("IAE_TORCH_THREADS", "3")
+    assert training_threads() == 3
+    monkeypatch.setenv("IAE_TORCH_THREADS", "many")
+    with pytest.raises(NetworkError, match="IAE_TORCH_THREADS"):
+        training_threads()
+    monkeypatch.delenv("IAE_TORCH_THREADS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
+    assert training_threads() == 1

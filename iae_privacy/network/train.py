@@ -46,7 +46,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None
-    """Stop after the epoch that passes this many seconds (None: no limit)."""
+    """Stop once training has run this many seconds, within an epoch if need be (None: no limit)."""
+    threads: int | None = None
+    """PyTorch threads while training; None: chosen for the machine's load (:func:`training_threads`)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,60 @@ class TrainReport:
     """Mean of the exact latent ``z`` over the validation rows: with :attr:`latent_cov`, the
     Gaussian that synthetic records are sampled from (aggregates only, no row)."""
     latent_cov: list[list[float]] = field(default_factory=list)
+    pca_r2: float | None = None
+    """Mean R² of the features reconstructed from a PCA with as many components as z_public has
+    columns, fitted on the training rows (standardised codes), on the same validation rows: the
+    bar the latent table must clear to be worth its name."""
+    threads: int = 0
+
+    @property
+    def mean_r2(self) -> float:
+        return sum(f.r2 for f in self.features) / len(self.features) if self.features else 0.0
+
+    @property
+    def worse_than_pca(self) -> bool:
+        return self.pca_r2 is not None and self.mean_r2 < self.pca_r2
+
+
+ENV_THREADS = "IAE_TORCH_THREADS"
+
+
+def training_threads() -> int:
+    """PyTorch threads for training: ``IAE_TORCH_THREADS`` if set; else one when the machine is
+    busy (1-minute load average at least its cores less one), else PyTorch's own choice. On a
+    contended 2-core machine two threads trained at about 260 rows/s and one at about 5,000 (the
+    same model): threads that wait for each other's core lose more than they gain."""
+    import os
+
+    if os.environ.get(ENV_THREADS):
+        try:
+            return max(1, int(os.environ[ENV_THREADS]))
+        except ValueError:
+            raise NetworkError(f"{ENV_THREADS} must be a whole number of threads") from None
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= max(cores - 1, 1)
+    except OSError:
+        busy = False
+    return 1 if busy else torch.get_num_threads()
+
+
+def pca_r2(train_x: torch.Tensor, val_x: torch.Tensor, k: int) -> float | None:
+    """Mean R² over features of a k-component PCA's reconstruction of ``val_x`` (fitted on at most
+    50,000 training rows of standardised codes); None when there is too little to fit."""
+    from sklearn.decomposition import PCA
+
+    fit = train_x[: 50_000].to(torch.float64).numpy()
+    val = val_x.to(torch.float64).numpy()
+    if len(fit) <= k or len(val) < 2 or k < 1:
+        return None
+    mean, scale = fit.mean(0), fit.std(0) + 1e-12
+    pca = PCA(n_components=min(k, fit.shape[1])).fit((fit - mean) / scale)
+    rebuilt = pca.inverse_transform(pca.transform((val - mean) / scale)) * scale + mean
+    variance = val.var(0)
+    mse = ((rebuilt - val) ** 2).mean(0)
+    r2 = np.where(variance > 0, 1 - mse / np.where(variance > 0, variance, 1), np.where(mse == 0, 1.0, 0.0))
+    return float(r2.mean())
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,6 +149,16 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda"):
         raise NetworkError(f"device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @contextmanager
@@ -172,24 +238,30 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
 
     best = (math.inf, None)
     started = time.perf_counter()
-    with _training_precision(device):
+    threads = config.threads or training_threads()
+    report.threads = threads
+    with _training_precision(device), _threads(threads):
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
             model.train()
             permutation = torch.randperm(len(train_f), generator=generator).to(device)
-            total = 0.0
+            total, seen, out_of_time = 0.0, 0, False
             for batch in permutation.split(config.batch_size):
                 loss = _loss(model, train_f[batch], x_scale, z_scale, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
+                seen += len(batch)
+                if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+                    out_of_time = True  # the budget holds inside an epoch too: a huge table's first
+                    break               # epoch no longer runs for minutes past it
             schedule.step()
             model.eval()
             with torch.no_grad():
                 validation = float(_loss(model, val_f, x_scale, z_scale, config))
             seconds = time.perf_counter() - t0
-            stats = EpochStats(epoch, total / len(train_f), validation, len(train_f) / seconds, seconds)
+            stats = EpochStats(epoch, total / max(seen, 1), validation, seen / seconds, seconds)
             report.history.append(stats)
             if on_epoch is not None:
                 on_epoch(stats)
@@ -199,7 +271,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
             elif epoch - report.best_epoch >= config.patience:
                 report.stopped_early = True
                 break
-            if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
+            if out_of_time or (config.max_seconds is not None and time.perf_counter() - started > config.max_seconds):
                 report.stopped_early = True
                 break
     if best[1] is not None:
@@ -212,6 +284,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
             raise AssertionError("frozen network did not restore its validation rows exactly")  # a bug
         report.exact_rows_checked = len(val_x)
         report.features = feature_quality(model, val_x, names)
+        report.pca_r2 = pca_r2(train_x, val_x, network.public_dims)
         z = model.encode(val_x).to(torch.float64)
         report.latent_mean = z.mean(0).tolist()
         report.latent_cov = (torch.cov(z.T).reshape(z.shape[1], z.shape[1]) if len(z) > 1
