@@ -14,6 +14,10 @@ picked on the leaked rows by cross-validation), which flatters the attack, not t
   codes is recovered exactly, against guessing the most common combination.
 * :func:`attribute_inference`: a classifier from latent rows to a sensitive feature, trained on the
   leaked rows; accuracy against the majority class.
+* :func:`ranking_attack`: no leaked row at all: one latent column sorted against the sensitive
+  feature's known marginal; accuracy against the majority class.
+* :func:`twin_lookup`: records recovered by looking their exact latent row up among the leaked
+  pairs (the latent of an exact map is a fingerprint of equal records).
 
 References:
     Carlini et al., "NeuraCrypt is not private" (2021), arXiv:2108.07256.
@@ -29,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["InversionResult", "known_plaintext_inversion", "linkage", "quasi_identifier_recovery",
-           "attribute_inference", "fit_inverter"]
+           "attribute_inference", "fit_inverter", "ranking_attack", "twin_lookup"]
 
 
 def _learners(m: int):
@@ -138,6 +142,34 @@ def twin_lookup(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Gene
     common = records[np.argmax(counts)]
     _, inverse, sizes = np.unique(latent, axis=0, return_inverse=True, return_counts=True)
     return float(hits.mean()), float((raw[held] == common).all(axis=1).mean()), float((sizes[inverse.reshape(-1)] > 1).mean())
+
+
+def ranking_attack(latent: np.ndarray, sensitive: np.ndarray, max_permuted: int = 5) -> tuple[float, float, int]:
+    """The zero-leak attack: (accuracy, majority baseline, the z_public column used) of recovering
+    a categorical code from one latent column and the code's known marginal, with no leaked row.
+
+    Sort the rows by one latent column and cut them into runs sized by the marginal's class
+    shares, one class per run. Which class goes with which run is tried in every order for up to
+    ``max_permuted`` classes (in code order and reversed beyond), and the best column and order
+    is reported: the figure of an attacker who can tell the right assignment (one known row or a
+    plausible direction is enough), so an upper bound for the zero-leak attacker."""
+    from itertools import permutations
+
+    classes, counts = np.unique(sensitive, return_counts=True)
+    baseline = float(counts.max() / len(sensitive))
+    if len(classes) < 2 or latent.shape[1] == 0:
+        return baseline, baseline, -1
+    orders = list(permutations(range(len(classes)))) if len(classes) <= max_permuted else \
+        [tuple(range(len(classes))), tuple(reversed(range(len(classes))))]
+    best, column = baseline, -1
+    for j in range(latent.shape[1]):
+        ranked = sensitive[np.argsort(latent[:, j], kind="stable")]
+        for order in orders:
+            guess = np.repeat(classes[list(order)], counts[list(order)])
+            accuracy = float((guess == ranked).mean())
+            if accuracy > best:
+                best, column = accuracy, j
+    return best, baseline, column
 
 
 def quasi_identifier_recovery(inversion: InversionResult, raw: np.ndarray, columns: list[int]) -> tuple[float, float]:

@@ -180,3 +180,13 @@ def test_synthetic_rows_equal_to_real_ones_are_found(data_dir):
     assert {1_000, 1_001, 1_002} <= set(hits.tolist())
     columns = feature_columns(model)
     assert columns == [c for c in real.column_names if c != "rownames"] and synthetic.column("rownames").null_count == 2_000
+
+
+def test_the_ranking_attack_reads_a_class_off_one_sorted_latent_column_with_no_leaked_row():
+    rng = np.random.default_rng(3)
+    gender = rng.integers(0, 2, 5_000)
+    leaky = np.stack([rng.normal(size=5_000), gender * 3.0 + rng.normal(scale=0.3, size=5_000)], axis=1)
+    accuracy, baseline, column = attacks.ranking_attack(leaky, gender)
+    assert accuracy > 0.95 and column == 1 and 0.45 < baseline < 0.55
+    accuracy, baseline, _ = attacks.ranking_attack(rng.normal(size=(5_000, 3)), gender)
+    assert accuracy < baseline + 0.03  # noise: no better than the majority class
