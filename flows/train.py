@@ -25,6 +25,14 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
     registry = workspace.models
     version = registry.next_version(registry.check_name(model))
 
+    started: list[bool] = []
+
+    def on_rows(done: int, planned: int) -> None:
+        if not started:  # the first batch: the run has started, whatever an epoch will take
+            started.append(True)
+            logger.info("training started: %d rows per epoch, at most %d epochs", planned // max(epochs, 1), epochs)
+        progress.report(f"training {model}: rows", done, planned)
+
     def on_epoch(s) -> None:
         logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s", s.epoch, s.train_loss,
                     s.validation_loss, s.rows_per_second)
@@ -32,7 +40,8 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
 
     trained, report = fit_model(
         data, transform_key(keyring, model, version), CodecConfig.load(config) if config else None,
-        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch)
+        TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch,
+        on_rows=on_rows)
     # beyond the network's validation rows: codec and network together on the file's first rows
     check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
     if report.worse_than_pca:

@@ -113,3 +113,17 @@ def test_training_threads_follow_the_setting_and_the_load(monkeypatch):
     monkeypatch.delenv("IAE_TORCH_THREADS")
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
     assert training_threads() == 1
+
+
+def test_progress_is_reported_from_the_first_batch():
+    from iae_privacy.network import NetworkConfig
+    from iae_privacy.network.train import TrainConfig, train
+
+    rng = np.random.default_rng(1)
+    x = np.stack([rng.integers(0, 20, 3_000), rng.integers(0, 30, 3_000)], axis=1)
+    reports, epochs = [], []
+    train(x, NetworkConfig(levels=(20, 30), public_dims=1), b"k" * 32, TrainConfig(epochs=2, batch_size=256),
+          on_epoch=epochs.append, on_rows=lambda done, planned: reports.append((done, planned, len(epochs))))
+    assert reports[0][0] == 256 and reports[0][2] == 0  # after the first batch, before any epoch ended
+    assert all(planned == 2 * 2_700 for _, planned, _ in reports)
+    assert [done for done, _, _ in reports] == sorted(done for done, _, _ in reports)

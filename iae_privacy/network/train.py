@@ -207,8 +207,13 @@ def feature_quality(model: ExactINN, x: torch.Tensor, names: list[str]) -> list[
 
 def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: TrainConfig = TrainConfig(),
           feature_names: list[str] | None = None,
-          on_epoch: Callable[[EpochStats], None] | None = None) -> tuple[ExactINN, TrainReport]:
+          on_epoch: Callable[[EpochStats], None] | None = None,
+          on_rows: Callable[[int, int], None] | None = None) -> tuple[ExactINN, TrainReport]:
     """Train on integer feature codes (``int64``, ``(rows, features)``); return the frozen model.
+
+    ``on_epoch`` gets each epoch's figures; ``on_rows(done, planned)`` the rows trained on so far
+    (all epochs) after the first batch and then about every second: progress from the start, even
+    when one epoch of a large table takes minutes.
 
     The model is frozen, moved to the CPU, and checked: every validation row restores exactly.
     """
@@ -238,6 +243,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
 
     best = (math.inf, None)
     started = time.perf_counter()
+    last_report = 0.0
     threads = config.threads or training_threads()
     report.threads = threads
     with _training_precision(device), _threads(threads):
@@ -246,6 +252,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
             model.train()
             permutation = torch.randperm(len(train_f), generator=generator).to(device)
             total, seen, out_of_time = 0.0, 0, False
+            planned = config.epochs * len(train_f)
             for batch in permutation.split(config.batch_size):
                 loss = _loss(model, train_f[batch], x_scale, z_scale, config)
                 optimizer.zero_grad(set_to_none=True)
@@ -253,6 +260,9 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
                 seen += len(batch)
+                if on_rows is not None and (time.perf_counter() - last_report >= 1.0 or seen == len(batch)):
+                    on_rows((epoch - 1) * len(train_f) + seen, planned)
+                    last_report = time.perf_counter()
                 if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
                     out_of_time = True  # the budget holds inside an epoch too: a huge table's first
                     break               # epoch no longer runs for minutes past it
