@@ -71,20 +71,20 @@ def feature_columns(model: Model) -> list[str]:
 
 
 def matching_rows(synthetic: pa.Table, real: Iterable[pa.RecordBatch], columns: list[str]) -> np.ndarray:
-    """Which synthetic rows have feature values equal to some real row's (DuckDB set semantics:
-    nulls equal nulls)."""
+    """Which synthetic rows have feature values equal to some real row's, a null equal to a null
+    (one null-safe semi join, ``IS NOT DISTINCT FROM``, whatever the number of columns: a plain
+    ``IN`` treats NULL = NULL as true for row values and as unknown for single values, so the
+    promise "no synthetic record equals a real one" depended on how many columns there were)."""
     import duckdb
 
     con = duckdb.connect()
     synth = synthetic.select(columns).append_column("__row", pa.array(np.arange(synthetic.num_rows)))
     con.register("synth", synth)
     con.execute("CREATE TABLE hit(__row BIGINT)")
-    quoted = ", ".join(f'"{c}"' for c in columns)
+    equal = " AND ".join(f's."{c}" IS NOT DISTINCT FROM r."{c}"' for c in (c.replace('"', '""') for c in columns))
     for batch in real:
         con.register("real", pa.Table.from_batches([batch]).select(columns))
-        con.execute(f"INSERT INTO hit SELECT __row FROM synth WHERE ({quoted}) IN "
-                    f"(SELECT ({quoted}) FROM real)" if len(columns) > 1 else
-                    f"INSERT INTO hit SELECT __row FROM synth WHERE {quoted} IN (SELECT {quoted} FROM real)")
+        con.execute(f"INSERT INTO hit SELECT s.__row FROM synth s WHERE EXISTS (SELECT 1 FROM real r WHERE {equal})")
         con.unregister("real")
     rows = np.unique(np.asarray(con.sql("SELECT __row FROM hit").fetchnumpy()["__row"], dtype=np.int64))
     con.close()

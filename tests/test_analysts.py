@@ -190,3 +190,16 @@ def test_the_ranking_attack_reads_a_class_off_one_sorted_latent_column_with_no_l
     assert accuracy > 0.95 and column == 1 and 0.45 < baseline < 0.55
     accuracy, baseline, _ = attacks.ranking_attack(rng.normal(size=(5_000, 3)), gender)
     assert accuracy < baseline + 0.03  # noise: no better than the majority class
+
+
+@pytest.mark.parametrize("columns", [["a"], ["a", "b"]], ids=["one column", "two columns"])
+def test_a_synthetic_row_equal_to_a_real_one_is_found_with_nulls_both_ways(columns):
+    import pyarrow as pa
+
+    from iae_privacy.synthesize import matching_rows
+
+    real = pa.table({"a": pa.array([None, 1, 2], pa.int64()), "b": pa.array([7, None, 9], pa.int64())})
+    synthetic = pa.table({"a": pa.array([None, 1, None, 5], pa.int64()), "b": pa.array([7, None, 8, 9], pa.int64())})
+    hits = matching_rows(synthetic, real.to_batches(), columns).tolist()
+    # null equals null (row 0 and, in 'a' alone, row 2); a value never equals a null
+    assert hits == ([0, 1, 2] if columns == ["a"] else [0, 1])
