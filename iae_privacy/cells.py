@@ -1,4 +1,4 @@
-"""Arrow values as byte strings and back, exactly: what tokens are computed over and vault cells hold.
+"""Arrow values as byte strings and back, exactly: what tokens and content digests are computed over.
 
 Strings and binaries are their bytes; fixed-width values (integers, floats, temporal types,
 decimals, fixed-size binaries) their little-endian bit patterns; booleans one byte; anything else

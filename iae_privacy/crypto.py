@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 __all__ = [
     "KEY_BYTES", "NONCE_BYTES", "AuthenticationFailed", "random_key", "derive_key", "seal", "open_sealed",
-    "passphrase_key", "hmac_sha256_many", "CellCipher", "constant_time_equal", "mac", "mac_matches",
+    "passphrase_key", "hmac_sha256_many", "constant_time_equal", "mac", "mac_matches",
     "new_signing_key", "sign", "signature_matches", "InvalidSigningKey", "permute64", "unpermute64",
 ]
 
@@ -135,41 +135,6 @@ def signature_matches(public_raw: bytes, signature: bytes, message: bytes) -> bo
     except (InvalidSignature, ValueError):
         return False
     return True
-
-
-class CellCipher:
-    """AES-256-GCM for many small values under one key: the nonce is the value's row number, and
-    the associated data is a caller's prefix plus the row number.
-
-    Each key must seal at most one sequence of rows (the caller derives a fresh key per vault part
-    and column from a random data key), so row-number nonces never repeat under a key.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
-
-    @staticmethod
-    def _rows(first_row: int, n: int) -> tuple[bytes, bytes]:
-        """Row numbers as 8-byte little-endian strings, and as 12-byte nonces, each concatenated."""
-        rows = np.arange(first_row, first_row + n, dtype="<u8")
-        nonces = np.zeros((n, NONCE_BYTES), dtype=np.uint8)
-        nonces[:, :8] = rows.view(np.uint8).reshape(n, 8)
-        return rows.tobytes(), nonces.tobytes()
-
-    def seal_many(self, values: list[bytes | None], prefix: bytes, first_row: int = 0) -> list[bytes | None]:
-        rows, nonces = self._rows(first_row, len(values))
-        encrypt = self._aead.encrypt
-        return [None if v is None else encrypt(nonces[12 * i : 12 * i + 12], v, prefix + rows[8 * i : 8 * i + 8])
-                for i, v in enumerate(values)]
-
-    def open_many(self, sealed: list[bytes | None], prefix: bytes, first_row: int = 0) -> list[bytes | None]:
-        rows, nonces = self._rows(first_row, len(sealed))
-        decrypt = self._aead.decrypt
-        try:
-            return [None if c is None else decrypt(nonces[12 * i : 12 * i + 12], c, prefix + rows[8 * i : 8 * i + 8])
-                    for i, c in enumerate(sealed)]
-        except InvalidTag:
-            raise AuthenticationFailed("a vault cell failed authentication") from None
 
 
 _FEISTEL_ROUNDS = 4

@@ -1,13 +1,11 @@
-"""Identifier tokens and vault cells: what analysts see of an identifier, and where its value goes.
+"""Identifier tokens: what analysts see of an identifier (its value goes, with the rest of the
+batch, into the part's sealed vault segment: ``iae_privacy.store``).
 
 * **Tokens**: HMAC-SHA256 under the keyring's token subkey for the column's domain (its dataset and
   column, or a declared join domain) and type family, truncated to 128 bits, as 32 lowercase hex
   characters. Deterministic within a domain: the same identifier gets the same token in every file
   and run, so analysts can join and count; fixed length, so a token does not leak the length of
   the value. Null stays null.
-* **Vault cells**: each value sealed with AES-256-GCM under a key derived from a random per-part data
-  key, with associated data binding dataset, part, column and row: a cell moved anywhere else fails
-  to open. The data key is wrapped by the keyring's vault key (re-wrapped on rotation).
 """
 
 from __future__ import annotations
@@ -16,19 +14,14 @@ import numpy as np
 import pyarrow as pa
 
 from iae_privacy import crypto
-from iae_privacy.cells import family, from_cells, to_cells
+from iae_privacy.cells import family, to_cells
 from iae_privacy.codec.ordered import validity_buffer
-from iae_privacy.errors import IaeError
 from iae_privacy.keyring import Keyring, Purpose
 
-__all__ = ["TOKEN_BYTES", "Tokenizer", "VaultCells", "VaultCellError", "token_domain"]
+__all__ = ["TOKEN_BYTES", "Tokenizer", "token_domain"]
 
 TOKEN_BYTES = 16
 _HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
-
-
-class VaultCellError(IaeError):
-    """A vault cell does not open where it is: moved, swapped, altered, or the wrong key."""
 
 
 def token_domain(dataset: str, column: str, join_domains: dict[str, str] | None = None) -> str:
@@ -95,55 +88,3 @@ def _hashable_by_arrow(type_: pa.DataType) -> bool:
     return (pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
             or pa.types.is_large_binary(type_) or pa.types.is_integer(type_) or pa.types.is_temporal(type_)
             or pa.types.is_fixed_size_binary(type_))
-
-
-def _column_aad(dataset: str, part: str, column: str) -> bytes:
-    return f"iae-privacy/vault-cell|{dataset}|{part}|{column}|".encode()
-
-
-class VaultCells:
-    """Seals and opens the cells of one vault part. ``data_key`` is random per part."""
-
-    def __init__(self, data_key: bytes, dataset: str, part: str) -> None:
-        self._data_key = data_key
-        self.dataset = dataset
-        self.part = part
-
-    def __repr__(self) -> str:
-        return f"VaultCells(dataset={self.dataset!r}, part={self.part!r})"
-
-    @classmethod
-    def new(cls, keyring: Keyring, dataset: str, part: str) -> tuple[VaultCells, int, bytes]:
-        """A fresh data key for a part: (cells, key version, wrapped data key to store with it)."""
-        data_key = crypto.random_key()
-        version, wrapped = keyring.wrap(Purpose.VAULT, data_key, cls._key_aad(dataset, part))
-        return cls(data_key, dataset, part), version, wrapped
-
-    @classmethod
-    def opened(cls, keyring: Keyring, dataset: str, part: str, version: int, wrapped: bytes) -> VaultCells:
-        what = f"vault part {part!r} of dataset {dataset!r}"
-        return cls(keyring.unwrap(Purpose.VAULT, version, wrapped, cls._key_aad(dataset, part), what),
-                   dataset, part)
-
-    @staticmethod
-    def _key_aad(dataset: str, part: str) -> bytes:
-        return f"iae-privacy/vault-key|{dataset}|{part}".encode()
-
-    def _cipher(self, column: str) -> tuple[crypto.CellCipher, bytes]:
-        aad = _column_aad(self.dataset, self.part, column)
-        return crypto.CellCipher(crypto.derive_key(self._data_key, aad)), aad
-
-    def seal(self, column: str, array: pa.Array | pa.ChunkedArray, first_row: int = 0) -> pa.Array:
-        """A binary array of sealed cells (null where the value is null)."""
-        cipher, prefix = self._cipher(column)
-        return pa.array(cipher.seal_many(to_cells(array), prefix, first_row), type=pa.binary())
-
-    def open(self, column: str, sealed: pa.Array | pa.ChunkedArray, type_: pa.DataType,
-             first_row: int = 0) -> pa.Array:
-        """The original values of ``type_``, exactly; fails if any cell was moved or altered."""
-        cipher, prefix = self._cipher(column)
-        try:
-            return from_cells(cipher.open_many(sealed.to_pylist(), prefix, first_row), type_)
-        except crypto.AuthenticationFailed:
-            raise VaultCellError(f"column {column!r} of vault part {self.part!r} (dataset {self.dataset!r}) "
-                                 "does not open: cells were moved, swapped or altered, or the key is wrong") from None
