@@ -48,7 +48,8 @@ def sources_of(source: str, skip_unreadable: bool = False) -> tuple[list[Path], 
 
 @task(**SAFE_TASK)
 @no_data_in_errors
-def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool) -> list[dict]:
+def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool) -> dict:
+    """The parts to encode, and how many readable sources there were (paths, digests, counts)."""
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
     sources, skipped = sources_of(source, skip_unreadable)
@@ -57,7 +58,8 @@ def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_
         logger.warning("skipped %s (tried again next run)", reason)
     todo = EncodedDataset(out).plan(sources, keyring, dataset, name, version)
     logger.info("%d source file(s) to encode", len(todo))
-    return [{"source": str(s), "digest": digest, "part": part} for s, digest, part in todo]
+    return {"parts": [{"source": str(s), "digest": digest, "part": part} for s, digest, part in todo],
+            "sources": len(sources)}
 
 
 @task(**SAFE_TASK, retries=1)
@@ -110,10 +112,11 @@ def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str
     """Encode SOURCE (a file or a folder of Parquet files) with MODEL into the dataset folder OUT;
     with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged."""
     dataset = dataset or Path(out).name
-    plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
+    planned = plan_parts(source, out, model, home, dataset, skip_unreadable)
+    plan = planned["parts"]
     futures = encode_part.map([p["source"] for p in plan], [p["digest"] for p in plan],
                               [p["part"] for p in plan], out, model, home, dataset)
     records = [f.result() for f in futures]
     totals = commit_parts(records, out, model, home, dataset)
     return {"encoded_parts": len(records), "encoded_rows": sum(r["rows"] for r in records),
-            "skipped_sources": len(sources_of(source, True)[0]) - len(records), **totals}
+            "skipped_sources": planned["sources"] - len(records), **totals}

@@ -294,6 +294,10 @@ def test_retire_refuses_while_a_dataset_of_the_workspace_cannot_be_found(monkeyp
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "retire", "1")
     one_line_error(code, text, "cannot be found", "--dataset NEW", "forget-dataset", "--force")
     assert (tmp_path / "keys" / "master-v1.key").exists()
+    moved.mkdir(parents=True)  # only a folder that no longer exists can be forgotten
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "keys", "forget-dataset", str(moved))
+    one_line_error(code, text, "still exists; only a deleted dataset can be forgotten")
+    moved.rmdir()
     assert run("keys", "forget-dataset", str(moved), home=tmp_path).exit_code == 0
     assert run("keys", "retire", "1", home=tmp_path).exit_code == 0
     assert not (tmp_path / "keys" / "master-v1.key").exists()

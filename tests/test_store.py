@@ -438,3 +438,22 @@ def test_a_sorted_tables_latent_part_shows_no_order_relation_to_its_source(setup
     assert dataset.decode_all(model, keyring, tmp_path / "out") == 18_000  # restored in source order, exactly
     assert first_difference(table.sort_by([("birth_date", "ascending")]),
                             pq.read_table(tmp_path / "out" / "part-00002-sorted.parquet")) is None
+
+
+def test_a_manifest_that_points_analysts_outside_latent_is_refused(setup, tmp_path):
+    """Views read the parts the manifest lists, unverified (analysts have no keyring): a listed
+    path outside latent/ (the vault, a source) must be refused, not read."""
+    import json
+
+    from iae_privacy.query import QueryError, query_arrow
+
+    _, keyring, sources, model = setup
+    encode_all(tmp_path / "enc", keyring, sources, model)
+    manifest = tmp_path / "enc" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["body"]["parts"][0]["latent"] = "../landing/a.parquet"
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="lists a latent part outside latent/"):
+        EncodedDataset(tmp_path / "enc").listed_latent_parts()
+    with pytest.raises(QueryError, match="outside latent/"):
+        query_arrow("SELECT count(*) FROM p", {"p": tmp_path / "enc"})
