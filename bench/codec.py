@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from bench.common import Result, best_of
 from iae_privacy.codec import TableCodec
-from iae_privacy.exactness import first_difference
+from iae_privacy.arrow.exactness import first_difference
 from iae_privacy.samples import synthetic_patients
 
 BATCH_ROWS = 65_536

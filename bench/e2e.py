@@ -20,9 +20,9 @@ from bench.common import Result, best_of
 _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from iae_privacy.keyring import Keyring
-from iae_privacy.registry import ModelRegistry
-from iae_privacy.store import EncodedDataset
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.model.registry import ModelRegistry
+from iae_privacy.dataset.store import EncodedDataset
 home, source, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 keyring = Keyring.open(home / "keys")
 model = ModelRegistry(home / "models").load("bench", keyring).model
@@ -68,8 +68,8 @@ def train_bench_model(source: Path, keyring, registry):
     """The model every end-to-end benchmark uses: one epoch on 50,000 rows, sealed as bench:v1."""
     from iae_privacy.codec import CodecConfig
     from iae_privacy.network.train import TrainConfig
-    from iae_privacy.pipeline import fit_model
-    from iae_privacy.registry import transform_key
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.model.registry import transform_key
 
     model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
                               TrainConfig(epochs=1))
@@ -78,8 +78,8 @@ def train_bench_model(source: Path, keyring, registry):
 
 
 def run(rows: int) -> Result:
-    from iae_privacy.keyring import Keyring
-    from iae_privacy.registry import ModelRegistry
+    from iae_privacy.keys.keyring import Keyring
+    from iae_privacy.model.registry import ModelRegistry
 
     result = Result("e2e", "encoded dataset (latent + sealed vault + manifest) vs a Parquet copy, "
                     "synthetic patients (17 columns, 6 of them identifiers)", rows)

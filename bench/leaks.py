@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.common import Result
-from iae_privacy import store
+from iae_privacy.dataset import manifest as manifest_format
 from iae_privacy.codec import CodecConfig
-from iae_privacy.keyring import Keyring
+from iae_privacy.keys.keyring import Keyring
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
-from iae_privacy.registry import transform_key
-from iae_privacy.rowids import RowIds
-from iae_privacy.store import EncodedDataset
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.dataset.rowids import RowIds
+from iae_privacy.dataset.store import EncodedDataset
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "cps1988_wages.parquet"
 LEAKED = (10, 1_000)
@@ -59,14 +59,14 @@ def run(rows: int) -> Result:
         _, counts = np.unique(regions, return_counts=True)
         result.add("majority baseline: region", 100 * counts.max() / rows, "%")
         for version in (1, 2):
-            store.CURRENT_FORMAT, saved = version, store.CURRENT_FORMAT
+            manifest_format.CURRENT_FORMAT, saved = version, manifest_format.CURRENT_FORMAT
             try:
                 dataset = EncodedDataset(tmp / f"enc-v{version}")
                 todo = dataset.plan([source], keyring, "cps", "w", 1)
                 records = [dataset.encode_source(s, p, model, "w", 1, keyring, "cps", d, 8_192) for s, d, p in todo]
                 dataset.commit(records, keyring, "cps", "w", 1)
             finally:
-                store.CURRENT_FORMAT = saved
+                manifest_format.CURRENT_FORMAT = saved
             latent = pq.read_table(dataset.folder / records[0].latent, columns=["row_id"])
             ids = latent.column("row_id").to_numpy()
             # where each latent row was in the source: what the attack tries to learn

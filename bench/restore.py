@@ -42,10 +42,10 @@ print(json.dumps({"import": imported, "times": times}))
 
 
 def run(rows: int) -> Result:
-    from iae_privacy.access import ADMIN, AccessControl, make_request
-    from iae_privacy.exactness import first_difference
-    from iae_privacy.keyring import Keyring
-    from iae_privacy.store import EncodedDataset
+    from iae_privacy.access.control import ADMIN, AccessControl, make_request
+    from iae_privacy.arrow.exactness import first_difference
+    from iae_privacy.keys.keyring import Keyring
+    from iae_privacy.dataset.store import EncodedDataset
     from iae_privacy.workspace import Workspace
 
     result = Result("restore", "audited restore through signed requests (authorise, audit, check parts, "

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from iae_privacy import progress
 from iae_privacy.errors import DEBUG, IaeError, withheld
-from iae_privacy.keyring import Keyring
+from iae_privacy.keys.keyring import Keyring
 from iae_privacy.workspace import Workspace
 
 SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}

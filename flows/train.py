@@ -10,10 +10,10 @@ from iae_privacy import progress
 from iae_privacy.codec import CodecConfig
 from iae_privacy.errors import IaeError
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
-from iae_privacy.registry import transform_key
-from iae_privacy.report import plot_loss
-from iae_privacy.verify import verify_roundtrip
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.analysts.report import plot_loss
+from iae_privacy.model.verify import verify_roundtrip
 
 
 @task(**SAFE_TASK)

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from iae_privacy.codec import CodecConfig, TableCodec
-from iae_privacy.verify import verify_roundtrip
+from iae_privacy.model.verify import verify_roundtrip
 from iae_privacy.errors import IaeError
 
 __all__ = ["app", "main", "printable"]
@@ -91,7 +91,7 @@ def _keyring():
 
 
 def _access():
-    from iae_privacy.access import AccessControl
+    from iae_privacy.access.control import AccessControl
 
     return AccessControl(_workspace(), _keyring())
 
@@ -263,10 +263,10 @@ def demo_command(
     from flows.decode import run_decode
     from flows.encode import run_encode
     from flows.train import train_flow
-    from iae_privacy.access import ADMIN, AccessControl, make_request
-    from iae_privacy.exactness import first_difference
+    from iae_privacy.access.control import ADMIN, AccessControl, make_request
+    from iae_privacy.arrow.exactness import first_difference
     from iae_privacy.files import write_private
-    from iae_privacy.keyring import Keyring
+    from iae_privacy.keys.keyring import Keyring
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
     from iae_privacy.workspace import Workspace
 
@@ -328,7 +328,7 @@ def demo_command(
     for row in latent.select(shown).slice(0, 3).to_pylist():
         peek.add_row(*(v[:10] + "…" if isinstance(v, str) else str(v) for v in row.values()))
     console.print(peek)
-    from iae_privacy.query import query_arrow
+    from iae_privacy.analysts.query import query_arrow
 
     sql = ("SELECT count(*) AS records, count(DISTINCT email) AS distinct_email_tokens, "
            "round(avg(z_public_0), 1) AS mean_z0, round(corr(z_public_0, z_public_1), 3) AS corr_z0_z1 FROM patients")
@@ -351,7 +351,7 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
     import pyarrow.parquet as pq
 
     from flows.decode import run_decode
-    from iae_privacy.access import AccessRefused, AccessRole, make_request
+    from iae_privacy.access.control import AccessRefused, AccessRole, make_request
     from iae_privacy.files import write_private
 
     home, folder = access.workspace.home, access.workspace.home / "requests"
@@ -403,8 +403,8 @@ def keys_init_command(
     environment instead of a key file. In a workspace whose keyring predates access control, this
     adds the audit log, the policy and 'admin' to it.
     """
-    from iae_privacy.access import AccessControl
-    from iae_privacy.keyring import Keyring, env_passphrase
+    from iae_privacy.access.control import AccessControl
+    from iae_privacy.keys.keyring import Keyring, env_passphrase
 
     workspace = _workspace()
     if (workspace.keys / "keyring.json").exists() and not (workspace.keys / "policy.json").exists():
@@ -448,7 +448,7 @@ DatasetsOption = Annotated[Optional[list[Path]], typer.Option(
 def _protected_by_version(workspace, extra: list[Path] | None = None) -> tuple[dict[int, int], list[Path]]:
     """Sealed files (model bundles and vault parts) per key version, and the registered dataset
     folders that could not be found (whatever they hold is not counted)."""
-    from iae_privacy.store import EncodedDataset
+    from iae_privacy.dataset.store import EncodedDataset
 
     for folder in extra or []:
         EncodedDataset(folder).manifest_identity()  # refuses a folder that is not an encoded dataset
@@ -474,7 +474,7 @@ def keys_status_command(datasets: DatasetsOption = None) -> None:
     are named: what they hold is not counted)."""
     import os
 
-    from iae_privacy.keyring import ENV_MASTER_KEY
+    from iae_privacy.keys.keyring import ENV_MASTER_KEY
 
     workspace = _workspace()
     keyring = _keyring()
@@ -508,8 +508,8 @@ def keys_rotate_command(datasets: DatasetsOption = None) -> None:
     Encoded data and the latent transform are untouched: only the data keys are re-wrapped.
     Retire the old version afterwards with 'keys retire N'.
     """
-    from iae_privacy.keyring import env_passphrase
-    from iae_privacy.store import EncodedDataset
+    from iae_privacy.keys.keyring import env_passphrase
+    from iae_privacy.dataset.store import EncodedDataset
 
     workspace = _workspace()
     keyring = _keyring()
@@ -576,7 +576,7 @@ def keys_forget_dataset_command(
 
 
 def _record_key_event(workspace, keyring, change: str, **details) -> None:
-    from iae_privacy.access import AccessControl
+    from iae_privacy.access.control import AccessControl
 
     access = AccessControl(workspace, keyring)
     if not access.initialised:
@@ -634,7 +634,7 @@ def policy_set_role_command(
 
         iae-privacy policy set-role clinician --datasets patients --columns full_name,email --max-rows 5
     """
-    from iae_privacy.access import AccessRole, parse_ttl
+    from iae_privacy.access.control import AccessRole, parse_ttl
 
     if max_rows is not None and max_rows < 1:
         raise IaeError("--max-rows must be at least 1")
@@ -648,7 +648,7 @@ def audit_verify_command() -> None:
     """Check every entry's MAC, the hash chain, the log's end against the checkpoint kept under
     keys/, and that keys/policy.json is the policy the log last recorded (not an older copy put
     back). Says which line is wrong; exits with status 1 if anything is."""
-    from iae_privacy.access import AccessRefused
+    from iae_privacy.access.control import AccessRefused
 
     access = _access()
     report = access.audit.verify()
@@ -803,7 +803,7 @@ def request_command(
 
     Without --rows or --where-token the request is for the whole dataset (if your role allows it).
     """
-    from iae_privacy.access import make_request, parse_ttl
+    from iae_privacy.access.control import make_request, parse_ttl
 
     token = None
     if where_token is not None:
@@ -887,7 +887,7 @@ def query_command(
 
         iae-privacy query "SELECT email, count(*) AS visits FROM patients GROUP BY email ORDER BY visits DESC LIMIT 5"
     """
-    from iae_privacy.query import query_arrow, view_name, write_result
+    from iae_privacy.analysts.query import query_arrow, view_name, write_result
 
     datasets: dict[str, str] = {}
     for item in dataset or []:
@@ -1054,7 +1054,7 @@ def main() -> None:
     from iae_privacy.errors import DEBUG, withheld
 
     # the passphrase stays in this process: no server, worker or tool we start inherits it
-    from iae_privacy.keyring import ENV_PASSPHRASE, hold_passphrase
+    from iae_privacy.keys.keyring import ENV_PASSPHRASE, hold_passphrase
 
     hold_passphrase(os.environ.pop(ENV_PASSPHRASE, None))
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import traceback
 
-__all__ = ["IaeError", "ConfigError", "SchemaDriftError", "CodecError", "ProfileError", "InternalError", "withheld", "DEBUG"]
+__all__ = ["IaeError", "ConfigError", "SchemaDriftError", "CodecError", "ProfileError", "StoreError", "NetworkError", "AccessRefused", "AuditError", "NonceUsedError", "QueryError", "KeyringError", "WrongKeyError", "RetiredKeyError", "SealedFileError", "ServerError", "InternalError", "withheld", "DEBUG"]
 
 
 class IaeError(Exception):
@@ -38,6 +38,50 @@ class CodecError(IaeError):
 
 class ProfileError(IaeError):
     """A serialised codec profile is unreadable or of an unknown format version."""
+
+
+class StoreError(IaeError):
+    """An encoded dataset is inconsistent, tampered with, or not one."""
+
+
+class NetworkError(IaeError, ValueError):
+    """Inputs the network cannot take (out of range, wrong shape), or a malformed model."""
+
+
+class AccessRefused(IaeError):
+    """A decode request is refused; the reason is in the message and in the audit log."""
+
+
+class AuditError(IaeError):
+    """The audit log cannot be written, or fails its checks: nothing that needs an entry may run."""
+
+
+class NonceUsedError(IaeError):
+    """A decode request's nonce was already granted once: the request is a replay."""
+
+
+class QueryError(IaeError):
+    """A dataset cannot be registered, or the SQL failed."""
+
+
+class KeyringError(IaeError):
+    """The keyring is missing, unreadable, exposed, or cannot give the key asked for."""
+
+
+class WrongKeyError(KeyringError):
+    """A sealed object does not open with the keyring's key: another keyring, or it was altered."""
+
+
+class RetiredKeyError(KeyringError):
+    """A sealed object needs a key version that was retired."""
+
+
+class SealedFileError(IaeError):
+    """A sealed file is not one, is truncated or damaged, or was altered."""
+
+
+class ServerError(IaeError):
+    """The workspace's Prefect server cannot be started, reached or stopped."""
 
 
 class InternalError(IaeError):

@@ -30,18 +30,14 @@ from pathlib import Path
 from typing import Callable
 
 from iae_privacy.documents import parse_json
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import ServerError
 from iae_privacy.files import write_private
-from iae_privacy.keyring import ENV_PASSPHRASE
+from iae_privacy.keys.keyring import ENV_PASSPHRASE
 
 __all__ = ["WorkspaceServer", "ServerState", "ServerError"]
 
 START_SECONDS = 180
 """How long :meth:`WorkspaceServer.start` waits for the server to answer (a busy machine is slow)."""
-
-
-class ServerError(IaeError):
-    """The workspace's Prefect server cannot be started, reached or stopped."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Callable
 from iae_privacy.documents import parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.files import write_private
-from iae_privacy.keyring import Keyring
-from iae_privacy.registry import ModelRegistry
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.model.registry import ModelRegistry
 
 __all__ = ["Workspace", "ENV_HOME"]
 

@@ -19,19 +19,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from iae_privacy import crypto
-from iae_privacy.access import AccessControl, AccessRefused, AccessRole, make_request
-from iae_privacy.audit import AuditError
+from iae_privacy.keys import crypto
+from iae_privacy.access.control import AccessControl, AccessRefused, AccessRole, make_request
+from iae_privacy.access.audit import AuditError
 from iae_privacy.codec import CodecConfig, Role
 from iae_privacy.errors import IaeError
-from iae_privacy.exactness import first_difference
-from iae_privacy.keyring import Keyring
+from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.keys.keyring import Keyring
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
-from iae_privacy.registry import transform_key
-from iae_privacy.rowids import RowIds
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.dataset.rowids import RowIds
 from iae_privacy.samples import write_synthetic_patients
-from iae_privacy.store import EncodedDataset
+from iae_privacy.dataset.store import EncodedDataset
 from iae_privacy.workspace import Workspace
 
 DATASET = "patients"
@@ -355,7 +355,7 @@ def test_a_synthesis_request_beyond_the_role_is_refused(world, tmp_path):
 def test_a_properly_signed_request_with_a_malformed_nonce_is_refused(world, tmp_path):
     import dataclasses
 
-    from iae_privacy.access import DecodeRequest
+    from iae_privacy.access.control import DecodeRequest
 
     good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     crafted = dataclasses.replace(good, nonce='x"y')
@@ -380,7 +380,7 @@ def test_a_request_made_in_the_future_is_refused(world, tmp_path):
     import dataclasses
     import datetime
 
-    from iae_privacy.access import DecodeRequest
+    from iae_privacy.access.control import DecodeRequest
 
     good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     later = datetime.datetime.fromisoformat(good.created) + datetime.timedelta(hours=1)
@@ -396,7 +396,7 @@ def crafted_from(world: World, **changes) -> bytes:
     """A valid request, changed as given and properly signed by admin (an insider's own tool)."""
     import dataclasses
 
-    from iae_privacy.access import DecodeRequest
+    from iae_privacy.access.control import DecodeRequest
 
     good, _ = DecodeRequest.parse(world.request(rows=[world.id(1, 0)]))
     return signed_by_admin(world, dataclasses.replace(good, **changes))
@@ -427,7 +427,7 @@ def test_a_request_valid_for_longer_than_its_role_allows_is_refused(world, tmp_p
     assert restore(world, world.request("archivist", long_key, rows=[world.id(1, 0)], ttl_seconds=6 * 86400),
                    tmp_path / "o.parquet") == 1
     with pytest.raises(IaeError, match="longer than a year"):
-        from iae_privacy.access import parse_ttl
+        from iae_privacy.access.control import parse_ttl
 
         parse_ttl("99999999999d")
 
@@ -498,7 +498,7 @@ def test_a_decode_killed_midway_is_recorded_and_its_temporary_output_removed_by_
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from iae_privacy.access import AccessControl
+        from iae_privacy.access.control import AccessControl
         from iae_privacy.workspace import Workspace
         workspace = Workspace.at({str(world.workspace.home)!r})
         access = AccessControl(workspace, workspace.keyring())
@@ -522,7 +522,7 @@ def test_a_decode_killed_midway_is_recorded_and_its_temporary_output_removed_by_
 
 
 def test_analysts_sql_can_neither_write_nor_read_files_nor_see_paths(world, copy, tmp_path):
-    from iae_privacy.query import QueryError, query_arrow
+    from iae_privacy.analysts.query import QueryError, query_arrow
 
     datasets = {"p": copy}
     part = copy / "latent" / "part-00001.parquet"

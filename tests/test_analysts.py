@@ -10,16 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from iae_privacy import attacks
+from iae_privacy.analysts import attacks
 from iae_privacy.codec import CodecConfig, Role
-from iae_privacy.evaluate import EvaluationConfig, evaluate, write_report
-from iae_privacy.keyring import Keyring
+from iae_privacy.analysts.evaluate import EvaluationConfig, evaluate, write_report
+from iae_privacy.keys.keyring import Keyring
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
-from iae_privacy.query import QueryError, connect, query
-from iae_privacy.registry import transform_key
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.analysts.query import QueryError, connect, query
+from iae_privacy.model.registry import transform_key
 from iae_privacy.samples import write_synthetic_patients
-from iae_privacy.store import EncodedDataset
+from iae_privacy.dataset.store import EncodedDataset
 
 
 def codes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -166,8 +166,8 @@ def test_clustering_and_nearest_neighbours_on_latent_columns_as_the_docs_show(en
 def test_synthetic_rows_equal_to_real_ones_are_found(data_dir):
     import pyarrow as pa
 
-    from iae_privacy import crypto
-    from iae_privacy.synthesize import feature_columns, matching_rows, records_from_codes, sample_codes
+    from iae_privacy.keys import crypto
+    from iae_privacy.analysts.synthesize import feature_columns, matching_rows, records_from_codes, sample_codes
 
     source = data_dir / "cps1988_wages.parquet"
     model, report = fit_model(source, crypto.random_key(), None, TrainConfig(epochs=1))
@@ -196,7 +196,7 @@ def test_the_ranking_attack_reads_a_class_off_one_sorted_latent_column_with_no_l
 def test_a_synthetic_row_equal_to_a_real_one_is_found_with_nulls_both_ways(columns):
     import pyarrow as pa
 
-    from iae_privacy.synthesize import matching_rows
+    from iae_privacy.analysts.synthesize import matching_rows
 
     real = pa.table({"a": pa.array([None, 1, 2], pa.int64()), "b": pa.array([7, None, 9], pa.int64())})
     synthetic = pa.table({"a": pa.array([None, 1, None, 5], pa.int64()), "b": pa.array([7, None, 8, 9], pa.int64())})

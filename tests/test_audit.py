@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from iae_privacy.audit import AuditError, AuditLog, NonceUsedError
-from iae_privacy.keyring import Keyring
+from iae_privacy.access.audit import AuditError, AuditLog, NonceUsedError
+from iae_privacy.keys.keyring import Keyring
 
 
 @pytest.fixture

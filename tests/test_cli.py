@@ -80,7 +80,7 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
 
     import pyarrow.parquet as pq
 
-    from iae_privacy.exactness import first_difference
+    from iae_privacy.arrow.exactness import first_difference
 
     source = data_dir / "health_insurance.parquet"
     assert "principal 'admin'" in run("keys", "init", home=tmp_path).output
@@ -98,8 +98,8 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
                "health,region", "--purpose", "check", "--out", str(request), home=tmp_path).exit_code == 0
     result = run("decode", str(encoded), "--request", str(request), "--out", str(out), home=tmp_path)
     assert result.exit_code == 0 and "2 rows restored" in result.output, result.output
-    from iae_privacy.keyring import Keyring
-    from iae_privacy.rowids import RowIds
+    from iae_privacy.keys.keyring import Keyring
+    from iae_privacy.dataset.rowids import RowIds
 
     _, rows = RowIds(Keyring.open(tmp_path / "keys"), "enc").positions(ids)  # what only the keyring knows
     expected = pq.read_table(source).take(sorted(rows)).select(["health", "region"])  # source order
@@ -248,7 +248,7 @@ def test_a_written_profile_is_readable_by_its_owner_only(tmp_path, data_dir):
 
 
 def test_audit_show_escapes_what_a_requester_wrote(tmp_path):
-    from iae_privacy.access import AccessControl
+    from iae_privacy.access.control import AccessControl
     from iae_privacy.workspace import Workspace
 
     assert run("keys", "init", home=tmp_path).exit_code == 0
@@ -319,7 +319,7 @@ def test_the_passphrase_is_taken_out_of_the_environment_and_still_opens_the_keyr
     import os
     import subprocess
 
-    from iae_privacy import keyring
+    from iae_privacy.keys import keyring
 
     monkeypatch.setattr(keyring, "_held_passphrase", [])  # what main() holds goes with the test
     monkeypatch.setenv("IAE_PASSPHRASE", "correct horse")

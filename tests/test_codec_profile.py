@@ -145,7 +145,7 @@ def test_duplicate_column_names_restore_by_position():
         names=["x", "x", "patient_id", "x"])
     codec = TableCodec.from_json(TableCodec.fit(table).to_json())
     restored = codec.decode(codec.encode(batch(table)))
-    from iae_privacy.exactness import first_difference
+    from iae_privacy.arrow.exactness import first_difference
 
     assert first_difference(table, restored) is None
     retyped = table.set_column(1, "x", pa.array([1, 2, 3] * 10))

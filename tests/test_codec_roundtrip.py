@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from arrow_strategies import DECIMALS, FIXED_WIDTH, STRINGS, arrow_schema, table_for
 from iae_privacy.codec import CodecConfig, Role, TableCodec, read_batches
 from iae_privacy.errors import CodecError
-from iae_privacy.exactness import first_difference
+from iae_privacy.arrow.exactness import first_difference
 from iae_privacy.samples import synthetic_patients
 
 
@@ -226,7 +226,7 @@ def test_bucket_lookup_gives_the_same_codes_as_a_binary_search(fit_values, value
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_content_digest_is_equal_exactly_when_bits_are_equal(data):
-    from iae_privacy.exactness import ContentDigest
+    from iae_privacy.arrow.exactness import ContentDigest
 
     schema = data.draw(arrow_schema())
     table = data.draw(table_for(schema, max_rows=20)).combine_chunks()
@@ -268,7 +268,7 @@ def _unusual_arrays() -> dict[str, pa.Array]:
 
 @pytest.mark.parametrize("name", sorted(_unusual_arrays()))
 def test_unusual_arrow_types_are_kept_whole_and_verify(name):
-    from iae_privacy.exactness import ContentDigest
+    from iae_privacy.arrow.exactness import ContentDigest
 
     table = pa.table({name: _unusual_arrays()[name]})
     codec = TableCodec.fit(table)
@@ -292,7 +292,7 @@ def test_a_changed_value_inside_a_union_is_seen():
 
 
 def test_verify_roundtrip_reports_the_first_batch_that_differs(tmp_path):
-    from iae_privacy.verify import verify_roundtrip
+    from iae_privacy.model.verify import verify_roundtrip
 
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"x": pa.array(range(100), type=pa.int64())}), path, row_group_size=40)

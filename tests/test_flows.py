@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from iae_privacy import progress
-from iae_privacy.access import AccessControl, AccessRefused, make_request
+from iae_privacy.access.control import AccessControl, AccessRefused, make_request
 from iae_privacy.errors import IaeError
-from iae_privacy.exactness import first_difference
+from iae_privacy.arrow.exactness import first_difference
 from iae_privacy.workspace import Workspace
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 from iae_privacy.samples import write_synthetic_patients
 
 

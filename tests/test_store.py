@@ -13,15 +13,15 @@ import pytest
 
 from iae_privacy.codec import CodecConfig, Role
 from iae_privacy.errors import IaeError
-from iae_privacy.exactness import first_difference
-from iae_privacy.keyring import Keyring, WrongKeyError
+from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.keys.keyring import Keyring, WrongKeyError
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import fit_model
-from iae_privacy.registry import transform_key
-from iae_privacy.rowids import RowIds
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.dataset.rowids import RowIds
 from iae_privacy.samples import write_synthetic_patients
-from iae_privacy.sealed import SealedFileError
-from iae_privacy.store import ROW_ID, EncodedDataset, StoreError
+from iae_privacy.keys.sealed import SealedFileError
+from iae_privacy.dataset.store import ROW_ID, EncodedDataset, StoreError
 
 DATASET = "patients"
 
@@ -281,10 +281,10 @@ def test_a_latent_write_failing_on_the_writer_thread_leaves_nothing(setup, tmp_p
 def test_a_restore_whose_write_fails_on_the_writer_thread_leaves_nothing(setup, tmp_path, file_size_limit):
     _, keyring, sources, model = setup
     dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model, batch_size=1_000)
-    from iae_privacy import store
+    from iae_privacy.dataset import reader
 
-    store_group = store.RESTORED_ROW_GROUP
-    store.RESTORED_ROW_GROUP = 2_000  # several row groups, so several writes behind the decode
+    store_group = reader.RESTORED_ROW_GROUP
+    reader.RESTORED_ROW_GROUP = 2_000  # several row groups, so several writes behind the decode
     try:
         file_size_limit(150_000)
         with pytest.raises(OSError):
@@ -293,7 +293,7 @@ def test_a_restore_whose_write_fails_on_the_writer_thread_leaves_nothing(setup, 
         assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
         assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
     finally:
-        store.RESTORED_ROW_GROUP = store_group
+        reader.RESTORED_ROW_GROUP = store_group
 
 
 @pytest.mark.parametrize("source", ["zero rows", "schema drift"])
@@ -332,7 +332,7 @@ def test_no_readable_byte_of_an_encoded_dataset_confirms_or_locates_its_source(s
     import hashlib
 
     from iae_privacy.codec import read_batches
-    from iae_privacy.exactness import ContentDigest
+    from iae_privacy.arrow.exactness import ContentDigest
 
     _, keyring, sources, model = setup
     encode_all(tmp_path / "enc", keyring, sources, model)
@@ -390,17 +390,17 @@ def test_a_join_domain_on_a_column_that_has_no_tokens_is_refused(setup):
 
 def test_a_format_1_dataset_takes_new_parts_in_its_own_format_and_restores(setup, tmp_path, monkeypatch):
     """Datasets made before format 2 keep working: same tokens, plain digests, bit-exact restores."""
-    from iae_privacy import store
-    from iae_privacy.store import file_sha256
-    from iae_privacy.tokens import Tokenizer
+    from iae_privacy.dataset import manifest
+    from iae_privacy.dataset.store import file_sha256
+    from iae_privacy.dataset.tokens import Tokenizer
 
     _, keyring, sources, model = setup
     dataset = EncodedDataset(tmp_path / "old")
-    monkeypatch.setattr(store, "CURRENT_FORMAT", 1)
+    monkeypatch.setattr(manifest, "CURRENT_FORMAT", 1)
     ((source, digest, part),) = dataset.plan([sources / "a.parquet"], keyring, DATASET, "p", 1)
     dataset.commit([dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000)],
                    keyring, DATASET, "p", 1)
-    monkeypatch.setattr(store, "CURRENT_FORMAT", 2)
+    monkeypatch.setattr(manifest, "CURRENT_FORMAT", 2)
     ((source, digest, part),) = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
     record = dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 3_000)
     manifest = dataset.commit([record], keyring, DATASET, "p", 1)
@@ -445,7 +445,7 @@ def test_a_manifest_that_points_analysts_outside_latent_is_refused(setup, tmp_pa
     path outside latent/ (the vault, a source) must be refused, not read."""
     import json
 
-    from iae_privacy.query import QueryError, query_arrow
+    from iae_privacy.analysts.query import QueryError, query_arrow
 
     _, keyring, sources, model = setup
     encode_all(tmp_path / "enc", keyring, sources, model)

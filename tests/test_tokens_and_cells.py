@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arrow_strategies import arrow_schema, table_for
-from iae_privacy.cells import from_cells, to_cells
-from iae_privacy.exactness import first_difference
-from iae_privacy.keyring import Keyring
-from iae_privacy.tokens import TOKEN_BYTES, Tokenizer
+from iae_privacy.arrow.cells import from_cells, to_cells
+from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.dataset.tokens import TOKEN_BYTES, Tokenizer
 
 
 @pytest.fixture(scope="module")

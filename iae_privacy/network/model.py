@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import NetworkError
 from iae_privacy.network.layers import ACTIVATION_BITS, AdditiveCoupling, KeyedMixing, QuantizedMLP
 
 __all__ = ["NetworkConfig", "ExactINN", "NetworkError"]
@@ -37,10 +37,6 @@ SCALE_BITS = 12
 """Features are scaled up (by powers of two, exactly) to span about 2**SCALE_BITS."""
 INPUT_RANGE = 8
 """The shift network sees each input rescaled to about [-INPUT_RANGE, INPUT_RANGE]."""
-
-
-class NetworkError(IaeError, ValueError):
-    """Inputs the network cannot take (out of range, wrong shape), or a malformed model."""
 
 
 @dataclass(frozen=True)

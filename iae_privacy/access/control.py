@@ -34,13 +34,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from iae_privacy import crypto
-from iae_privacy.audit import AuditError, AuditLog, NonceUsedError
+from iae_privacy.keys import crypto
+from iae_privacy.access.audit import AuditError, AuditLog, NonceUsedError
 from iae_privacy.documents import parse_json
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import IaeError, AccessRefused
 from iae_privacy.files import remove_stale_temporaries, write_private
-from iae_privacy.keyring import Keyring, Purpose, check_private
-from iae_privacy.store import EncodedDataset, Manifest
+from iae_privacy.keys.keyring import Keyring, Purpose, check_private
+from iae_privacy.dataset.store import EncodedDataset, Manifest
 from iae_privacy.workspace import Workspace
 
 __all__ = ["AccessControl", "AccessRefused", "AccessRole", "DecodeRequest", "Grant", "Policy", "Principal",
@@ -65,10 +65,6 @@ MAX_TTL = 366 * 86400
 
 _HELD: dict[Path, int] = {}
 """Grants made in this process whose restore has not ended: marker path -> its locked fd."""
-
-
-class AccessRefused(IaeError):
-    """A decode request is refused; the reason is in the message and in the audit log."""
 
 
 def _canonical(doc: Any) -> bytes:
@@ -677,8 +673,8 @@ class AccessControl:
         (aggregates only) beside it as ``out``.fidelity.json."""
         import pyarrow as pa
 
-        from iae_privacy import synthesize as synth
-        from iae_privacy.store import write_restored
+        from iae_privacy.analysts import synthesize as synth
+        from iae_privacy.dataset.store import write_restored
 
         if out.suffix != ".parquet":
             raise IaeError(f"{out}: synthetic records go to one .parquet file")

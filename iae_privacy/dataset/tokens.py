@@ -1,5 +1,5 @@
 """Identifier tokens: what analysts see of an identifier (its value goes, with the rest of the
-batch, into the part's sealed vault segment: ``iae_privacy.store``).
+batch, into the part's sealed vault segment: ``iae_privacy.dataset.store``).
 
 * **Tokens**: HMAC-SHA256 under the keyring's token subkey for the column's domain (its dataset and
   column, or a declared join domain) and type family, truncated to 128 bits, as 32 lowercase hex
@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy import crypto
-from iae_privacy.cells import family, to_cells
+from iae_privacy.keys import crypto
+from iae_privacy.arrow.cells import family, to_cells
 from iae_privacy.codec.ordered import validity_buffer
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["TOKEN_BYTES", "Tokenizer", "token_domain"]
 

@@ -23,7 +23,7 @@ import torch
 from iae_privacy.codec import EncodedBatch, Role
 from iae_privacy.codec.columns import CategoryColumn, array_to_ipc
 from iae_privacy.errors import IaeError
-from iae_privacy.pipeline import Model
+from iae_privacy.model.pipeline import Model
 
 __all__ = ["sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows"]
 

@@ -5,7 +5,7 @@ with ``row_id = part << 32 | row``, hands that order to anyone who reads it: on 
 region, 10 leaked rows gave ``region`` for 87 % of all rows. So, from dataset format 2:
 
 * **ids** are a keyed pseudorandom permutation of the 63-bit integers, applied to
-  ``part << 32 | row`` (:func:`iae_privacy.crypto.permute64`, cycle-walked into 63 bits so that
+  ``part << 32 | row`` (:func:`iae_privacy.keys.crypto.permute64`, cycle-walked into 63 bits so that
   they stay positive int64: Black and Rogaway 2002). They are unique in the dataset, have no order
   relation to the source, and only the keyring maps one back to its part and row, which is how a
   restore by row id finds its record, with no index to store or leak;
@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from iae_privacy import crypto
+from iae_privacy.keys import crypto
 from iae_privacy.files import TMP_SUFFIX
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["RowIds", "ShuffledWriter", "PART_SHIFT"]
 

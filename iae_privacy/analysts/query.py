@@ -22,19 +22,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import QueryError
 
 __all__ = ["connect", "query", "query_arrow", "write_result", "QueryError"]
 
 _VIEW = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class QueryError(IaeError):
-    """A dataset cannot be registered, or the SQL failed."""
-
-
 def _latent_parts(folder: str | Path) -> list[Path]:
-    from iae_privacy.store import EncodedDataset, StoreError
+    from iae_privacy.dataset.store import EncodedDataset, StoreError
 
     try:
         parts = EncodedDataset(folder).listed_latent_parts()

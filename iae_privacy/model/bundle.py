@@ -1,6 +1,6 @@
 """Sealed model bundles: a trained model is one file, and it only ever exists on disk sealed.
 
-A bundle is a sealed file (:mod:`iae_privacy.sealed`) whose header names the model, its version
+A bundle is a sealed file (:mod:`iae_privacy.keys.sealed`) whose header names the model, its version
 and when it was sealed, whose data key is wrapped by the keyring's ``weights`` key with associated
 data binding model name, version and key version, and whose one segment is a safetensors file: the
 network's integer weights as tensors, the codec profile and training report as metadata. No
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
-from iae_privacy.keyring import Keyring, Purpose
-from iae_privacy.sealed import SealedFileError, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.keys.keyring import Keyring, Purpose
+from iae_privacy.keys.sealed import SealedFileError, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
 
 if TYPE_CHECKING:  # torch loads only where weights are sealed or opened: listings and keys need none
     import torch

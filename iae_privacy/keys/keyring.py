@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from iae_privacy import crypto
+from iae_privacy.keys import crypto
 from iae_privacy.documents import parse_json
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import KeyringError, RetiredKeyError, WrongKeyError
 from iae_privacy.files import write_private
 
 __all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
@@ -84,18 +84,6 @@ class Purpose(str, enum.Enum):
 
 
 _ROOT_LABEL = b"iae-privacy/v1/root-wrap"
-
-
-class KeyringError(IaeError):
-    """The keyring is missing, unreadable, exposed, or cannot give the key asked for."""
-
-
-class WrongKeyError(KeyringError):
-    """A sealed object does not open with the keyring's key: another keyring, or it was altered."""
-
-
-class RetiredKeyError(KeyringError):
-    """A sealed object needs a key version that was retired."""
 
 
 @dataclass

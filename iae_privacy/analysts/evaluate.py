@@ -5,7 +5,7 @@ predicting it would have it), encode a held-out split, then
 
 * **utility**: a gradient-boosting model predicts the target from the latent columns, and the same
   from the raw columns (codec codes of every other column); the score ratio latent / raw;
-* **attacks** (:mod:`iae_privacy.attacks`) on the held-out latent rows, each with its baseline.
+* **attacks** (:mod:`iae_privacy.analysts.attacks`) on the held-out latent rows, each with its baseline.
 
 The report (Markdown, a JSON of every figure, and PNGs: the paired utility/attack curve and
 per-column inversion) holds aggregates and column names only, never a value. Models are trained
@@ -25,11 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iae_privacy import attacks, crypto
+from iae_privacy.analysts import attacks
+from iae_privacy.keys import crypto
 from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.network.train import TrainConfig
-from iae_privacy.pipeline import Model, fit_model
+from iae_privacy.model.pipeline import Model, fit_model
 
 __all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown",
            "codec_config_of", "middle_point"]
@@ -260,7 +261,7 @@ def middle_point(evaluation: Evaluation) -> EvaluationPoint:
 
 def write_report(evaluation: Evaluation, out: Path) -> Path:
     """Write ``report.md``, ``evaluation.json`` and the PNGs into ``out``; returns the Markdown's path."""
-    from iae_privacy.report import plot_inversion, plot_tradeoff
+    from iae_privacy.analysts.report import plot_inversion, plot_tradeoff
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(dataclasses.asdict(evaluation), indent=1) + "\n")

@@ -13,7 +13,7 @@ import hmac
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy.cells import fixed_width, to_cells
+from iae_privacy.arrow.cells import fixed_width, to_cells
 from iae_privacy.codec.columns import array_to_ipc
 
 __all__ = ["first_difference", "bits_view", "ContentDigest"]

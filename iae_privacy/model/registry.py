@@ -1,6 +1,6 @@
 """The model registry: sealed bundles at ``models/NAME/vN.iae`` under the workspace.
 
-Saving turns a trained :class:`~iae_privacy.pipeline.Model` into a sealed bundle (network weights as
+Saving turns a trained :class:`~iae_privacy.model.pipeline.Model` into a sealed bundle (network weights as
 safetensors tensors; codec profile, architecture and training report as metadata); loading opens
 and authenticates the bundle and rebuilds the model with its transform key from the keyring.
 """
@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iae_privacy.bundle import BundleHeader, SealedModel, open_bundle, read_header, rewrap_bundle, seal_bundle
+from iae_privacy.model.bundle import BundleHeader, SealedModel, open_bundle, read_header, rewrap_bundle, seal_bundle
 from iae_privacy.codec import TableCodec
 from iae_privacy.errors import IaeError
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 
 if TYPE_CHECKING:  # torch loads only where a model is saved or loaded, not for listings or keys
     from iae_privacy.network.train import TrainReport
-    from iae_privacy.pipeline import Model
+    from iae_privacy.model.pipeline import Model
 
 __all__ = ["ModelRegistry", "LoadedModel", "transform_key"]
 
@@ -105,7 +105,7 @@ class ModelRegistry:
             raise IaeError(f"model {name} v{version} has an unknown format {meta.get('format')!r}")
         codec = TableCodec.from_json(meta["codec_profile"])
         from iae_privacy.network import ExactINN
-        from iae_privacy.pipeline import Model
+        from iae_privacy.model.pipeline import Model
 
         network = ExactINN.from_quantized_state(sealed.tensors, json.loads(meta["network"]),
                                                 transform_key(keyring, name, version))

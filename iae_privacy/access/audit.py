@@ -34,24 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from iae_privacy import crypto
+from iae_privacy.keys import crypto
 from iae_privacy.documents import parse_json
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import AuditError, NonceUsedError
 from iae_privacy.files import write_private
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["AuditLog", "AuditError", "AuditReport", "NonceUsedError", "GENESIS"]
 
 GENESIS = "0" * 64
 """``prev`` of the first entry."""
-
-
-class AuditError(IaeError):
-    """The audit log cannot be written, or fails its checks: nothing that needs an entry may run."""
-
-
-class NonceUsedError(IaeError):
-    """A decode request's nonce was already granted once: the request is a replay."""
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:

@@ -25,20 +25,16 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-from iae_privacy import crypto
+from iae_privacy.keys import crypto
 from iae_privacy.documents import parse_json
-from iae_privacy.errors import IaeError
+from iae_privacy.errors import SealedFileError
 from iae_privacy.files import atomic_file, write_private
-from iae_privacy.keyring import Keyring, Purpose
+from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
            "content_sha256"]
 
 _U32 = struct.Struct("<I")
-
-
-class SealedFileError(IaeError):
-    """A sealed file is not one, is truncated or damaged, or was altered."""
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:

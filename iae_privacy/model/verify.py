@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from iae_privacy.codec.table import read_batches
-from iae_privacy.exactness import first_difference
+from iae_privacy.arrow.exactness import first_difference
 
 __all__ = ["RoundtripReport", "verify_roundtrip"]
 

@@ -1,0 +1,201 @@
+"""Restoring an encoded dataset, or some of its rows and columns, bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from iae_privacy.arrow.exactness import ContentDigest
+from iae_privacy.codec import Role
+from iae_privacy.dataset.overlap import Behind
+from iae_privacy.errors import StoreError
+from iae_privacy.files import atomic_file
+from iae_privacy.keys.keyring import Keyring, Purpose
+from iae_privacy.keys.sealed import (open_sealed_file)
+from iae_privacy.dataset.layout import COMPLETE, DICTIONARY_PAGE_LIMIT, VAULT_MAGIC, latent_batch, public_name, vault_key_aad
+from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
+
+if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
+    from iae_privacy.model.pipeline import Model
+
+__all__ = ["Reader", "write_restored", "RESTORED_ROW_GROUP"]
+
+
+class Reader(ManifestFile):
+    """Decoding: whole datasets (what the flows call), some rows of some columns, one part."""
+
+    def restored_paths(self, manifest: Manifest, out: Path, keyring: Keyring) -> list[Path]:
+        """Where :meth:`decode_all` restores each part, in part order: ``out`` itself for a
+        ``.parquet`` name, else one file per part in the folder ``out``, named after its source."""
+        records = sorted(manifest.parts, key=lambda p: p.part)
+        if out.suffix == ".parquet":
+            return [out] * len(records)
+        scheme = Scheme(keyring, manifest.version)
+        return [out / f"part-{record.part:05d}-{Path(scheme.source(record)).name}" for record in records]
+
+    def decode_all(self, model: Model, keyring: Keyring, out: Path,
+                   on_rows: Callable[[int, int], None] | None = None) -> int:
+        """Restore every part, after checking the manifest's signature and every part's hash.
+
+        One part restores to ``out`` when it ends in ``.parquet``; otherwise ``out`` is a folder with
+        one file per part. Written atomically with owner-only permissions; returns the rows restored.
+        ``on_rows(done, total)`` is called after each batch (for progress).
+        """
+        manifest = self.read_manifest(keyring)
+        if not manifest.parts:
+            raise StoreError(f"{self.folder} has no encoded parts")
+        for record in manifest.parts:
+            self.verify_part(record)
+        single = out.suffix == ".parquet"
+        if single and len(manifest.parts) != 1:
+            raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
+        rows, total, written = 0, sum(p.rows for p in manifest.parts), []
+        try:
+            scheme = Scheme(keyring, manifest.version)
+            for record, target in zip(sorted(manifest.parts, key=lambda p: p.part),
+                                      self.restored_paths(manifest, out, keyring)):
+                content = scheme.content()
+
+                def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
+                    done = rows
+                    for batch in self.decode_part(record, model, keyring, manifest.dataset):
+                        content.update(batch)
+                        done += batch.num_rows
+                        if on_rows is not None:
+                            on_rows(done, total)
+                        yield batch
+
+                def check(record: PartRecord = record, content: ContentDigest = content) -> None:
+                    if content.hexdigest() != record.content_digest:
+                        raise StoreError(f"part {record.part} restored to data that differs from its source "
+                                         f"{scheme.source(record)}: refusing to write it")
+
+                rows += write_restored(target, restored(), check)
+                written.append(target)
+        except BaseException:
+            for path in written:  # all parts or none
+                path.unlink(missing_ok=True)
+            raise
+        return rows
+
+
+
+    def decode_rows(self, manifest: Manifest, model: Model, keyring: Keyring, out: Path,
+                    located: dict[int, dict[int, np.ndarray]] | None, columns: list[int] | None,
+                    on_rows: Callable[[int, int], None] | None = None) -> int:
+        """Restore some rows (``located``, from :meth:`locate`; None: all) and some columns (source
+        positions; None: all) of the dataset to one Parquet file ``out``, owner-only, atomically.
+
+        Check the parts involved with :meth:`verify_part` first. Rows come in source order (part,
+        then row).
+        """
+        records = sorted((p for p in manifest.parts if located is None or p.part in located), key=lambda p: p.part)
+        total = sum(p.rows for p in records) if located is None else \
+            sum(len(rows) for groups in located.values() for rows in groups.values())
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            done = 0
+            for record in records:
+                take = None if located is None else located[record.part]
+                for batch in self.decode_part(record, model, keyring, manifest.dataset, take):
+                    done += batch.num_rows
+                    if on_rows is not None:
+                        on_rows(done, total)
+                    yield batch if columns is None else batch.select(columns)
+
+        return write_restored(out, batches())
+
+
+    def decode_part(self, record: PartRecord, model: Model, keyring: Keyring, dataset: str,
+                    take: dict[int, np.ndarray] | None = None) -> Iterator[pa.RecordBatch]:
+        """The part's original record batches, bit for bit (after :meth:`verify_part`).
+
+        ``take`` restores only some rows: {batch index: row positions within that batch}; other
+        batches are skipped (their vault segments are still authenticated up to the last one taken).
+        """
+        complete = bool(record.batch_rows)  # format 2: the vault alone restores, in source order
+        latent_file = None if complete else pq.ParquetFile(self.folder / record.latent, pre_buffer=False)
+        if latent_file is not None and latent_file.num_row_groups != record.batches:
+            raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
+                             f"the manifest says {record.batches}")
+
+        def check(doc: dict) -> None:
+            if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
+                raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
+
+        # what decoding reads of a format-1 latent part: row ids, passthrough and z_public (not the
+        # tokens). Selecting by name cannot pull in anything else: a name also selects the nested
+        # fields it prefixes, and the columns left out (tokens) are flat strings with none.
+        passthrough_n = len(model.codec.indices_with_role(Role.PASSTHROUGH))
+        needed = None if latent_file is None else latent_file.schema_arrow.names[: 1 + passthrough_n] + \
+            [public_name(j) for j in range(model.network.config.public_dims)]
+        _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
+                                       vault_key_aad, keyring, "vault part", check)
+        last = record.batches - 1 if take is None else max(take, default=-1)
+        group = -1
+        for group, segment in enumerate(segments):
+            if group >= record.batches:
+                raise StoreError(f"vault part {record.vault} has more batches than the manifest says")
+            if take is not None and group not in take:
+                if group >= last:
+                    break
+                continue
+            vault = pa.ipc.open_stream(segment).read_next_batch()
+            latent = vault if latent_file is None else latent_file.read_row_group(group, columns=needed)
+            expected = record.batch_rows[group] if complete else latent.num_rows
+            if vault.num_rows != expected or (complete and COMPLETE not in (vault.schema.metadata or {})):
+                raise StoreError(f"vault part {record.vault} and the " + ("manifest" if complete else
+                                 f"latent part {record.latent}") + f" disagree on the rows of batch {group}")
+            if take is not None:
+                rows = pa.array(take[group], pa.int64())
+                vault, latent = vault.take(rows), latent.take(rows)
+            yield model.decode(latent_batch(None if complete else latent, vault, model))
+            if group >= last:
+                break
+        if take is None and group + 1 != record.batches:
+            raise StoreError(f"vault part {record.vault} has fewer batches than the manifest says")
+
+
+
+RESTORED_ROW_GROUP = 262_144
+"""Rows per row group of a restored file: large groups write faster (a few batches' memory)."""
+
+
+def write_restored(path: Path, batches: Iterator[pa.RecordBatch], check: Callable[[], None] | None = None) -> int:
+    """Stream batches to a Parquet file only its owner can read; ``check()``, if given, runs before
+    the file is put in place. Nothing is left on failure.
+
+    Each row group is written on a second thread while the next is restored (memory: two groups).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows, pending = None, 0, []
+
+    def write(table: pa.Table) -> None:
+        writer.write_table(table, row_group_size=RESTORED_ROW_GROUP)
+
+    with atomic_file(path) as sink:
+        try:
+            with Behind(write) as behind:
+                for batch in batches:
+                    if writer is None:
+                        writer = pq.ParquetWriter(sink, batch.schema, dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if sum(b.num_rows for b in pending) >= RESTORED_ROW_GROUP:
+                        behind.put(pa.Table.from_batches(pending))
+                        pending = []
+                if writer is None:
+                    raise StoreError(f"nothing to restore to {path}")
+                if pending:
+                    behind.put(pa.Table.from_batches(pending))
+        finally:
+            if writer is not None:
+                writer.close()
+        if check is not None:
+            check()
+    return rows

@@ -1,0 +1,153 @@
+"""Encoding sources into parts of an encoded dataset, and committing them to its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from iae_privacy.codec import Role, parquet_rows, read_batches
+from iae_privacy.dataset.overlap import Behind
+from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, ShuffledWriter
+from iae_privacy.errors import StoreError
+from iae_privacy.files import atomic_file
+from iae_privacy.keys.keyring import Keyring, Purpose
+from iae_privacy.keys.sealed import (read_sealed_header,
+                                     rewrap_sealed, write_sealed)
+from iae_privacy.dataset.layout import (DICTIONARY_PAGE_LIMIT, ROW_ID, VAULT_MAGIC, file_sha256, latent_table,
+                                      public_name, vault_key_aad, vault_segment, vault_sha256)
+from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
+
+if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
+    from iae_privacy.model.pipeline import Model
+
+__all__ = ["Writer"]
+
+
+class Writer(ManifestFile):
+    """Encoding: a plan of what is new, one part per source, the commit; vault key rotation."""
+
+    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str, version: int) -> list[tuple[Path, str, int]]:
+        """(source, digest, part) for every source not yet encoded with this model version.
+
+        Clears what a killed run left behind first. Sources with identical content are encoded once.
+        """
+        manifest = self.manifest_or_new(keyring, dataset, model, version)
+        self.remove_strays(manifest)
+        scheme = Scheme(keyring, manifest.version)
+        done = {p.source_digest for p in manifest.parts}
+        part = max((p.part for p in manifest.parts), default=0) + 1
+        todo = []
+        for source in sorted(sources):
+            digest = scheme.file_digest(source)
+            if digest in done:
+                continue
+            done.add(digest)
+            todo.append((source, digest, part))
+            part += 1
+        return todo
+
+    def commit(self, records: list[PartRecord], keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
+        """Add finished parts to the manifest (re-signed, written atomically)."""
+        manifest = self.manifest_or_new(keyring, dataset, model, version)
+        taken = {p.part for p in manifest.parts}
+        for record in records:
+            if record.part in taken:
+                raise StoreError(f"part {record.part} is already in the manifest of {self.folder}")
+            self.verify_part(record)
+        manifest.parts.extend(records)
+        self.write_manifest(manifest, keyring)
+        return manifest
+
+    def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
+                      keyring: Keyring, dataset: str, source_digest: str | None = None,
+                      batch_size: int = 65_536, on_rows: Callable[[int], None] | None = None) -> PartRecord:
+        """Encode one source file into part ``part`` (latent + vault, written atomically), in the
+        dataset's format (:data:`CURRENT_FORMAT` for a new one).
+
+        ``on_rows`` gets the running row count after each batch (for progress)."""
+        scheme = Scheme(keyring, self.format_version(keyring))
+        latent_path, vault_path = self.part_paths(part)
+        latent_path.parent.mkdir(parents=True, exist_ok=True)
+        source_digest = source_digest or scheme.file_digest(source)
+        codec = model.codec
+        identifier_fields = [codec.schema.field(i) for i in codec.indices_with_role(Role.IDENTIFIER)]
+        tokenizers = scheme.tokenizers(dataset, [f.name for f in identifier_fields], codec.config.join_domains)
+        reserved = {ROW_ID} | {public_name(j) for j in range(model.network.config.public_dims)}
+        clash = [f.name for i in codec.indices_with_role(Role.PASSTHROUGH) + codec.indices_with_role(Role.IDENTIFIER)
+                 if (f := codec.schema.field(i)).name in reserved]
+        if clash:
+            raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
+        shuffled = scheme.version >= 2
+        row_ids = RowIds(keyring, dataset) if shuffled else None
+        batch_rows: list[int] = []
+        writer: pq.ParquetWriter | ShuffledWriter | None = None
+        content = scheme.content()
+        done = 0
+
+        def segments() -> Iterator[bytes]:
+            nonlocal writer, done
+            for batch in read_batches(source, batch_size):
+                content.update(batch)
+                latent = model.encode(batch, source=str(source))
+                rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
+                ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
+                table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers,
+                                           model_name, model_version, codec.schema.names, shuffled)
+                if writer is None:
+                    writer = ShuffledWriter(latent_sink, latent_path.parent, latent_path.name, buckets, ROW_ID) \
+                        if shuffled else pq.ParquetWriter(latent_sink, table.schema,
+                                                          dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                behind.put(table)  # written (or spilled) on a second thread while the next batch is encoded
+                done += batch.num_rows
+                batch_rows.append(batch.num_rows)
+                if on_rows is not None:
+                    on_rows(done)
+                yield vault_segment(latent, complete=shuffled)
+
+        def write_latent(table: pa.Table) -> None:
+            if shuffled:
+                writer.put(table)
+            else:
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
+        buckets = -(-parquet_rows(source) // batch_size) if shuffled else 0
+        try:
+            with atomic_file(latent_path) as latent_sink:
+                try:
+                    with Behind(write_latent) as behind:
+                        write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
+                                     Purpose.VAULT, vault_key_aad({"dataset": dataset, "part": part}),
+                                     segments(), keyring)
+                    if writer is None:
+                        raise StoreError(f"{source} has no record batches to encode")
+                    if shuffled:
+                        writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                finally:
+                    if writer is not None:
+                        writer.close()
+        except BaseException:
+            vault_path.unlink(missing_ok=True)
+            self._remove_empty_folders()
+            raise
+        return PartRecord(part, scheme.seal_source(str(source)), source_digest, done, len(batch_rows),
+                          str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
+                          str(vault_path.relative_to(self.folder)), vault_sha256(vault_path),
+                          content.hexdigest(), batch_rows if shuffled else [])
+
+    def rewrap_all(self, keyring: Keyring) -> int:
+        """Re-wrap every vault part's data key under the current key version."""
+        return sum(rewrap_sealed(p, VAULT_MAGIC, Purpose.VAULT, vault_key_aad, keyring, "vault part")
+                   for p in sorted((self.folder / "vault").glob("part-*.vault")))
+
+    def vault_key_versions(self) -> dict[int, int]:
+        """How many vault parts each key version protects."""
+        counts: dict[int, int] = {}
+        for path in (self.folder / "vault").glob("part-*.vault"):
+            version = read_sealed_header(path, VAULT_MAGIC, "vault part")[1]
+            counts[version] = counts.get(version, 0) + 1
+        return counts
