@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import Result, best_of
-from iae_privacy.codec import TableCodec
 from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.codec import TableCodec
 from iae_privacy.samples import synthetic_patients
 
 BATCH_ROWS = 65_536

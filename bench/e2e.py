@@ -67,9 +67,9 @@ def _prepare(folder: Path, rows: int) -> Path:
 def train_bench_model(source: Path, keyring, registry):
     """The model every end-to-end benchmark uses: one epoch on 50,000 rows, sealed as bench:v1."""
     from iae_privacy.codec import CodecConfig
-    from iae_privacy.network.train import TrainConfig
     from iae_privacy.model.pipeline import fit_model
     from iae_privacy.model.registry import transform_key
+    from iae_privacy.network.train import TrainConfig
 
     model, report = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
                               TrainConfig(epochs=1))

@@ -15,9 +15,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, hmac
 
 from bench.common import Result, best_of
+from iae_privacy.dataset.tokens import Tokenizer
 from iae_privacy.keys.keyring import Keyring
 from iae_privacy.samples import synthetic_patients
-from iae_privacy.dataset.tokens import Tokenizer
 
 
 def run(rows: int) -> Result:

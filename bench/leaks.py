@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.common import Result
-from iae_privacy.dataset import manifest as manifest_format
 from iae_privacy.codec import CodecConfig
-from iae_privacy.keys.keyring import Keyring
-from iae_privacy.network.train import TrainConfig
-from iae_privacy.model.pipeline import fit_model
-from iae_privacy.model.registry import transform_key
+from iae_privacy.dataset import manifest as manifest_format
 from iae_privacy.dataset.rowids import RowIds
 from iae_privacy.dataset.store import EncodedDataset
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.network.train import TrainConfig
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "cps1988_wages.parquet"
 LEAKED = (10, 1_000)

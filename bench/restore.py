@@ -29,7 +29,7 @@ SINGLE_RECORD_REPEATS = 7
 _FLOW_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from flows.decode import run_decode
+from iae_privacy_flows.decode import run_decode
 imported = time.perf_counter() - t0
 home, encoded, out = sys.argv[1:4]
 times = []
@@ -44,8 +44,8 @@ print(json.dumps({"import": imported, "times": times}))
 def run(rows: int) -> Result:
     from iae_privacy.access.control import ADMIN, AccessControl, make_request
     from iae_privacy.arrow.exactness import first_difference
-    from iae_privacy.keys.keyring import Keyring
     from iae_privacy.dataset.store import EncodedDataset
+    from iae_privacy.keys.keyring import Keyring
     from iae_privacy.workspace import Workspace
 
     result = Result("restore", "audited restore through signed requests (authorise, audit, check parts, "

@@ -11,9 +11,16 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import SAFE_TASK, no_data_in_errors, open_workspace
+from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
+from iae_privacy.analysts.evaluate import (
+    EvaluationConfig,
+    codec_config_of,
+    evaluate,
+    markdown,
+    middle_point,
+    write_report,
+)
 from iae_privacy.codec import CodecConfig
-from iae_privacy.analysts.evaluate import EvaluationConfig, codec_config_of, evaluate, markdown, middle_point, write_report
 
 
 @task(**SAFE_TASK)

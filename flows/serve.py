@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prefect.deployments.runner import RunnerDeployment
 
-from flows.encode import encode_flow
-from flows.train import train_flow
+from iae_privacy_flows.encode import encode_flow
+from iae_privacy_flows.train import train_flow
 
 
 def build_deployments(landing: str, model: str, out: str, home: str, cron: str = "*/15 * * * *",

@@ -1,4 +1,9 @@
-"""JSON documents read from files a user (or an attacker) can write: parsed or refused, nothing else.
+"""JSON documents: canonical bytes for everything signed or MAC'd, and parsing of files a user (or an
+attacker) can write: parsed or refused, nothing else.
+
+:func:`canonical` is the one spelling of a signed document (request, policy, audit entry, sealed
+header, manifest): sorted keys, no spaces, so that a document parsed and written again has the same
+bytes, and a check of "these exact bytes" is a check of the content.
 
 ``json.loads`` raises more than ``ValueError`` on hostile bytes: ``RecursionError`` for deeply
 nested brackets, ``UnicodeDecodeError`` (a ``ValueError``) for bytes that are not UTF-8, and it
@@ -9,10 +14,11 @@ headers, audit lines) has one error to catch and refuse with.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
-__all__ = ["parse_json", "MAX_DOCUMENT_BYTES"]
+__all__ = ["canonical", "parse_json", "utc_now", "MAX_DOCUMENT_BYTES"]
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 """Larger documents are refused before parsing (a request or policy is a few KB)."""
@@ -30,3 +36,17 @@ def parse_json(data: bytes | str) -> Any:
         return json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def canonical(doc: Any, *, ascii: bool = False) -> bytes:
+    """The canonical bytes of ``doc``: sorted keys, compact separators, UTF-8.
+
+    ``ascii``: non-ASCII characters as ``\\u`` escapes, the spelling encoded datasets' manifests
+    were signed in from the start (format 1 and 2); every other document keeps them as UTF-8. Either
+    way the bytes are a function of the content alone."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii).encode()
+
+
+def utc_now() -> datetime.datetime:
+    """Now, in UTC, as an aware datetime (``.isoformat(timespec=...)`` for the stamps we write)."""
+    return datetime.datetime.now(datetime.timezone.utc)

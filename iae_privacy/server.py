@@ -14,7 +14,6 @@ never leaves it there) and without ``PREFECT_API_URL``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from iae_privacy.documents import parse_json
+from iae_privacy.documents import parse_json, utc_now
 from iae_privacy.errors import ServerError
 from iae_privacy.files import write_private
 from iae_privacy.keys.keyring import ENV_PASSPHRASE
@@ -118,7 +117,7 @@ class WorkspaceServer:
                                        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)  # lives on after this command
         state = ServerState(f"http://127.0.0.1:{port}/api", process.pid,
-                            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                            utc_now().isoformat(timespec="seconds"))
         write_private(self.state_file, json.dumps(state.__dict__, indent=1).encode())
         began = time.monotonic()
         while not _healthy(state.url, timeout=1.0):

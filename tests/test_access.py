@@ -19,19 +19,24 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from iae_privacy.keys import crypto
-from iae_privacy.access.control import AccessControl, AccessRefused, AccessRole, make_request
 from iae_privacy.access.audit import AuditError
-from iae_privacy.codec import CodecConfig, Role
-from iae_privacy.errors import IaeError
+from iae_privacy.access.control import (
+    AccessControl,
+    AccessRefused,
+    AccessRole,
+    make_request,
+)
 from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.codec import CodecConfig, Role
+from iae_privacy.dataset.rowids import RowIds
+from iae_privacy.dataset.store import EncodedDataset
+from iae_privacy.errors import IaeError
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring
-from iae_privacy.network.train import TrainConfig
 from iae_privacy.model.pipeline import fit_model
 from iae_privacy.model.registry import transform_key
-from iae_privacy.dataset.rowids import RowIds
+from iae_privacy.network.train import TrainConfig
 from iae_privacy.samples import write_synthetic_patients
-from iae_privacy.dataset.store import EncodedDataset
 from iae_privacy.workspace import Workspace
 
 DATASET = "patients"

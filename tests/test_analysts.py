@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from iae_privacy.analysts import attacks
-from iae_privacy.codec import CodecConfig, Role
 from iae_privacy.analysts.evaluate import EvaluationConfig, evaluate, write_report
-from iae_privacy.keys.keyring import Keyring
-from iae_privacy.network.train import TrainConfig
-from iae_privacy.model.pipeline import fit_model
 from iae_privacy.analysts.query import QueryError, connect, query
-from iae_privacy.model.registry import transform_key
-from iae_privacy.samples import write_synthetic_patients
+from iae_privacy.codec import CodecConfig, Role
 from iae_privacy.dataset.store import EncodedDataset
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.registry import transform_key
+from iae_privacy.network.train import TrainConfig
+from iae_privacy.samples import write_synthetic_patients
 
 
 def codes(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -166,8 +166,13 @@ def test_clustering_and_nearest_neighbours_on_latent_columns_as_the_docs_show(en
 def test_synthetic_rows_equal_to_real_ones_are_found(data_dir):
     import pyarrow as pa
 
+    from iae_privacy.analysts.synthesize import (
+        feature_columns,
+        matching_rows,
+        records_from_codes,
+        sample_codes,
+    )
     from iae_privacy.keys import crypto
-    from iae_privacy.analysts.synthesize import feature_columns, matching_rows, records_from_codes, sample_codes
 
     source = data_dir / "cps1988_wages.parquet"
     model, report = fit_model(source, crypto.random_key(), None, TrainConfig(epochs=1))

@@ -98,8 +98,8 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
                "health,region", "--purpose", "check", "--out", str(request), home=tmp_path).exit_code == 0
     result = run("decode", str(encoded), "--request", str(request), "--out", str(out), home=tmp_path)
     assert result.exit_code == 0 and "2 rows restored" in result.output, result.output
-    from iae_privacy.keys.keyring import Keyring
     from iae_privacy.dataset.rowids import RowIds
+    from iae_privacy.keys.keyring import Keyring
 
     _, rows = RowIds(Keyring.open(tmp_path / "keys"), "enc").positions(ids)  # what only the keyring knows
     expected = pq.read_table(source).take(sorted(rows)).select(["health", "region"])  # source order
@@ -169,14 +169,13 @@ def test_query_and_evaluate_from_the_command_line(tmp_path, data_dir, prefect_ha
 
 def test_flow_progress_draws_bars_in_a_terminal_and_stays_quiet_elsewhere(monkeypatch):
     import io
-
-    from rich.console import Console
-
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
+    from rich.console import Console
 
-    from iae_privacy import cli, progress
+    from iae_privacy import progress
+    from iae_privacy.cli import common as cli
 
     prefect_console = PrefectConsoleHandler(stream=io.StringIO())  # as Prefect's logging set-up adds it
     logging.getLogger().addHandler(prefect_console)
@@ -360,12 +359,12 @@ def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_pa
                           "--epochs", "1")
     assert code == 2 and "column 'cat' holds text that is not valid UTF-8" in text and canary not in text
 
-    import flows.train
+    import iae_privacy_flows.train
 
     def quotes_a_cell(*args, **kwargs):
         raise ValueError(f"cannot convert {canary}-12 to float")
 
-    monkeypatch.setattr(flows.train, "fit_model", quotes_a_cell)
+    monkeypatch.setattr(iae_privacy_flows.train, "fit_model", quotes_a_cell)
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({k: v for k, v in columns.items() if k != "cat"}), good)
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(good), "--model", "c", "--epochs", "1")

@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from arrow_strategies import DECIMALS, FIXED_WIDTH, STRINGS, arrow_schema, table_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arrow_strategies import DECIMALS, FIXED_WIDTH, STRINGS, arrow_schema, table_for
+from iae_privacy.arrow.exactness import first_difference
 from iae_privacy.codec import CodecConfig, Role, TableCodec, read_batches
 from iae_privacy.errors import CodecError
-from iae_privacy.arrow.exactness import first_difference
 from iae_privacy.samples import synthetic_patients
 
 

@@ -13,17 +13,17 @@ import pytest
 
 from iae_privacy import progress
 from iae_privacy.access.control import AccessControl, AccessRefused, make_request
-from iae_privacy.errors import IaeError
 from iae_privacy.arrow.exactness import first_difference
-from iae_privacy.workspace import Workspace
+from iae_privacy.errors import IaeError
 from iae_privacy.keys.keyring import Keyring, Purpose
 from iae_privacy.samples import write_synthetic_patients
+from iae_privacy.workspace import Workspace
 
 
 def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness):
-    from flows.decode import decode_flow, run_decode
-    from flows.encode import encode_flow
-    from flows.train import train_flow
+    from iae_privacy_flows.decode import decode_flow, run_decode
+    from iae_privacy_flows.encode import encode_flow
+    from iae_privacy_flows.train import train_flow
 
     keyring = Keyring.init(tmp_path / "keys")
     admin_key = AccessControl(Workspace.at(tmp_path), keyring).initialise()
@@ -120,8 +120,8 @@ def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
 def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harness):
     from distributed import LocalCluster
 
-    from flows.encode import run_encode
-    from flows.train import train_flow
+    from iae_privacy_flows.encode import run_encode
+    from iae_privacy_flows.train import train_flow
 
     Keyring.init(tmp_path / "keys")
     landing = tmp_path / "landing"
@@ -145,7 +145,7 @@ def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect
 
     from prefect.client.orchestration import get_client
 
-    from flows.serve import build_deployments
+    from iae_privacy_flows.serve import build_deployments
 
     deployments = build_deployments(str(tmp_path / "landing"), "pat", str(tmp_path / "enc"), str(tmp_path),
                                     cron="0 * * * *", retrain_cron="0 3 * * 0",

@@ -14,15 +14,21 @@ import pyarrow as pa
 import pytest
 import torch
 
-from iae_privacy.keys import crypto
-from iae_privacy.model.bundle import BundleError, SealedModel, open_bundle, seal_bundle
 from iae_privacy.codec import TableCodec
 from iae_privacy.errors import IaeError
-from iae_privacy.keys.keyring import Keyring, KeyringError, Purpose, RetiredKeyError, WrongKeyError
-from iae_privacy.network import ExactINN, NetworkConfig
-from iae_privacy.network.train import TrainReport
+from iae_privacy.keys import crypto
+from iae_privacy.keys.keyring import (
+    Keyring,
+    KeyringError,
+    Purpose,
+    RetiredKeyError,
+    WrongKeyError,
+)
+from iae_privacy.model.bundle import BundleError, SealedModel, open_bundle, seal_bundle
 from iae_privacy.model.pipeline import Model
 from iae_privacy.model.registry import ModelRegistry, transform_key
+from iae_privacy.network import ExactINN, NetworkConfig
+from iae_privacy.network.train import TrainReport
 
 
 @pytest.fixture

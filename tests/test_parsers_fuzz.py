@@ -15,12 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iae_privacy.keys import crypto
-from iae_privacy.access.control import AccessControl, AccessRefused, DecodeRequest, Policy, make_request
 from iae_privacy.access.audit import AuditLog
+from iae_privacy.access.control import (
+    AccessControl,
+    AccessRefused,
+    DecodeRequest,
+    Policy,
+    make_request,
+)
+from iae_privacy.dataset.store import EncodedDataset, Manifest, PartRecord, StoreError
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, KeyringError, Purpose
 from iae_privacy.keys.sealed import SealedFileError, read_sealed_header, write_sealed
-from iae_privacy.dataset.store import EncodedDataset, Manifest, PartRecord, StoreError
 from iae_privacy.workspace import Workspace
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,17 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from iae_privacy.codec import CodecConfig, Role
-from iae_privacy.errors import IaeError
 from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.codec import CodecConfig, Role
+from iae_privacy.dataset.rowids import RowIds
+from iae_privacy.dataset.store import ROW_ID, EncodedDataset, StoreError
+from iae_privacy.errors import IaeError
 from iae_privacy.keys.keyring import Keyring, WrongKeyError
-from iae_privacy.network.train import TrainConfig
+from iae_privacy.keys.sealed import SealedFileError
 from iae_privacy.model.pipeline import fit_model
 from iae_privacy.model.registry import transform_key
-from iae_privacy.dataset.rowids import RowIds
+from iae_privacy.network.train import TrainConfig
 from iae_privacy.samples import write_synthetic_patients
-from iae_privacy.keys.sealed import SealedFileError
-from iae_privacy.dataset.store import ROW_ID, EncodedDataset, StoreError
 
 DATASET = "patients"
 
@@ -221,7 +221,7 @@ def test_dotted_and_nested_column_names_restore_exactly(tmp_path, struct_role):
 
 
 def test_refusals_name_what_is_wrong(setup, tmp_path):
-    from flows.encode import sources_of
+    from iae_privacy_flows.encode import sources_of
 
     _, keyring, sources, model = setup
     dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
@@ -331,8 +331,8 @@ def test_no_readable_byte_of_an_encoded_dataset_confirms_or_locates_its_source(s
     """The manifest oracle: no plain digest of the source's bytes or content, and no path."""
     import hashlib
 
-    from iae_privacy.codec import read_batches
     from iae_privacy.arrow.exactness import ContentDigest
+    from iae_privacy.codec import read_batches
 
     _, keyring, sources, model = setup
     encode_all(tmp_path / "enc", keyring, sources, model)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from arrow_strategies import arrow_schema, table_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arrow_strategies import arrow_schema, table_for
 from iae_privacy.arrow.cells import from_cells, to_cells
 from iae_privacy.arrow.exactness import first_difference
-from iae_privacy.keys.keyring import Keyring
 from iae_privacy.dataset.tokens import TOKEN_BYTES, Tokenizer
+from iae_privacy.keys.keyring import Keyring
 
 
 @pytest.fixture(scope="module")

@@ -34,20 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from iae_privacy.keys import crypto
-from iae_privacy.documents import parse_json
+from iae_privacy.documents import canonical, parse_json, utc_now
 from iae_privacy.errors import AuditError, NonceUsedError
 from iae_privacy.files import write_private
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["AuditLog", "AuditError", "AuditReport", "NonceUsedError", "GENESIS"]
 
 GENESIS = "0" * 64
 """``prev`` of the first entry."""
-
-
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass
@@ -77,7 +73,7 @@ class AuditLog:
     # -- reading ---------------------------------------------------------------------------------
 
     def _mac(self, entry: dict[str, Any]) -> str:
-        return crypto.mac(self._key, _canonical({k: v for k, v in entry.items() if k != "mac"})).hex()
+        return crypto.mac(self._key, canonical({k: v for k, v in entry.items() if k != "mac"})).hex()
 
     def _parse(self, line: bytes) -> dict[str, Any] | None:
         """The entry on ``line`` if it is canonical and its MAC holds; else None."""
@@ -85,7 +81,7 @@ class AuditLog:
             entry = parse_json(line)
         except ValueError:
             return None
-        if not isinstance(entry, dict) or _canonical(entry) != line or not isinstance(entry.get("mac"), str):
+        if not isinstance(entry, dict) or canonical(entry) != line or not isinstance(entry.get("mac"), str):
             return None
         return entry if crypto.constant_time_equal(entry["mac"].encode(), self._mac(entry).encode()) else None
 
@@ -128,7 +124,7 @@ class AuditLog:
         checkpoint (so an older genuine entry cannot pass for the latest); None if there is none."""
         lines, torn = self._read()
         for i in range(len(lines) - 1, -1, -1):
-            if f'"event":{_canonical({"e": event})[5:-1].decode()}'.encode() not in lines[i]:
+            if f'"event":{canonical({"e": event})[5:-1].decode()}'.encode() not in lines[i]:
                 continue
             entry = self._parse(lines[i])
             if entry is None or entry.get("event") != event:
@@ -261,10 +257,10 @@ class AuditLog:
 
     def _append_locked(self, seq: int, prev: str, event: str, outcome: str, fields: dict[str, Any]) -> dict[str, Any]:
         entry = {**fields, "seq": seq + 1, "prev": prev, "event": event, "outcome": outcome,
-                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
+                 "time": utc_now().isoformat(timespec="milliseconds")}
         entry["mac"] = self._mac(entry)
         try:
-            self._write_line(_canonical(entry) + b"\n")
+            self._write_line(canonical(entry) + b"\n")
             self._write_checkpoint(entry["seq"], entry["mac"])
         except OSError as exc:
             raise AuditError(f"audit log {self.path} cannot be written ({exc.strerror or type(exc).__name__}); "
@@ -357,7 +353,7 @@ class AuditLog:
         """
         with self._locked():
             seq, prev, lines = self._tail(since, window=True)
-            needle = b'"nonce":' + _canonical({"n": nonce})[5:-1]  # the nonce as it is written in a line
+            needle = b'"nonce":' + canonical({"n": nonce})[5:-1]  # the nonce as it is written in a line
             for line in lines:
                 if needle in line:
                     entry = parse_json(line)

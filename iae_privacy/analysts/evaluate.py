@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iae_privacy.analysts import attacks
-from iae_privacy.keys import crypto
 from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
-from iae_privacy.network.train import TrainConfig
+from iae_privacy.keys import crypto
 from iae_privacy.model.pipeline import Model, fit_model
+from iae_privacy.network.train import TrainConfig
 
 __all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown",
            "codec_config_of", "middle_point"]
@@ -118,7 +118,10 @@ def _target(column: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
 
 def _utility(x: np.ndarray, y: np.ndarray, regression: bool) -> float:
     """Held-out R² (regression) or accuracy (classification) of gradient boosting, on a 50/50 split."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+    )
 
     keep = ~np.isnan(y) if regression else np.ones(len(y), bool)
     x, y = x[keep], y[keep]

@@ -13,8 +13,10 @@ counts synthetic rows whose feature values equal a real row's; :func:`synthesize
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +24,17 @@ import torch
 
 from iae_privacy.codec import EncodedBatch, Role
 from iae_privacy.codec.columns import CategoryColumn, array_to_ipc
+from iae_privacy.dataset.store import EncodedDataset, Manifest, write_restored
 from iae_privacy.errors import IaeError
+from iae_privacy.files import write_private
+from iae_privacy.keys.keyring import Keyring
 from iae_privacy.model.pipeline import Model
 
-__all__ = ["sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows"]
+if TYPE_CHECKING:
+    from iae_privacy.model.registry import LoadedModel
+
+__all__ = ["sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows",
+           "synthesize_records"]
 
 
 def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -111,3 +120,51 @@ def fidelity(model: Model, synthetic: np.ndarray, real: np.ndarray) -> Fidelity:
         diff = np.abs(np.nan_to_num(np.corrcoef(synthetic.T)) - np.nan_to_num(np.corrcoef(real.T)))
     off = diff[~np.eye(len(names), dtype=bool)] if len(names) > 1 else np.zeros(1)
     return Fidelity(tvd, float(off.max()), float(off.mean()))
+
+
+def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: LoadedModel, keyring: Keyring, rows: int,
+                       out: Path, on_rows: Callable[[int, int], None] | None = None, reference_rows: int = 50_000,
+                       seed: int | None = None) -> int:
+    """Sample ``rows`` synthetic records from the dataset's model; drop (and replace) any whose
+    feature values equal a real record's; write them to ``out`` and a fidelity report
+    (aggregates only) beside it as ``out``.fidelity.json."""
+    if out.suffix != ".parquet":
+        raise IaeError(f"{out}: synthetic records go to one .parquet file")
+    model, training = loaded.model, loaded.training
+    rng = np.random.default_rng(seed)
+    columns = feature_columns(model)
+    codes = sample_codes(model, training.get("latent_mean", []), training.get("latent_cov", []), rows, rng)
+    reference: list[np.ndarray] = []
+
+    def real_batches():
+        for record in sorted(manifest.parts, key=lambda p: p.part):
+            for batch in dataset.decode_part(record, model, keyring, manifest.dataset):
+                if sum(len(r) for r in reference) < reference_rows:
+                    reference.append(model.codec.encode(batch).features)
+                yield batch
+
+    dropped = 0
+    for attempt in range(3):
+        table = pa.Table.from_batches([records_from_codes(model, codes)])
+        hits = matching_rows(table, real_batches(), columns)
+        if not len(hits):
+            break
+        dropped += len(hits)
+        keep = np.setdiff1d(np.arange(len(codes)), hits)
+        codes = np.concatenate([codes[keep], sample_codes(model, training["latent_mean"],
+                                                                 training["latent_cov"], len(hits), rng)])
+        reference.clear()
+    else:
+        raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
+    quality = fidelity(model, codes, np.concatenate(reference)[:reference_rows])
+    write_restored(out, iter(table.to_batches()))
+    report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
+              "real_records_compared": sum(p.rows for p in manifest.parts),
+              "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],
+              "total_variation_distance": quality.columns,
+              "correlation_max_difference": quality.correlation_max_difference,
+              "correlation_mean_difference": quality.correlation_mean_difference}
+    write_private(out.with_name(out.name + ".fidelity.json"), json.dumps(report, indent=1).encode())
+    if on_rows is not None:
+        on_rows(rows, rows)
+    return rows

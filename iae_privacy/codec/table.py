@@ -29,7 +29,13 @@ import pyarrow.parquet as pq
 
 from iae_privacy.codec.columns import FeatureColumn, feature_column
 from iae_privacy.codec.roles import CodecConfig, Role, infer_role, network_kind
-from iae_privacy.errors import CodecError, ConfigError, IaeError, ProfileError, SchemaDriftError
+from iae_privacy.errors import (
+    CodecError,
+    ConfigError,
+    IaeError,
+    ProfileError,
+    SchemaDriftError,
+)
 
 __all__ = ["TableCodec", "EncodedBatch", "ColumnSpec", "read_batches", "PROFILE_FORMAT", "PROFILE_VERSION"]
 

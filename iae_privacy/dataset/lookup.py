@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
+from iae_privacy.dataset.layout import ROW_ID
+from iae_privacy.dataset.manifest import Manifest, ManifestFile
 from iae_privacy.dataset.rowids import PART_SHIFT, RowIds
 from iae_privacy.documents import parse_json
 from iae_privacy.errors import StoreError
 from iae_privacy.keys.keyring import Keyring
-from iae_privacy.dataset.layout import ROW_ID
-from iae_privacy.dataset.manifest import Manifest, ManifestFile
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     pass

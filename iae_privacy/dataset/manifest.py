@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -13,13 +12,13 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from iae_privacy.arrow.exactness import ContentDigest
+from iae_privacy.dataset.layout import LATENT_PART, DatasetFolder, file_sha256
 from iae_privacy.dataset.tokens import Tokenizer, token_domain
-from iae_privacy.documents import parse_json
+from iae_privacy.documents import canonical, parse_json, utc_now
 from iae_privacy.errors import StoreError
 from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
-from iae_privacy.dataset.layout import LATENT_PART, DatasetFolder, file_sha256
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     pass
@@ -88,7 +87,7 @@ class Manifest:
         doc = {"format": MANIFEST_FORMAT, "version": self.version, "dataset": self.dataset, "model": self.model,
                "model_version": self.model_version, "updated": self.updated,
                "parts": [p.document(self.version) for p in sorted(self.parts, key=lambda p: p.part)]}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return canonical(doc, ascii=True)
 
 
 class Scheme:
@@ -144,7 +143,7 @@ class ManifestFile(DatasetFolder):
             body = doc["body"]
             if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
                 raise ValueError("format")
-            return body, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(), str(doc["signature"])
+            return body, canonical(body, ascii=True), str(doc["signature"])
         except FileNotFoundError:
             raise StoreError(f"{self.folder} is not an encoded dataset (no manifest.json)") from None
         except (ValueError, KeyError, TypeError):
@@ -201,7 +200,7 @@ class ManifestFile(DatasetFolder):
                              "iae-privacy, or altered): re-encode the source") from None
 
     def write_manifest(self, manifest: Manifest, keyring: Keyring) -> None:
-        manifest.updated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        manifest.updated = utc_now().isoformat(timespec="seconds")
         body = manifest.body()
         signature = crypto.mac(_manifest_key(keyring), body).hex()
         doc = {"body": json.loads(body), "signature": signature}

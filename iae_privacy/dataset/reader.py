@@ -12,13 +12,20 @@ import pyarrow.parquet as pq
 
 from iae_privacy.arrow.exactness import ContentDigest
 from iae_privacy.codec import Role
+from iae_privacy.dataset.layout import (
+    COMPLETE,
+    DICTIONARY_PAGE_LIMIT,
+    VAULT_MAGIC,
+    latent_batch,
+    public_name,
+    vault_key_aad,
+)
+from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
 from iae_privacy.errors import StoreError
 from iae_privacy.files import atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
-from iae_privacy.keys.sealed import (open_sealed_file)
-from iae_privacy.dataset.layout import COMPLETE, DICTIONARY_PAGE_LIMIT, VAULT_MAGIC, latent_batch, public_name, vault_key_aad
-from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
+from iae_privacy.keys.sealed import open_sealed_file
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     from iae_privacy.model.pipeline import Model

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from iae_privacy.keys import crypto
 from iae_privacy.files import TMP_SUFFIX
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["RowIds", "ShuffledWriter", "PART_SHIFT"]

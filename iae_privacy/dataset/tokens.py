@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy.keys import crypto
 from iae_privacy.arrow.cells import family, to_cells
 from iae_privacy.codec.ordered import validity_buffer
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["TOKEN_BYTES", "Tokenizer", "token_domain"]

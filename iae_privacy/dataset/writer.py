@@ -11,16 +11,24 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from iae_privacy.codec import Role, parquet_rows, read_batches
+from iae_privacy.dataset.layout import (
+    DICTIONARY_PAGE_LIMIT,
+    ROW_ID,
+    VAULT_MAGIC,
+    file_sha256,
+    latent_table,
+    public_name,
+    vault_key_aad,
+    vault_segment,
+    vault_sha256,
+)
+from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
 from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, ShuffledWriter
 from iae_privacy.errors import StoreError
 from iae_privacy.files import atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
-from iae_privacy.keys.sealed import (read_sealed_header,
-                                     rewrap_sealed, write_sealed)
-from iae_privacy.dataset.layout import (DICTIONARY_PAGE_LIMIT, ROW_ID, VAULT_MAGIC, file_sha256, latent_table,
-                                      public_name, vault_key_aad, vault_segment, vault_sha256)
-from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
+from iae_privacy.keys.sealed import read_sealed_header, rewrap_sealed, write_sealed
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     from iae_privacy.model.pipeline import Model

@@ -20,7 +20,6 @@ injects secrets sets ``IAE_MASTER_KEY_V<n>`` (base64 of 32 bytes) instead of kee
 from __future__ import annotations
 
 import base64
-import datetime
 import enum
 import json
 import os
@@ -29,10 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from iae_privacy.keys import crypto
-from iae_privacy.documents import parse_json
+from iae_privacy.documents import parse_json, utc_now
 from iae_privacy.errors import KeyringError, RetiredKeyError, WrongKeyError
 from iae_privacy.files import write_private
+from iae_privacy.keys import crypto
 
 __all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
            "ENV_MASTER_KEY", "ENV_PASSPHRASE", "hold_passphrase", "env_passphrase"]
@@ -95,8 +94,8 @@ class KeyVersion:
     retired: str | None = None
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+def _stamp() -> str:
+    return utc_now().isoformat(timespec="seconds")
 
 
 def check_private(path: Path, folder: bool, what: str | None = None) -> None:
@@ -145,7 +144,7 @@ class Keyring:
         if master is None:
             master = crypto.random_key()
             write_private(folder / "master-v1.key", cls._encode_master(master, passphrase))
-        version = KeyVersion(1, "active", _now(), wrapped)
+        version = KeyVersion(1, "active", _stamp(), wrapped)
         keyring = cls(folder, [version], 1, {1: master}, crypto.random_key())
         keyring._write_root()
         keyring._write_state()
@@ -342,7 +341,7 @@ class Keyring:
             master = crypto.random_key()
             write_private(self.folder / f"master-v{number}.key", self._encode_master(master, passphrase))
         self.__masters[number] = master
-        self.versions.append(KeyVersion(number, "active", _now(), wrapped))
+        self.versions.append(KeyVersion(number, "active", _stamp(), wrapped))
         self.current = number
         self._write_root()
         self._write_state()
@@ -355,7 +354,7 @@ class Keyring:
             raise KeyringError(f"key version {number} is the current one; rotate first, then retire it")
         if version.status == "retired":
             raise KeyringError(f"key version {number} is already retired")
-        version.status, version.retired = "retired", _now()
+        version.status, version.retired = "retired", _stamp()
         self.__masters.pop(number, None)
         self._write_state()
         (self.folder / f"master-v{number}.key").unlink(missing_ok=True)

@@ -20,15 +20,14 @@ Files are written to a temporary name and renamed: a sealed file is whole or abs
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-from iae_privacy.keys import crypto
-from iae_privacy.documents import parse_json
+from iae_privacy.documents import canonical, parse_json
 from iae_privacy.errors import SealedFileError
 from iae_privacy.files import atomic_file, write_private
+from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
 __all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
@@ -37,12 +36,8 @@ __all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed
 _U32 = struct.Struct("<I")
 
 
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _envelope(key_version: int, wrapped: bytes) -> bytes:
-    return _canonical({"key_version": key_version, "wrapped_key": wrapped.hex()})
+    return canonical({"key_version": key_version, "wrapped_key": wrapped.hex()})
 
 
 def _segment_aad(magic: bytes, header: bytes, index: int, last: bool) -> bytes:
@@ -74,7 +69,7 @@ def _read_preamble(f: BinaryIO, path: Path, magic: bytes, what: str) -> tuple[by
         key_version, wrapped = int(env["key_version"]), bytes.fromhex(env["wrapped_key"])
     except (ValueError, KeyError, TypeError):
         raise SealedFileError(f"{path} has a damaged header") from None
-    if not isinstance(doc, dict) or header != _canonical(doc) or envelope != _envelope(key_version, wrapped):
+    if not isinstance(doc, dict) or header != canonical(doc) or envelope != _envelope(key_version, wrapped):
         raise SealedFileError(f"{path} has a damaged header")
     return header, doc, key_version, wrapped
 
@@ -82,7 +77,7 @@ def _read_preamble(f: BinaryIO, path: Path, magic: bytes, what: str) -> tuple[by
 def write_sealed(path: Path, magic: bytes, header: dict[str, Any], purpose: Purpose, key_aad: bytes,
                  segments: Iterable[bytes], keyring: Keyring) -> int:
     """Seal ``segments`` (consumed as a stream) into ``path``; returns how many were written."""
-    header_bytes = _canonical(header)
+    header_bytes = canonical(header)
     data_key = crypto.random_key()
     key_version, wrapped = keyring.wrap(purpose, data_key, key_aad)
     envelope = _envelope(key_version, wrapped)

@@ -13,13 +13,18 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
 from iae_privacy.keys.keyring import Keyring, Purpose
-from iae_privacy.keys.sealed import SealedFileError, open_sealed_file, read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.keys.sealed import (
+    SealedFileError,
+    open_sealed_file,
+    read_sealed_header,
+    rewrap_sealed,
+    write_sealed,
+)
 
 if TYPE_CHECKING:  # torch loads only where weights are sealed or opened: listings and keys need none
     import torch

@@ -7,21 +7,28 @@ and authenticates the bundle and rebuilds the model with its transform key from 
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iae_privacy.model.bundle import BundleHeader, SealedModel, open_bundle, read_header, rewrap_bundle, seal_bundle
 from iae_privacy.codec import TableCodec
+from iae_privacy.documents import utc_now
 from iae_privacy.errors import IaeError
 from iae_privacy.keys.keyring import Keyring, Purpose
+from iae_privacy.model.bundle import (
+    BundleHeader,
+    SealedModel,
+    open_bundle,
+    read_header,
+    rewrap_bundle,
+    seal_bundle,
+)
 
 if TYPE_CHECKING:  # torch loads only where a model is saved or loaded, not for listings or keys
-    from iae_privacy.network.train import TrainReport
     from iae_privacy.model.pipeline import Model
+    from iae_privacy.network.train import TrainReport
 
 __all__ = ["ModelRegistry", "LoadedModel", "transform_key"]
 
@@ -93,7 +100,7 @@ class ModelRegistry:
             "network": json.dumps(facts),
             "training": json.dumps(training),
         }
-        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        created = utc_now().isoformat(timespec="seconds")
         seal_bundle(path, name, version, created, SealedModel(tensors, metadata), keyring)
         return path
 
@@ -104,8 +111,8 @@ class ModelRegistry:
         if meta.get("format") != "iae-privacy/model/1":
             raise IaeError(f"model {name} v{version} has an unknown format {meta.get('format')!r}")
         codec = TableCodec.from_json(meta["codec_profile"])
-        from iae_privacy.network import ExactINN
         from iae_privacy.model.pipeline import Model
+        from iae_privacy.network import ExactINN
 
         network = ExactINN.from_quantized_state(sealed.tensors, json.loads(meta["network"]),
                                                 transform_key(keyring, name, version))

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from iae_privacy.codec.table import read_batches
 from iae_privacy.arrow.exactness import first_difference
+from iae_privacy.codec.table import read_batches
 
 __all__ = ["RoundtripReport", "verify_roundtrip"]
 

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from iae_privacy.errors import NetworkError
-from iae_privacy.network.layers import ACTIVATION_BITS, AdditiveCoupling, KeyedMixing, QuantizedMLP
+from iae_privacy.network.layers import (
+    ACTIVATION_BITS,
+    AdditiveCoupling,
+    KeyedMixing,
+    QuantizedMLP,
+)
 
 __all__ = ["NetworkConfig", "ExactINN", "NetworkError"]
 

@@ -1,0 +1,243 @@
+"""The data commands: profile and round-trip a file, train a model, encode, request and decode,
+and list the sealed models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from iae_privacy.cli.app import app
+from iae_privacy.cli.common import (
+    ConfigOption,
+    config_for,
+    config_path,
+    console,
+    flow_progress,
+    progress,
+    session,
+    source_rows,
+)
+from iae_privacy.codec import TableCodec
+from iae_privacy.errors import IaeError
+from iae_privacy.model.verify import verify_roundtrip
+
+
+@app.command("profile")
+def profile_command(
+    data: Annotated[Path, typer.Argument(help="A Parquet file.")],
+    config: ConfigOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the fitted profile (JSON) here.")] = None,
+) -> None:
+    """Show how each column of DATA would be treated: its role, why, and its network features.
+
+    Roles: feature (through the network), identifier (keyed token; value sealed in the vault),
+    passthrough (declared non-sensitive; copied), vault (a type the network cannot take; sealed whole).
+    Override any of them in a config file:  [columns]  region = "passthrough"
+    """
+    codec = TableCodec.fit(data, config_for(data, config))
+    table = Table(title=f"{data.name}: {len(codec.schema)} columns, fitted on {codec.fit_rows:,} rows")
+    for heading in ("column", "type", "role", "why", "features"):
+        table.add_column(heading)
+    for spec in codec.columns:
+        features = "" if spec.feature is None else ", ".join(
+            f"{n} [0,{lv})" for n, lv in zip(spec.feature.feature_names, spec.feature.feature_levels))
+        table.add_row(spec.name, str(codec.schema.field(spec.name).type), spec.role.value, spec.reason, features)
+    console.print(table)
+    if out is not None:  # category labels and bucket edges: data, so owner-only like the rest
+        from iae_privacy.files import write_private
+
+        write_private(out, codec.to_json().encode())
+        console.print(f"profile written to {out} (readable by you only: it holds category labels and "
+                      "bucket edges)")
+
+
+@app.command("roundtrip")
+def roundtrip_command(
+    data: Annotated[Path, typer.Argument(help="A Parquet file.")],
+    config: ConfigOption = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per record batch.")] = 65_536,
+) -> None:
+    """Fit the codec on DATA, then encode and decode every batch, checking the result bit for bit."""
+    codec = TableCodec.fit(data, config_for(data, config))
+    with progress(f"round trip {data.name}", source_rows(data)) as advance:
+        report = verify_roundtrip(data, codec.encode, codec.decode, batch_size, on_batch=advance)
+    if not report.exact:
+        raise IaeError(f"{data}: round trip is NOT bit-identical at {report.difference}")
+    console.print(f"{data.name}: {report.rows:,} rows restored bit-identical "
+                  f"(encode {report.rate(report.encode_seconds):,.0f} rows/s, "
+                  f"decode {report.rate(report.decode_seconds):,.0f} rows/s)")
+
+
+@app.command("generate-patients")
+def generate_patients_command(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("data/patients.parquet"),
+    rows: Annotated[int, typer.Option(help="Number of records.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+) -> None:
+    """Write the synthetic patients table (names, e-mails, national IDs, diagnoses, money, notes...)."""
+    from iae_privacy.samples import write_synthetic_patients
+
+    write_synthetic_patients(out, rows, seed)
+    console.print(f"wrote {rows:,} synthetic patients to {out}")
+
+
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="The Parquet file to learn from.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name; each run adds a version.")],
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 30,
+    device: Annotated[str, typer.Option(help="auto (GPU when present), cpu or cuda.")] = "auto",
+    public_dims: Annotated[Optional[int], typer.Option(
+        help="Latent columns analysts get (z_public); default half the features.")] = None,
+    seconds: Annotated[float, typer.Option(
+        help="Training time limit in seconds, honoured within an epoch (the epochs adapt to it).")] = 600.0,
+    config: ConfigOption = None,
+) -> None:
+    """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
+
+    Runs the Prefect flow 'iae-train'. The model must restore its validation rows and the file's
+    first rows bit for bit before it is sealed. The report (per-feature reconstruction from
+    z_public) is also a Prefect artifact.
+    """
+    from iae_privacy_flows.train import train_flow
+    from iae_privacy.network.train import resolve_device
+
+    source_rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
+    resolve_device(device)  # and for a GPU this machine does not have
+    workspace = session(ctx).workspace()
+    session(ctx).keyring()  # fail early, with the keyring's own message
+    with flow_progress():
+        result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
+                            public_dims=public_dims, config=config_path(data, config), seconds=seconds)
+    table = Table(title=f"{model}:v{result['version']}: what z_public ({result['public_dims']} columns) "
+                  "alone gives back")
+    for heading in ("feature", "levels", "exact match", "R2"):
+        table.add_column(heading, justify="left" if heading == "feature" else "right")
+    for f in result["features"]:
+        table.add_row(f["name"], str(f["levels"]), f"{f['exact_match']:.1%}", f"{f['r2']:.2f}")
+    console.print(table)
+    console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, "
+                  f"{result['threads']} thread(s), best epoch {result['best_epoch']} of {result['epochs']}); loss "
+                  f"curve {result['loss_curve']}")
+    if result["pca_r2"] is not None:
+        console.print(f"mean R2 from z_public {result['mean_r2']:.2f}; PCA with the same k on the same rows "
+                      f"{result['pca_r2']:.2f}", highlight=False)
+    if result["worse_than_pca"]:
+        console.print("[yellow]warning:[/] z_public gives the features back worse than PCA would at the same k: "
+                      "train longer (--seconds, --epochs) or choose another --public-dims before handing the "
+                      "latent table over (see docs/threat-model.md)", highlight=False)
+
+
+@app.command("encode")
+def encode_command(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A Parquet file, or a folder of them.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME (latest version) or NAME:vN.")],
+    out: Annotated[Path, typer.Option(help="The encoded dataset folder (created or extended).")],
+    runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask).")] = "local",
+    dask_address: Annotated[Optional[str], typer.Option(
+        help="Scheduler address of a running Dask cluster; default a temporary local one.")] = None,
+) -> None:
+    """Encode SOURCE into an encoded dataset: latent/ for analysts, vault/ sealed, manifest.json signed.
+
+    Runs the Prefect flow 'iae-encode'. Sources already encoded with the same model version are
+    skipped; a run killed at any point leaves nothing half-written, and the next run finishes the job.
+    """
+    from iae_privacy_flows.encode import run_encode, sources_of
+
+    sources_of(str(source))  # one line naming any file that cannot be encoded, before Prefect starts
+    workspace = session(ctx).workspace()
+    session(ctx).keyring()
+    with flow_progress():
+        result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
+                            dask_address=dask_address)
+    console.print(f"encoded {result['encoded_rows']:,} rows in {result['encoded_parts']} new part(s), "
+                  f"skipped {result['skipped_sources']} source(s) already encoded; {out} now holds "
+                  f"{result['parts']} part(s), {result['rows']:,} rows")
+
+
+@app.command("request")
+def request_command(
+    ctx: typer.Context,
+    encoded: Annotated[Path, typer.Argument(help="The encoded dataset folder.")],
+    principal: Annotated[str, typer.Option("--as", help="Your principal name.")],
+    out: Annotated[Path, typer.Option(help="The request file to write (REQUEST.json).")],
+    key: Annotated[Optional[Path], typer.Option(
+        help="Your private key (default HOME/principals/NAME.key).")] = None,
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns (default: all).")] = None,
+    rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (the latent table's row_id).")] = None,
+    where_token: Annotated[Optional[str], typer.Option(
+        help="COL=TOKEN: the rows whose identifier column COL has this token (e.g. one person's record).")] = None,
+    purpose: Annotated[str, typer.Option(help="Why: recorded in the audit log.")] = "",
+    ttl: Annotated[str, typer.Option(help="How long the request stays valid: 90s, 30m, 1h, 7d.")] = "1h",
+    synthesize: Annotated[Optional[int], typer.Option(
+        help="Ask for this many synthetic records from the dataset's model instead of a restore.")] = None,
+) -> None:
+    """Write a signed decode request: who, which dataset (by its manifest's hash), which columns and
+    rows, why, until when. It works once, through 'iae-privacy decode --request'.
+
+    Without --rows or --where-token the request is for the whole dataset (if your role allows it).
+    """
+    from iae_privacy.access.control import make_request, parse_ttl
+
+    token = None
+    if where_token is not None:
+        column, sep, value = where_token.partition("=")
+        if not sep or not column or not value:
+            raise IaeError(f"--where-token {where_token!r}: expected COL=TOKEN")
+        token = (column, value)
+    try:
+        row_ids = None if rows is None else [int(r) for r in rows.split(",") if r.strip()]
+    except ValueError:
+        raise IaeError("--rows: expected comma-separated integers (row ids)") from None
+    data = make_request(encoded, principal, key or session(ctx).workspace().home / "principals" / f"{principal}.key",
+                        columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
+                        rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl),
+                        synthesize=synthesize)
+    from iae_privacy.files import write_private
+
+    write_private(out, data)
+    console.print(f"request written to {out}; valid for {ttl}, once")
+
+
+@app.command("decode")
+def decode_command(
+    ctx: typer.Context,
+    encoded: Annotated[Path, typer.Argument(help="An encoded dataset folder.")],
+    request: Annotated[Path, typer.Option(help="A signed request file (from 'iae-privacy request').")],
+    out: Annotated[Path, typer.Option(
+        help="RESTORED.parquet; a folder for a whole dataset of several parts.")],
+) -> None:
+    """Restore original records, bit for bit, as a signed request allows.
+
+    Runs the Prefect flow 'iae-decode': checks the request's signature, principal, policy, scope,
+    expiry and single use; writes the audit entry (no entry, no restore); only then opens the model
+    and the vault, checks the parts against the signed manifest, and restores exactly the permitted
+    rows and columns, readable by its owner only. A refusal leaves no output and is audited.
+    """
+    from iae_privacy_flows.decode import run_decode
+
+    if not request.is_file():
+        raise IaeError(f"{request}: no such request file")
+    workspace = session(ctx).workspace()
+    session(ctx).keyring()
+    with flow_progress():
+        result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
+    what = "synthetic records written" if result["synthetic"] else "rows restored"
+    console.print(f"{result['restored_rows']:,} {what} to {out} (audit entry {result['audit_entry']})")
+
+
+@app.command("models")
+def models_command(ctx: typer.Context) -> None:
+    """List the sealed models in the workspace (reads headers only: no key needed)."""
+    rows = session(ctx).workspace().models.headers()
+    table = Table(title="models")
+    for heading in ("model", "version", "sealed", "key version", "file"):
+        table.add_column(heading)
+    for path, header in rows:
+        table.add_row(header.model, f"v{header.model_version}", header.created, f"v{header.key_version}", str(path))
+    console.print(table)
