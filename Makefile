@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   installs what is missing, then runs the main job end to end on the bundled samples
 #   make test   installs what is missing, then runs the whole test suite
+# `make test-fast` skips the slow tests (a minute or two); `make lint` runs ruff;
 # `make bench` runs every benchmark and rewrites docs/benchmarks.md.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN    := $(VENV)/bin
 # Any torch >= 2.3 works: e.g. make TORCH="torch==2.13.0 --index-url <a CPU-only index>".
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +27,12 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python -m bench

@@ -81,7 +81,8 @@ def run(rows: int) -> Result:
                     result.add(f"format {version}: region from {what}, {m:,} leaked rows",
                                100 * float(np.mean(guess == truth[others])), "%")
             stored = b"".join(p.read_bytes() for p in dataset.folder.rglob("*") if p.is_file())
-            oracle = hashlib.sha256(source.read_bytes()).hexdigest().encode() in stored or str(source).encode() in stored
+            digest = hashlib.sha256(source.read_bytes()).hexdigest().encode()
+            oracle = digest in stored or str(source).encode() in stored
             result.add(f"format {version}: source SHA-256 or path readable in the encoded folder", float(oracle), "")
     recovered = max(x.value for x in result.metrics if x.name.startswith("format 2: region"))
     baseline = result.metrics[0].value

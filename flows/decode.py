@@ -13,9 +13,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed
 
-from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 from iae_privacy.access.control import AccessControl, AccessRefused, Grant
 from iae_privacy.errors import IaeError
+from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 
 REFUSED, FAILED = "request refused: ", "restore failed: "
 

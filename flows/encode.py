@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 
-from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 from iae_privacy.codec import parquet_rows
 from iae_privacy.dataset.store import EncodedDataset, PartRecord
 from iae_privacy.errors import IaeError
 from iae_privacy.keys.keyring import ENV_PASSPHRASE, env_passphrase
+from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 
 
 def sources_of(source: str, skip_unreadable: bool = False) -> tuple[list[Path], list[str]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 from iae_privacy.analysts.evaluate import (
     EvaluationConfig,
     codec_config_of,
@@ -21,6 +20,7 @@ from iae_privacy.analysts.evaluate import (
     write_report,
 )
 from iae_privacy.codec import CodecConfig
+from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 
 
 @task(**SAFE_TASK)

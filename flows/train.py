@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 from iae_privacy import progress
 from iae_privacy.analysts.report import plot_loss
 from iae_privacy.codec import CodecConfig
@@ -14,6 +13,7 @@ from iae_privacy.model.pipeline import fit_model
 from iae_privacy.model.registry import transform_key
 from iae_privacy.model.verify import verify_roundtrip
 from iae_privacy.network.train import TrainConfig
+from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 
 
 @task(**SAFE_TASK)

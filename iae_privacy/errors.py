@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import traceback
 
-__all__ = ["IaeError", "ConfigError", "SchemaDriftError", "CodecError", "ProfileError", "StoreError", "NetworkError", "AccessRefused", "AuditError", "NonceUsedError", "QueryError", "KeyringError", "WrongKeyError", "RetiredKeyError", "SealedFileError", "ServerError", "InternalError", "withheld", "DEBUG"]
+__all__ = ["IaeError", "ConfigError", "SchemaDriftError", "CodecError", "ProfileError", "StoreError",
+           "NetworkError", "AccessRefused", "AuditError", "NonceUsedError", "QueryError", "KeyringError",
+           "WrongKeyError", "RetiredKeyError", "SealedFileError", "ServerError", "InternalError", "withheld",
+           "DEBUG"]
 
 
 class IaeError(Exception):

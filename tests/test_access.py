@@ -138,7 +138,8 @@ def test_a_whole_dataset_restore_is_bit_identical_owner_only_and_audited(world, 
         assert first_difference(pq.read_table(source), pq.read_table(out)) is None
         assert pq.read_schema(out).metadata == pq.read_schema(source).metadata
     granted, restored = world.access.audit.entries()[-2:]
-    assert (granted["outcome"], granted["principal"], granted["rows"], granted["scope"]) == ("granted", "admin", 8_000, "whole")
+    assert (granted["outcome"], granted["principal"], granted["rows"], granted["scope"]) == \
+        ("granted", "admin", 8_000, "whole")
     assert (restored["outcome"], restored["granted_in"], restored["rows"]) == ("restored", granted["seq"], 8_000)
 
 
@@ -146,7 +147,8 @@ def test_one_persons_record_by_token_restores_that_row_and_only_the_permitted_co
     latent = pq.read_table(world.encoded / "latent" / "part-00002.parquet")
     token, row_id = latent.column("email")[2_345].as_py(), latent.column("row_id")[2_345].as_py()
     out = tmp_path / "one.parquet"
-    assert restore(world, world.request("clerk", columns=["email", "full_name"], where_token=("email", token)), out) == 1
+    request = world.request("clerk", columns=["email", "full_name"], where_token=("email", token))
+    assert restore(world, request, out) == 1
     expected = source_rows(world, [row_id]).select(["full_name", "email"])
     got = pq.read_table(out)
     assert first_difference(expected, got) is None and got.column_names == ["full_name", "email"]
@@ -156,7 +158,8 @@ def test_one_persons_record_by_token_restores_that_row_and_only_the_permitted_co
 
 
 def test_rows_by_id_across_parts_and_batches_come_back_exactly_in_row_id_order(world, tmp_path):
-    ids = [world.id(2, 2_999), world.id(1, 0), world.id(1, 4_001), world.id(1, 1_999), world.id(1, 2_000), world.id(2, 7)]
+    ids = [world.id(2, 2_999), world.id(1, 0), world.id(1, 4_001), world.id(1, 1_999), world.id(1, 2_000),
+           world.id(2, 7)]
     out = tmp_path / "rows.parquet"
     assert restore(world, world.request(rows=ids), out) == len(ids)
     assert first_difference(source_rows(world, ids), pq.read_table(out)) is None
@@ -534,7 +537,8 @@ def test_analysts_sql_can_neither_write_nor_read_files_nor_see_paths(world, copy
     original = part.read_bytes()
     for sql in (f"COPY (SELECT 1 AS x) TO '{part}'", f"COPY (SELECT 1 AS x) TO '{copy / 'latent' / 'extra.parquet'}'",
                 f"EXPORT DATABASE '{copy / 'latent' / 'export'}'", f"ATTACH '{copy / 'latent' / 'db.duckdb'}'",
-                f"SELECT * FROM read_parquet('{part}')", f"SELECT * FROM read_blob('{copy / 'vault' / 'part-00001.vault'}')",
+                f"SELECT * FROM read_parquet('{part}')",
+                f"SELECT * FROM read_blob('{copy / 'vault' / 'part-00001.vault'}')",
                 f"SELECT * FROM glob('{copy}/*')", "SET enable_external_access = true"):
         with pytest.raises(QueryError):
             query_arrow(sql, datasets)

@@ -80,7 +80,8 @@ def test_evaluation_sweeps_k_and_reports_utility_and_attacks(data_dir, tmp_path)
     assert 0 < low.utility_raw and all(0 <= p.linkage <= 1 for p in evaluation.points)
     report = write_report(evaluation, tmp_path / "report")
     text = report.read_text()
-    assert f"| 6 / {high.features} |" in text and (tmp_path / "report" / "utility_vs_attacks.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"| 6 / {high.features} |" in text
+    assert (tmp_path / "report" / "utility_vs_attacks.png").read_bytes()[:4] == b"\x89PNG"
     wages = pq.read_table(data_dir / "cps1988_wages.parquet").column("wage").to_pylist()[:50]
     assert not any(f"{w}" in text for w in wages if len(f"{w}") > 4)  # aggregates only
 
@@ -184,7 +185,8 @@ def test_synthetic_rows_equal_to_real_ones_are_found(data_dir):
     hits = matching_rows(planted, real.to_batches(max_chunksize=10_000), feature_columns(model))
     assert {1_000, 1_001, 1_002} <= set(hits.tolist())
     columns = feature_columns(model)
-    assert columns == [c for c in real.column_names if c != "rownames"] and synthetic.column("rownames").null_count == 2_000
+    assert columns == [c for c in real.column_names if c != "rownames"]
+    assert synthetic.column("rownames").null_count == 2_000
 
 
 def test_the_ranking_attack_reads_a_class_off_one_sorted_latent_column_with_no_leaked_row():

@@ -60,7 +60,8 @@ def test_keys_train_models_rotate_retire(tmp_path, data_dir, prefect_harness):
     assert result.exit_code == 0, result.output
     assert "sealed hi:v1" in result.output and (tmp_path / "models" / "hi" / "v1.iae").exists()
     assert "hi" in run("models", home=tmp_path).output
-    assert "key version 2 is now current; 1 model bundle(s) and 0 vault part(s) re-wrapped" in run("keys", "rotate", home=tmp_path).output
+    rotated = run("keys", "rotate", home=tmp_path).output
+    assert "key version 2 is now current; 1 model bundle(s) and 0 vault part(s) re-wrapped" in rotated
     assert run("keys", "retire", "1", home=tmp_path).exit_code == 0
     status = run("keys", "status", home=tmp_path).output
     assert "retired" in status and "current" in status
@@ -85,7 +86,8 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     source = data_dir / "health_insurance.parquet"
     assert "principal 'admin'" in run("keys", "init", home=tmp_path).output
     assert stat.S_IMODE(os.stat(tmp_path / "principals" / "admin.key").st_mode) == 0o600
-    assert run("policy", "set-role", "analyst", "--columns", "region,health", "--max-rows", "2", home=tmp_path).exit_code == 0
+    role = ("policy", "set-role", "analyst", "--columns", "region,health", "--max-rows", "2")
+    assert run(*role, home=tmp_path).exit_code == 0
     assert "principal 'ana'" in run("keys", "add-principal", "ana", "--role", "analyst", home=tmp_path).output
     assert "analyst" in run("policy", "show", home=tmp_path).output
     assert run("train", str(source), "--model", "hi", "--epochs", "1", home=tmp_path).exit_code == 0
@@ -214,7 +216,8 @@ def one_line_error(code: int, text: str, *needles: str) -> None:
 
 def test_sources_that_cannot_be_encoded_are_named_in_one_line(monkeypatch, capsys, tmp_path):
     for name, make, needle in (("a-empty.parquet", lambda p: p.write_bytes(b""), "not a readable Parquet file"),
-                               ("b-text.parquet", lambda p: p.write_text("name,email\n"), "not a readable Parquet file"),
+                               ("b-text.parquet", lambda p: p.write_text("name,email\n"),
+                                "not a readable Parquet file"),
                                ("c-folder.parquet", lambda p: p.mkdir(), "a folder, not a Parquet file")):
         landing = tmp_path / f"landing-{name}"
         landing.mkdir()
@@ -233,7 +236,8 @@ def test_train_on_a_gpu_this_machine_lacks_is_one_line(monkeypatch, capsys, data
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data_dir / "health_insurance.parquet"),
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train",
+                          str(data_dir / "health_insurance.parquet"),
                           "--model", "m", "--device", "cuda")
     one_line_error(code, text, "device 'cuda' was asked for, but this machine has no CUDA GPU")
 
@@ -330,7 +334,8 @@ def test_the_passphrase_is_taken_out_of_the_environment_and_still_opens_the_keyr
     assert code in (0, None) and "v1" in text  # the key opened with the passphrase held in-process
 
 
-def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_path, prefect_harness, monkeypatch, capsys):
+def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_path, prefect_harness, monkeypatch,
+                                                                         capsys):
     """A canary in every column type; two failures: a text cell that is not UTF-8 (ours to refuse),
     and a library error that quotes a cell (injected: no library we use does so on demand)."""
     import datetime
@@ -367,7 +372,8 @@ def test_no_cell_value_reaches_the_console_or_prefect_when_training_fails(tmp_pa
     monkeypatch.setattr(iae_privacy_flows.train, "fit_model", quotes_a_cell)
     good = tmp_path / "good.parquet"
     pq.write_table(pa.table({k: v for k, v in columns.items() if k != "cat"}), good)
-    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(good), "--model", "c", "--epochs", "1")
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(good), "--model", "c",
+                          "--epochs", "1")
     assert code == 2 and "ValueError" in text and "withheld" in text and canary not in text
 
     APILogHandler().flush()
@@ -388,7 +394,8 @@ def test_a_prefect_server_that_does_not_start_in_time_is_one_line_saying_what_to
     env.pop("PREFECT_API_URL", None)
     cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()"]
     assert subprocess.run(cli + ["keys", "init"], env=env, capture_output=True, timeout=120).returncode == 0
-    result = subprocess.run(cli + ["train", str(data_dir / "health_insurance.parquet"), "--model", "m", "--epochs", "1"],
+    train = ["train", str(data_dir / "health_insurance.parquet"), "--model", "m", "--epochs", "1"]
+    result = subprocess.run(cli + train,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "prefect server start" in result.stderr

@@ -37,7 +37,8 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
         assert Path(trained["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
         assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
-    assert [r for r in reports if r[3] == "epochs"] == [("training pat", 1, 2, "epochs"), ("training pat", 2, 2, "epochs")]
+    assert [r for r in reports if r[3] == "epochs"] == \
+        [("training pat", 1, 2, "epochs"), ("training pat", 2, 2, "epochs")]
     encoding = [r for r in reports if r[0] == "encoding part 1"]
     assert len(encoding) > 1 and encoding[-1] == ("encoding part 1", 4_000, 4_000, "rows")
     assert [r[1] for r in encoding] == sorted(r[1] for r in encoding)

@@ -63,9 +63,9 @@ def workspace(tmp_path_factory):
     admin_key = access.initialise()
     dataset = EncodedDataset(root / "enc")
     dataset.folder.mkdir()
-    dataset.write_manifest(Manifest("d", "m", 1, [PartRecord(1, "s.parquet", "0" * 64, 3, 1, "latent/part-00001.parquet",
-                                                             "1" * 64, "vault/part-00001.vault", "2" * 64, "3" * 64)]),
-                           keyring)
+    part = PartRecord(1, "s.parquet", "0" * 64, 3, 1, "latent/part-00001.parquet", "1" * 64, "vault/part-00001.vault",
+                      "2" * 64, "3" * 64)
+    dataset.write_manifest(Manifest("d", "m", 1, [part]), keyring)
     write_sealed(root / "x.vault", b"IAE-VAULT\x01", {"kind": "vault", "dataset": "d", "part": 1}, Purpose.VAULT,
                  b"aad", iter([b"segment"]), keyring)
     return root, keyring, access, admin_key

@@ -53,7 +53,8 @@ def test_every_part_restores_bit_for_bit_with_owner_only_output(setup, tmp_path)
     from iae_privacy.codec import read_batches
 
     assert [r.rows for r in records] == [9_000, 5_000]
-    assert [r.batches for r in records] == [len(list(read_batches(sources / n, 3_000))) for n in ("a.parquet", "b.parquet")]
+    assert [r.batches for r in records] == \
+        [len(list(read_batches(sources / n, 3_000))) for n in ("a.parquet", "b.parquet")]
     rows = dataset.decode_all(model, keyring, tmp_path / "restored")
     assert rows == 14_000
     for record, name in zip(records, ("a", "b")):
@@ -216,7 +217,8 @@ def test_dotted_and_nested_column_names_restore_exactly(tmp_path, struct_role):
     dataset.decode_all(model, keyring, tmp_path / "all.parquet")
     assert first_difference(table, pq.read_table(tmp_path / "all.parquet")) is None
     rows = RowIds(keyring, "dotted").ids(1, np.array([0, 1_500, 2_999]))
-    dataset.decode_rows(manifest, model, keyring, tmp_path / "some.parquet", dataset.locate(manifest, rows, keyring), None)
+    located = dataset.locate(manifest, rows, keyring)
+    dataset.decode_rows(manifest, model, keyring, tmp_path / "some.parquet", located, None)
     assert first_difference(table.take([0, 1_500, 2_999]), pq.read_table(tmp_path / "some.parquet")) is None
 
 
@@ -249,7 +251,8 @@ def test_progress_is_reported_as_counts(setup, tmp_path):
     assert seen == sorted(seen) and seen[-1] == record.rows == 9_000 and len(seen) == record.batches
     dataset.commit([record], keyring, DATASET, "p", 1)
     restored = []
-    dataset.decode_all(model, keyring, tmp_path / "out.parquet", on_rows=lambda done, total: restored.append((done, total)))
+    dataset.decode_all(model, keyring, tmp_path / "out.parquet",
+                       on_rows=lambda done, total: restored.append((done, total)))
     assert restored[-1] == (9_000, 9_000) and len(restored) == record.batches
 
 
@@ -410,7 +413,8 @@ def test_a_format_1_dataset_takes_new_parts_in_its_own_format_and_restores(setup
     plain = pq.read_table(sources / "b.parquet", columns=["email"]).column("email")
     assert emails.to_pylist() == Tokenizer(keyring).tokens(plain).to_pylist()
     assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
-    assert first_difference(pq.read_table(sources / "b.parquet"), pq.read_table(tmp_path / "out" / "part-00002-b.parquet")) is None
+    restored = pq.read_table(tmp_path / "out" / "part-00002-b.parquet")
+    assert first_difference(pq.read_table(sources / "b.parquet"), restored) is None
 
 
 def test_a_sorted_tables_latent_part_shows_no_order_relation_to_its_source(setup, tmp_path):

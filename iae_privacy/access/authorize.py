@@ -143,7 +143,8 @@ class Authorizer(PolicyStore):
             manifest = dataset.read_manifest(self.keyring)
         except IaeError as exc:
             raise AccessRefused(str(exc)) from None
-        if hashlib.sha256(manifest.body()).hexdigest() != request.manifest_sha256 or manifest.dataset != request.dataset:
+        if (hashlib.sha256(manifest.body()).hexdigest() != request.manifest_sha256
+                or manifest.dataset != request.dataset):
             raise AccessRefused(f"the request names another dataset, or {dataset.folder} changed since the request "
                                 "was made: make a new request")
         return manifest

@@ -147,7 +147,8 @@ class Policy:
             raise AccessRefused(f"no access policy at {path}: create one with 'iae-privacy keys init'") from None
         except (ValueError, KeyError, TypeError, AttributeError):
             raise AccessRefused(f"access policy {path} is damaged") from None
-        if not crypto.mac_matches(keyring.subkey(Purpose.POLICY), canonical(body), tag) or policy.body() != canonical(body):
+        signed = canonical(body)
+        if not crypto.mac_matches(keyring.subkey(Purpose.POLICY), signed, tag) or policy.body() != signed:
             raise AccessRefused(f"access policy {path} fails its MAC: it was changed outside iae-privacy "
                                 "(change it with 'iae-privacy keys add-principal' or 'iae-privacy policy set-role')")
         return policy

@@ -127,7 +127,8 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
         raise IaeError("--columns names no column")
     if where_token is not None and not all(isinstance(part, str) and part for part in where_token):
         raise IaeError("a token match needs a column name and a token")
-    if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None or columns is not None):
+    if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None
+                                   or columns is not None):
         raise IaeError("a synthesis request names a positive number of rows, and no rows, token or columns")
     dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
     try:

@@ -80,8 +80,9 @@ class Restorer:
                                   principal=grant.principal, dataset=grant.dataset, granted_in=grant.audit_seq,
                                   rows=rows)
             except AuditError:
-                for path in ([out, out.with_name(out.name + ".fidelity.json")] if grant.synthesize else
-                             [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out, self.keyring)):
+                written = [out, out.with_name(out.name + ".fidelity.json")] if grant.synthesize else \
+                    [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out, self.keyring)
+                for path in written:
                     path.unlink(missing_ok=True)
                 raise
         finally:

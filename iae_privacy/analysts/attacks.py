@@ -54,8 +54,8 @@ def fit_inverter(latent: np.ndarray, raw: np.ndarray):
 
     learners = _learners(len(latent))
     if len(latent) >= 6:
-        scores = [np.mean(cross_val_score(clone(l), latent, raw, cv=3, scoring="neg_mean_absolute_error"))
-                  for l in learners]
+        scores = [np.mean(cross_val_score(clone(learner), latent, raw, cv=3, scoring="neg_mean_absolute_error"))
+                  for learner in learners]
         best = learners[int(np.argmax(scores))]
     else:
         best = learners[0]
@@ -141,7 +141,8 @@ def twin_lookup(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Gene
     records, counts = np.unique(raw[leaked], axis=0, return_counts=True)
     common = records[np.argmax(counts)]
     _, inverse, sizes = np.unique(latent, axis=0, return_inverse=True, return_counts=True)
-    return float(hits.mean()), float((raw[held] == common).all(axis=1).mean()), float((sizes[inverse.reshape(-1)] > 1).mean())
+    shared = float((sizes[inverse.reshape(-1)] > 1).mean())
+    return float(hits.mean()), float((raw[held] == common).all(axis=1).mean()), shared
 
 
 def ranking_attack(latent: np.ndarray, sensitive: np.ndarray, max_permuted: int = 5) -> tuple[float, float, int]:

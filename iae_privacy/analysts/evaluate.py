@@ -126,7 +126,8 @@ def _utility(x: np.ndarray, y: np.ndarray, regression: bool) -> float:
     keep = ~np.isnan(y) if regression else np.ones(len(y), bool)
     x, y = x[keep], y[keep]
     half = len(x) // 2
-    model = HistGradientBoostingRegressor(random_state=0) if regression else HistGradientBoostingClassifier(random_state=0)
+    model = HistGradientBoostingRegressor(random_state=0) if regression else \
+        HistGradientBoostingClassifier(random_state=0)
     model.fit(x[:half], y[:half])
     return float(model.score(x[half:], y[half:]))
 
@@ -191,7 +192,8 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         step(f"{label}: as sealed")
         if model.codec.schema.names != test.schema.names:
             raise IaeError(f"{label} was fitted on other columns than {path}")
-        target_passthrough = any(spec.name == config.target and spec.role is Role.PASSTHROUGH for spec in model.codec.columns)
+        target_passthrough = any(spec.name == config.target and spec.role is Role.PASSTHROUGH
+                                 for spec in model.codec.columns)
         raw = model.codec.encode(batch).features
         latent = model.encode(batch).z_public.astype(np.float64)
         point = _measure(label, model.network.config.public_dims, model.codec, raw, latent,
@@ -200,11 +202,13 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
     return result
 
 
-def _new_evaluation(path, config: EvaluationConfig, train: pa.Table, test: pa.Table, regression: bool, codec) -> Evaluation:
+def _new_evaluation(path, config: EvaluationConfig, train: pa.Table, test: pa.Table, regression: bool,
+                    codec) -> Evaluation:
     feature_columns = [spec.name for spec in codec.columns if spec.feature is not None]
     for column in (config.sensitive, *config.quasi_identifiers):
         if column is not None and column not in feature_columns:
-            raise IaeError(f"{column!r} is not a feature column of {path} (feature columns: {', '.join(feature_columns)})")
+            raise IaeError(f"{column!r} is not a feature column of {path} "
+                           f"(feature columns: {', '.join(feature_columns)})")
     categorical = [spec.name for spec in codec.columns if spec.feature is not None
                    and not pa.types.is_floating(codec.schema.field(spec.name).type)
                    and max(spec.feature.feature_levels) <= 64]
@@ -291,12 +295,14 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
         "![utility against attack success](utility_vs_attacks.png)",
         "",
         f"| k | utility latent | raw | ratio | inversion exact (m={e.points[0].inversion[-1]['m']}) | baseline "
-        "| linkage | baseline | QI combination | baseline | attribute | baseline | twin lookup | baseline | latent rows shared "
-        "| ranking, 0 leaked | baseline |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| linkage | baseline | QI combination | baseline | attribute | baseline | twin lookup | baseline "
+        "| latent rows shared | ranking, 0 leaked | baseline |",
+        "|" + " ---: |" * 17,
     ]
     for p in e.points:
-        lines.append(f"| {p.k} / {p.features}{'' if p.label.startswith('k=') else f' ({p.label})'} | {p.utility_latent:.3f} | {p.utility_raw:.3f} | {p.utility_ratio:.2f} "
+        label = '' if p.label.startswith('k=') else f' ({p.label})'
+        lines.append(f"| {p.k} / {p.features}{label} | {p.utility_latent:.3f} | {p.utility_raw:.3f} "
+                     f"| {p.utility_ratio:.2f} "
                      f"| {pct(p.inversion[-1]['exact'])} | {pct(p.inversion[-1]['baseline_exact'])} "
                      f"| {pct(p.linkage)} | {pct(p.linkage_baseline)} | {pct(p.qi_recovery)} | {pct(p.qi_baseline)} "
                      f"| {pct(p.attribute)} | {pct(p.attribute_baseline)} | {pct(p.twin_lookup)} "
@@ -304,7 +310,7 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
                      f"| {pct(p.ranking_baseline)} |")
     lines += ["", "Known-plaintext inversion by number of leaked rows m (mean over features: exact match; "
               "error as a share of each feature's code range):", "",
-              "| k | m | exact | baseline exact | error | baseline error |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "| k | m | exact | baseline exact | error | baseline error |", "|" + " ---: |" * 6]
     for p in e.points:
         for inv in p.inversion:
             lines.append(f"| {p.k} | {inv['m']:,} | {pct(inv['exact'])} | {pct(inv['baseline_exact'])} "
@@ -312,8 +318,8 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
     middle = next(p for p in e.points if p.k == inversion_k)
     lines += ["", f"Per feature at k={middle.k}, {middle.inversion[-1]['m']:,} leaked rows:", "",
               "| feature | exact | baseline exact | error | baseline error |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {name} | {pct(c['exact'])} | {pct(c['baseline_exact'])} | {pct(c['error'])} | {pct(c['baseline_error'])} |"
-              for name, c in middle.inversion_columns.items()]
+    lines += [f"| {name} | {pct(c['exact'])} | {pct(c['baseline_exact'])} | {pct(c['error'])} "
+              f"| {pct(c['baseline_error'])} |" for name, c in middle.inversion_columns.items()]
     lines += ["", f"![inversion per feature](inversion_by_feature_k{inversion_k}.png)", "",
               "Twin lookup: a held-out record recovered exactly because its latent row equals a leaked row's "
               "(no model needed); latent rows shared: rows whose exact latent row another row has too. "

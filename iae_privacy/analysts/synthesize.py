@@ -37,7 +37,8 @@ __all__ = ["sample_codes", "records_from_codes", "Fidelity", "fidelity", "featur
            "synthesize_records"]
 
 
-def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int,
+                 rng: np.random.Generator) -> np.ndarray:
     """``n`` rows of feature codes decoded from z ~ N(mean, cov)."""
     if not mean:
         raise IaeError("this model has no recorded latent distribution (trained before synthesis existed): "
@@ -70,7 +71,8 @@ def records_from_codes(model: Model, codes: np.ndarray) -> pa.RecordBatch:
 
     detail_batch = pa.RecordBatch.from_arrays(detail, schema=codec.detail_schema.with_metadata(meta or None)) \
         if detail else pa.RecordBatch.from_pydict({"_": pa.nulls(n)}).select([]).replace_schema_metadata(meta or None)
-    batch = codec.decode(EncodedBatch(codes.astype(np.int64), nulls(Role.PASSTHROUGH), nulls(Role.IDENTIFIER), detail_batch))
+    batch = codec.decode(EncodedBatch(codes.astype(np.int64), nulls(Role.PASSTHROUGH), nulls(Role.IDENTIFIER),
+                                      detail_batch))
     nullable = pa.schema([f.with_nullable(True) for f in batch.schema], metadata=batch.schema.metadata)
     return pa.RecordBatch.from_arrays(batch.columns, schema=nullable)
 
@@ -144,7 +146,7 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
                 yield batch
 
     dropped = 0
-    for attempt in range(3):
+    for _ in range(3):
         table = pa.Table.from_batches([records_from_codes(model, codes)])
         hits = matching_rows(table, real_batches(), columns)
         if not len(hits):

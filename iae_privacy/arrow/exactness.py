@@ -140,9 +140,11 @@ class ContentDigest:
                 self._hash.update(memoryview(data)[start : start + len(present) * width])
         elif pa.types.is_boolean(t):
             self._hash.update(np.asarray(present.to_numpy(zero_copy_only=False), dtype=np.uint8).tobytes())
-        elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        elif (pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t)
+              or pa.types.is_large_binary(t)):
             kind = np.int64 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else np.int32
-            offsets = np.frombuffer(present.buffers()[1], dtype=kind)[present.offset : present.offset + len(present) + 1] \
+            start = present.offset
+            offsets = np.frombuffer(present.buffers()[1], dtype=kind)[start : start + len(present) + 1] \
                 if len(present) else np.zeros(1, dtype=kind)
             self._hash.update(np.diff(offsets).astype(np.int64).tobytes())
             data = present.buffers()[2]

@@ -42,7 +42,8 @@ def main() -> None:
         if "ephemeral Prefect API server" in str(exc):
             _fail(IaeError(f"Prefect's temporary server did not start within {os.environ[PREFECT_STARTUP]} s "
                            "(a busy machine?): start the workspace's own with 'iae-privacy server start' (or "
-                           f"'prefect server start' and set PREFECT_API_URL), or give it longer with {PREFECT_STARTUP}"))
+                           f"'prefect server start' and set PREFECT_API_URL), or give it longer with "
+                           f"{PREFECT_STARTUP}"))
         _fail(withheld(exc, "the command"))
 
 

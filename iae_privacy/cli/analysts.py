@@ -90,7 +90,8 @@ def evaluate_command(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A Parquet file (a sample of it is used).")],
     target: Annotated[str, typer.Option(help="The column analysts would predict (kept as passthrough).")],
-    out: Annotated[Path, typer.Option(help="Folder for report.md, evaluation.json and the plots.")] = Path("evaluation"),
+    out: Annotated[Path, typer.Option(
+        help="Folder for report.md, evaluation.json and the plots.")] = Path("evaluation"),
     sensitive: Annotated[Optional[str], typer.Option(
         help="Feature column for attribute inference (default: the first categorical one).")] = None,
     qi: Annotated[Optional[str], typer.Option(
@@ -98,7 +99,8 @@ def evaluate_command(
     ks: Annotated[Optional[str], typer.Option(help="Comma-separated k to sweep (default: about five).")] = None,
     rows: Annotated[int, typer.Option(help="Rows sampled from DATA (60 % train, 40 % attacked).")] = 20_000,
     epochs: Annotated[int, typer.Option(help="Training epochs per k.")] = 5,
-    leaked: Annotated[str, typer.Option(help="Comma-separated numbers of leaked rows for the attacks.")] = "10,100,1000",
+    leaked: Annotated[str, typer.Option(
+        help="Comma-separated numbers of leaked rows for the attacks.")] = "10,100,1000",
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="A sealed model (NAME or NAME:vN): the sweep uses its roles and codec settings, "
         "and the model itself is attacked as one more point (needs the keyring).")] = None,

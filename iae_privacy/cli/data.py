@@ -103,8 +103,8 @@ def train_command(
     first rows bit for bit before it is sealed. The report (per-feature reconstruction from
     z_public) is also a Prefect artifact.
     """
-    from iae_privacy_flows.train import train_flow
     from iae_privacy.network.train import resolve_device
+    from iae_privacy_flows.train import train_flow
 
     source_rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
     resolve_device(device)  # and for a GPU this machine does not have

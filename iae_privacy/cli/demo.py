@@ -37,15 +37,15 @@ def demo_command(
     """
     import pyarrow.parquet as pq
 
-    from iae_privacy_flows.decode import run_decode
-    from iae_privacy_flows.encode import run_encode
-    from iae_privacy_flows.train import train_flow
     from iae_privacy.access.control import ADMIN, AccessControl, make_request
     from iae_privacy.arrow.exactness import first_difference
     from iae_privacy.files import write_private
     from iae_privacy.keys.keyring import Keyring
     from iae_privacy.samples import sample_datasets, write_synthetic_patients
     from iae_privacy.workspace import Workspace
+    from iae_privacy_flows.decode import run_decode
+    from iae_privacy_flows.encode import run_encode
+    from iae_privacy_flows.train import train_flow
 
     datasets = sample_datasets(data_dir)
     if not datasets:
@@ -127,9 +127,9 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
 
     import pyarrow.parquet as pq
 
-    from iae_privacy_flows.decode import run_decode
     from iae_privacy.access.control import AccessRefused, AccessRole, make_request
     from iae_privacy.files import write_private
+    from iae_privacy_flows.decode import run_decode
 
     home, folder = access.workspace.home, access.workspace.home / "requests"
     if "clinician" not in access.policy().roles:

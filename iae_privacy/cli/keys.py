@@ -26,7 +26,8 @@ def keys_init_command(
         "--passphrase/--no-passphrase",
         help="Wrap the master key with a passphrase (scrypt); asked for, or read from IAE_PASSPHRASE.")] = False,
     admin_key_out: Annotated[Optional[Path], typer.Option(
-        help="Where to write the private key of the first principal, 'admin' (default HOME/principals/admin.key).")] = None,
+        help="Where to write the private key of the first principal, 'admin' "
+        "(default HOME/principals/admin.key).")] = None,
 ) -> None:
     """Create a keyring (a 256-bit master key, version 1, and a root secret), the audit log, and
     the access policy with a first principal 'admin' whose role may restore everything.

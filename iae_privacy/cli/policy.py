@@ -28,7 +28,8 @@ def policy_show_command(ctx: typer.Context) -> None:
         roles.add_column(heading)
     for name, role in sorted(policy.roles.items()):
         roles.add_row(name, ", ".join(role.datasets), ", ".join(role.columns),
-                      "no limit" if role.max_rows is None else f"{role.max_rows:,}", "yes" if role.whole_dataset else "no")
+                      "no limit" if role.max_rows is None else f"{role.max_rows:,}",
+                      "yes" if role.whole_dataset else "no")
     principals = Table(title="principals")
     for heading in ("principal", "role", "added", "public key"):
         principals.add_column(heading)
@@ -59,7 +60,8 @@ def policy_set_role_command(
     if max_rows is not None and max_rows < 1:
         raise IaeError("--max-rows must be at least 1")
     lifetime = None if max_lifetime is None else parse_ttl(max_lifetime)
-    session(ctx).access().set_role(role, AccessRole(split_list(datasets), split_list(columns), max_rows, whole_dataset, lifetime))
+    role_ = AccessRole(split_list(datasets), split_list(columns), max_rows, whole_dataset, lifetime)
+    session(ctx).access().set_role(role, role_)
     console.print(f"role {role!r} set (audited)")
 
 

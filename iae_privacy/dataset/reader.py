@@ -68,8 +68,8 @@ class Reader(ManifestFile):
                                       self.restored_paths(manifest, out, keyring)):
                 content = scheme.content()
 
-                def restored(record: PartRecord = record, content: ContentDigest = content) -> Iterator[pa.RecordBatch]:
-                    done = rows
+                def restored(record: PartRecord = record, content: ContentDigest = content,
+                             done: int = rows) -> Iterator[pa.RecordBatch]:
                     for batch in self.decode_part(record, model, keyring, manifest.dataset):
                         content.update(batch)
                         done += batch.num_rows

@@ -39,7 +39,8 @@ __all__ = ["Writer"]
 class Writer(ManifestFile):
     """Encoding: a plan of what is new, one part per source, the commit; vault key rotation."""
 
-    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str, version: int) -> list[tuple[Path, str, int]]:
+    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str,
+             version: int) -> list[tuple[Path, str, int]]:
         """(source, digest, part) for every source not yet encoded with this model version.
 
         Clears what a killed run left behind first. Sources with identical content are encoded once.

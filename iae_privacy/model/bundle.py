@@ -81,7 +81,8 @@ def read_header(path: Path) -> BundleHeader:
     return _header(doc, key_version, path)
 
 
-def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = None) -> tuple[BundleHeader, SealedModel]:
+def open_bundle(path: Path, keyring: Keyring,
+                expect: tuple[str, int] | None = None) -> tuple[BundleHeader, SealedModel]:
     """Open and authenticate a bundle; ``expect`` is the (model, version) it must claim to be."""
     def check(doc: dict) -> None:
         header = _header(doc, 0, path)

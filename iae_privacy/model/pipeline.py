@@ -55,7 +55,7 @@ def default_public_dims(features: int) -> int:
 
 
 def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = None,
-              train_config: TrainConfig = TrainConfig(), public_dims: int | None = None,
+              train_config: TrainConfig | None = None, public_dims: int | None = None,
               on_epoch: Callable[[EpochStats], None] | None = None,
               on_rows: Callable[[int, int], None] | None = None) -> tuple[Model, TrainReport]:
     """Fit the codec on ``path``, then train the keyed network on its features (a sample of up to
@@ -73,5 +73,5 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
         raise IaeError(f"{path}: no feature columns for the network; every column is an identifier, "
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
-    model, report = train(x, network, key, train_config, codec.feature_names, on_epoch, on_rows)
+    model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows)
     return Model(codec, model), report

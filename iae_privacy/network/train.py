@@ -9,7 +9,8 @@ The objective, per batch of feature codes :math:`x` with :math:`z = f(x)`:
 
 .. math::
 
-    \mathcal{L} = \underbrace{\Big\|\frac{f^{-1}([z_\text{public}, 0]) - x}{\sigma_x}\Big\|^2}_{\text{two-way reconstruction}}
+    \mathcal{L} = \underbrace{\Big\|\frac{f^{-1}([z_\text{public}, 0]) - x}{\sigma_x}\Big\|^2}
+                  _{\text{two-way reconstruction}}
     + \lambda \Big\|\frac{z_\text{detail}}{\sigma_z}\Big\|^2 + \beta \Big\|\frac{z_\text{public}}{\sigma_z}\Big\|^2
 
 The first term asks that ``z_public`` alone, with ``z_detail`` at its prior mean, give back
