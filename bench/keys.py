@@ -3,7 +3,7 @@
 Target (issue 4): tokens for a 1,000,000-row identifier column within 2x of the same HMAC-SHA256
 work done with ``cryptography`` primitives and no framing (values handed over as ready-made bytes,
 no Arrow in or out). (Per-cell vault sealing was measured here once; the vault seals whole batch
-segments instead, see ``iae_privacy/sealed.py``, and the per-cell code is gone.)
+segments instead, see ``iae_privacy/keys/sealed.py``, and the per-cell code is gone.)
 """
 
 from __future__ import annotations
