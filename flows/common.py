@@ -7,10 +7,12 @@ from the workspace (never passed as a parameter), and no task result is persiste
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Callable, TypeVar
 
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from iae_privacy import progress
 from iae_privacy.errors import DEBUG, IaeError, withheld
@@ -21,6 +23,17 @@ SAFE_TASK = {"persist_result": False, "cache_policy": NO_CACHE}
 """Settings for every task: results stay in memory, never in Prefect's storage or database."""
 
 F = TypeVar("F", bound=Callable)
+
+
+def _no_empty_traceback(record: logging.LogRecord) -> bool:
+    """Prefect logs a task that returned a Failed state with ``exc_info=True`` outside any exception,
+    which prints a stray "NoneType: None" under the line; a refusal is not a crash."""
+    if record.exc_info is not None and record.exc_info[0] is None:
+        record.exc_info = None
+    return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_no_empty_traceback)
 
 
 def no_data_in_errors(fn: F) -> F:
@@ -40,6 +53,13 @@ def no_data_in_errors(fn: F) -> F:
             raise withheld(exc, fn.__name__.replace("_", " ")) from None
 
     return guarded  # type: ignore[return-value]
+
+
+def failed(exc: IaeError, what: str) -> State:
+    """A task's Failed state holding ``exc`` (a refusal or a failure the user can act on, already
+    recorded where it must be): Prefect shows its message, without a traceback, and
+    ``state.result()`` raises ``exc`` again for the caller."""
+    return Failed(message=f"{what}: {exc}", data=exc)
 
 
 def progress_logger(what: str, total: int, logger) -> Callable[[int], None]:

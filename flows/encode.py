@@ -8,7 +8,7 @@ file system); tasks still pass only paths, and each opens the keyring itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,9 +46,39 @@ def sources_of(source: str, skip_unreadable: bool = False) -> tuple[list[Path], 
     return good, skipped
 
 
+@dataclass(frozen=True)
+class PlannedPart:
+    source: str
+    digest: str
+    """Keyed digest of the source's bytes (what tells a new file from one already encoded)."""
+    part: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will encode, with the model version resolved once for the whole run."""
+
+    model: str
+    version: int
+    parts: list[PlannedPart]
+    sources: int
+    """Readable sources found (those already encoded included)."""
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """What an encode run did, and what the dataset now holds (counts only)."""
+
+    encoded_parts: int
+    encoded_rows: int
+    skipped_sources: int
+    parts: int
+    rows: int
+
+
 @task(**SAFE_TASK)
 @no_data_in_errors
-def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool) -> dict:
+def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool) -> Plan:
     """The parts to encode, and how many readable sources there were (paths, digests, counts)."""
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
@@ -57,38 +87,39 @@ def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_
     for reason in skipped:
         logger.warning("skipped %s (tried again next run)", reason)
     todo = EncodedDataset(out).plan(sources, keyring, dataset, name, version)
-    logger.info("%d source file(s) to encode", len(todo))
-    return {"parts": [{"source": str(s), "digest": digest, "part": part} for s, digest, part in todo],
-            "sources": len(sources)}
+    logger.info("%d source file(s) to encode with %s:v%d", len(todo), name, version)
+    return Plan(name, version, [PlannedPart(str(s), digest, part) for s, digest, part in todo], len(sources))
 
 
-@task(**SAFE_TASK, retries=1)
+@task(**SAFE_TASK, retries=1, retry_delay_seconds=5, task_run_name="encode part {part}")
 @no_data_in_errors
-def encode_part(source: str, digest: str, part: int, out: str, model: str, home: str, dataset: str) -> dict:
+def encode_part(source: str, digest: str, part: int, out: str, model: str, version: int, home: str,
+                dataset: str) -> PartRecord:
+    """One source into one part (written atomically: a retry starts it again from nothing)."""
     workspace, keyring = open_workspace(home)
-    name, version = workspace.models.resolve(model)
-    loaded = workspace.models.load(f"{name}:v{version}", keyring)
+    loaded = workspace.models.load(f"{model}:v{version}", keyring)
     logger = get_run_logger()
     rows = pq.ParquetFile(source).metadata.num_rows
-    record = EncodedDataset(out).encode_source(Path(source), part, loaded.model, name, version, keyring,
+    record = EncodedDataset(out).encode_source(Path(source), part, loaded.model, model, version, keyring,
                                                dataset, source_digest=digest,
                                                on_rows=progress_logger(f"encoding part {part}", rows, logger))
     logger.info("part %d: %d rows in %d batches", record.part, record.rows, record.batches)
-    return asdict(record)
+    return record
 
 
 @task(**SAFE_TASK)
 @no_data_in_errors
-def commit_parts(records: list[dict], out: str, model: str, home: str, dataset: str) -> dict:
+def commit_parts(records: list[PartRecord], out: str, model: str, version: int, home: str,
+                 dataset: str) -> tuple[int, int]:
+    """Add the parts to the signed manifest; (parts, rows) the dataset now holds."""
     workspace, keyring = open_workspace(home)
-    name, version = workspace.models.resolve(model)
-    manifest = EncodedDataset(out).commit([PartRecord(**r) for r in records], keyring, dataset, name, version)
+    manifest = EncodedDataset(out).commit(records, keyring, dataset, model, version)
     workspace.register_dataset(out)  # so that key rotation reaches its vault parts
-    return {"parts": len(manifest.parts), "rows": sum(p.rows for p in manifest.parts)}
+    return len(manifest.parts), sum(p.rows for p in manifest.parts)
 
 
 def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
-               runner: str = "local", dask_address: str | None = None, skip_unreadable: bool = False) -> dict:
+               runner: str = "local", dask_address: str | None = None, skip_unreadable: bool = False) -> EncodeResult:
     """Run :func:`encode_flow` on the local thread pool or on a Dask cluster (``runner="dask"``:
     the cluster at ``dask_address``, or a temporary local one with two worker processes)."""
     if runner == "local":
@@ -108,15 +139,13 @@ def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str 
 @flow(name="iae-encode")
 @no_data_in_errors
 def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
-                skip_unreadable: bool = False) -> dict:
+                skip_unreadable: bool = False) -> EncodeResult:
     """Encode SOURCE (a file or a folder of Parquet files) with MODEL into the dataset folder OUT;
     with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged."""
     dataset = dataset or Path(out).name
-    planned = plan_parts(source, out, model, home, dataset, skip_unreadable)
-    plan = planned["parts"]
-    futures = encode_part.map([p["source"] for p in plan], [p["digest"] for p in plan],
-                              [p["part"] for p in plan], out, model, home, dataset)
+    plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
+    futures = encode_part.map([p.source for p in plan.parts], [p.digest for p in plan.parts],
+                              [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset)
     records = [f.result() for f in futures]
-    totals = commit_parts(records, out, model, home, dataset)
-    return {"encoded_parts": len(records), "encoded_rows": sum(r["rows"] for r in records),
-            "skipped_sources": planned["sources"] - len(records), **totals}
+    parts, rows = commit_parts(records, out, plan.model, plan.version, home, dataset)
+    return EncodeResult(len(records), sum(r.rows for r in records), plan.sources - len(records), parts, rows)

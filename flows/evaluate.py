@@ -6,6 +6,7 @@ are never sealed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -23,11 +24,30 @@ from iae_privacy.codec import CodecConfig
 from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 
 
+@dataclass(frozen=True)
+class PointSummary:
+    """One point of the sweep, as the CLI shows it (aggregates)."""
+
+    label: str
+    k: int
+    utility_ratio: float
+    inversion_exact: float
+    linkage: float
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    report: str
+    """The report's path (report.md; evaluation.json and the plots beside it)."""
+    markdown: str = ""
+    points: list[PointSummary] = field(default_factory=list)
+
+
 @task(**SAFE_TASK)
 @no_data_in_errors
 def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quasi_identifiers: list[str],
                    ks: list[int] | None, rows: int, epochs: int, leaked: list[int], config: str | None,
-                   model: str | None, home: str) -> dict:
+                   model: str | None, home: str) -> EvaluationResult:
     logger = get_run_logger()
     codec = CodecConfig.load(config) if config else CodecConfig()
     sealed = None
@@ -43,10 +63,9 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
     evaluation = evaluate(data, settings, on_step=logger.info, sealed=sealed)
     report = write_report(evaluation, Path(out))
     logger.info("report written to %s", report)
-    return {"report": str(report), "markdown": markdown(evaluation, middle_point(evaluation).k),
-            "points": [{"label": p.label, "k": p.k, "utility_ratio": p.utility_ratio,
-                        "inversion_exact": p.inversion[-1]["exact"], "linkage": p.linkage}
-                       for p in evaluation.points]}
+    return EvaluationResult(str(report), markdown(evaluation, middle_point(evaluation).k),
+                            [PointSummary(p.label, p.k, p.utility_ratio, p.inversion[-1]["exact"], p.linkage)
+                             for p in evaluation.points])
 
 
 @flow(name="iae-evaluate")
@@ -54,11 +73,11 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
 def evaluate_flow(data: str, out: str, target: str, sensitive: str | None = None,
                   quasi_identifiers: list[str] | None = None, ks: list[int] | None = None, rows: int = 20_000,
                   epochs: int = 5, leaked: list[int] | None = None, config: str | None = None,
-                  model: str | None = None, home: str = ".") -> dict:
+                  model: str | None = None, home: str = ".") -> EvaluationResult:
     """Utility against privacy attacks over k for DATA, predicting TARGET; report under OUT.
     With MODEL (a sealed NAME[:vN] of the workspace HOME): its roles, and itself as one more point."""
     result = run_evaluation(data, out, target, sensitive, quasi_identifiers or [], ks, rows, epochs,
                             leaked or [10, 100, 1_000], config, model, home)
     create_markdown_artifact(key="evaluation-" + Path(data).stem.lower().replace("_", "-").replace(".", "-"),
-                             markdown=result["markdown"], description="Utility and attack success over k")
-    return {"report": result["report"], "points": result["points"]}
+                             markdown=result.markdown, description="Utility and attack success over k")
+    return EvaluationResult(result.report, points=result.points)

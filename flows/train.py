@@ -1,30 +1,78 @@
-"""Train flow: profile → fit codec → train (GPU when present) → verify → seal → register → report."""
+"""Train flow: fit the codec and train the network (GPU when present) → verify and seal → report.
+
+Two tasks: training (the long part, not retried: a rerun is a new training) and sealing, which
+checks the round trip, seals and registers, and is retried on its own (a full disk or a busy
+keyring folder does not cost a retraining). The trained model passes from one to the other in
+memory; nothing of it reaches Prefect's storage.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from iae_privacy import progress
 from iae_privacy.analysts.report import plot_loss
 from iae_privacy.codec import CodecConfig
 from iae_privacy.errors import IaeError
-from iae_privacy.model.pipeline import fit_model
+from iae_privacy.model.pipeline import Model, fit_model
 from iae_privacy.model.registry import transform_key
 from iae_privacy.model.verify import verify_roundtrip
-from iae_privacy.network.train import TrainConfig
+from iae_privacy.network.train import TrainConfig, TrainReport
 from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace
 
 
-@task(**SAFE_TASK)
+@dataclass(frozen=True)
+class FeatureFit:
+    """How well z_public alone gives one feature back (validation rows)."""
+
+    name: str
+    levels: int
+    exact_match: float
+    r2: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A sealed model version and what its training measured (aggregates and names only)."""
+
+    model: str
+    version: int
+    path: str
+    loss_curve: str
+    device: str
+    threads: int
+    epochs: int
+    best_epoch: int
+    public_dims: int
+    mean_r2: float | None
+    pca_r2: float | None
+    worse_than_pca: bool
+    features: list[FeatureFit] = field(default_factory=list)
+    loss: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What training hands to sealing, in memory."""
+
+    model: Model
+    report: TrainReport
+    version: int
+
+
+@task(**SAFE_TASK, task_run_name="train {model}")
 @no_data_in_errors
-def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, public_dims: int | None,
-                   config: str | None, seconds: float | None) -> dict:
+def train(data: str, model: str, home: str, epochs: int, device: str, public_dims: int | None,
+          config: str | None, seconds: float | None) -> Trained:
+    """Fit the codec and train the keyed network (the version's key: the transform is keyed)."""
     logger = get_run_logger()
     workspace, keyring = open_workspace(home)
     registry = workspace.models
     version = registry.next_version(registry.check_name(model))
-
+    artifact = create_progress_artifact(0.0, key=_key("training", model), description=f"training {model}:v{version}")
     started: list[bool] = []
 
     def on_rows(done: int, planned: int) -> None:
@@ -37,50 +85,60 @@ def train_and_seal(data: str, model: str, home: str, epochs: int, device: str, p
         logger.info("epoch %d: loss %.4f, validation %.4f, %.0f rows/s", s.epoch, s.train_loss,
                     s.validation_loss, s.rows_per_second)
         progress.report(f"training {model}", s.epoch, epochs, "epochs")
+        update_progress_artifact(artifact, 100.0 * s.epoch / max(epochs, 1))
 
     trained, report = fit_model(
         data, transform_key(keyring, model, version), CodecConfig.load(config) if config else None,
         TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch,
         on_rows=on_rows)
-    # beyond the network's validation rows: codec and network together on the file's first rows
-    check = verify_roundtrip(data, trained.encode, trained.decode, limit_rows=20_000)
+    update_progress_artifact(artifact, 100.0)
     if report.worse_than_pca:
         logger.warning("z_public reconstructs the features worse than PCA with the same k on the validation "
                        "rows (mean R2 %.2f vs %.2f)", report.mean_r2, report.pca_r2)
+    return Trained(trained, report, version)
+
+
+@task(**SAFE_TASK, retries=2, retry_delay_seconds=5, task_run_name="verify and seal {model}")
+@no_data_in_errors
+def verify_and_seal(trained: Trained, data: str, model: str, home: str) -> TrainResult:
+    """Check codec and network together on the file's first rows (beyond the network's validation
+    rows), then seal and register the version. Retried alone: it does not retrain."""
+    logger = get_run_logger()
+    workspace, keyring = open_workspace(home)
+    version, report = trained.version, trained.report
+    check = verify_roundtrip(data, trained.model.encode, trained.model.decode, limit_rows=20_000)
     if not check.exact:
         raise IaeError(f"{model}:v{version} does not restore {data} exactly ({check.difference}); not sealed")
-    path = registry.save(trained, model, version, keyring, report)
+    path = workspace.models.save(trained.model, model, version, keyring, report)
     curve = plot_loss(report.history, path.with_suffix(".loss.png"), f"{model}:v{version}")
     logger.info("sealed %s:v%d (%d validation rows restored bit for bit)", model, version,
                 report.exact_rows_checked)
-    return {"model": model, "version": version, "path": str(path), "loss_curve": str(curve),
-            "device": report.device,
-            "epochs": len(report.history), "best_epoch": report.best_epoch,
-            "public_dims": trained.network.config.public_dims,
-            "mean_r2": report.mean_r2, "pca_r2": report.pca_r2, "worse_than_pca": report.worse_than_pca,
-            "threads": report.threads,
-            "features": [{"name": f.name, "levels": f.levels, "exact_match": f.exact_match, "r2": f.r2}
-                         for f in report.features],
-            "loss": [(e.train_loss, e.validation_loss) for e in report.history]}
+    return TrainResult(
+        model, version, str(path), str(curve), report.device, report.threads, len(report.history), report.best_epoch,
+        trained.model.network.config.public_dims, report.mean_r2, report.pca_r2, report.worse_than_pca,
+        [FeatureFit(f.name, f.levels, f.exact_match, f.r2) for f in report.features],
+        [(e.train_loss, e.validation_loss) for e in report.history])
+
+
+def _key(kind: str, model: str) -> str:
+    """An artifact key (lower case letters, digits and dashes)."""
+    return f"{kind}-{model}".lower().replace("_", "-").replace(".", "-")
 
 
 @flow(name="iae-train")
 @no_data_in_errors
 def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device: str = "auto",
-               public_dims: int | None = None, config: str | None = None, seconds: float | None = None) -> dict:
+               public_dims: int | None = None, config: str | None = None, seconds: float | None = None) -> TrainResult:
     """Train and seal a model version from a Parquet file; report per-feature reconstruction."""
-    result = train_and_seal(data, model, home, epochs, device, public_dims, config, seconds)
-    rows = "\n".join(f"| {f['name']} | {f['levels']} | {f['exact_match']:.1%} | {f['r2']:.2f} |"
-                     for f in result["features"])
-    create_markdown_artifact(
-        key=f"train-{result['model']}".lower().replace("_", "-").replace(".", "-"),
-        markdown=(f"# {result['model']}:v{result['version']}\n\n"
-                  f"device {result['device']}, {result['epochs']} epochs (best {result['best_epoch']}), "
-                  f"{result['public_dims']} public latent columns; loss curve: {result['loss_curve']}\n\n"
-                  f"Mean R2 from z_public {result['mean_r2']:.3f}; PCA with the same k on the same rows "
-                  + ("n/a" if result["pca_r2"] is None else f"{result['pca_r2']:.3f}")
-                  + (" (**worse than PCA**)" if result["worse_than_pca"] else "") + "\n\n"
-                  "| feature | levels | exact from z_public | R2 from z_public |\n| --- | --- | --- | --- |\n"
-                  + rows),
-        description="What z_public alone reconstructs, per feature (validation rows)")
+    trained = train(data, model, home, epochs, device, public_dims, config, seconds)
+    result = verify_and_seal(trained, data, model, home)
+    pca = "n/a" if result.pca_r2 is None else f"{result.pca_r2:.3f}"
+    create_table_artifact(
+        key=_key("train", model),
+        table=[{"feature": f.name, "levels": f.levels, "exact from z_public": round(f.exact_match, 4),
+                "R2 from z_public": round(f.r2, 4)} for f in result.features],
+        description=(f"{result.model}:v{result.version}: device {result.device}, {result.epochs} epochs (best "
+                     f"{result.best_epoch}), {result.public_dims} public latent columns; mean R2 from z_public "
+                     f"{result.mean_r2:.3f}, PCA with the same k on the same rows {pca}"
+                     + (" (worse than PCA)" if result.worse_than_pca else "") + f"; loss curve {result.loss_curve}"))
     return result

@@ -33,10 +33,10 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     reports = []
     with progress.listening(lambda *report: reports.append(report)):  # what the CLI's bars show
         trained = train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=2)
-        assert trained["version"] == 1 and trained["features"]
-        assert Path(trained["loss_curve"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert trained.version == 1 and trained.features
+        assert Path(trained.loss_curve).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         first = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
-        assert (first["encoded_parts"], first["rows"]) == (1, 4_000)
+        assert (first.encoded_parts, first.rows) == (1, 4_000)
     assert [r for r in reports if r[3] == "epochs"] == \
         [("training pat", 1, 2, "epochs"), ("training pat", 2, 2, "epochs")]
     encoding = [r for r in reports if r[0] == "encoding part 1"]
@@ -50,7 +50,7 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
         encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
     second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home,
                          skip_unreadable=True)
-    assert (second["encoded_parts"], second["skipped_sources"], second["rows"]) == (1, 1, 6_500)
+    assert (second.encoded_parts, second.skipped_sources, second.rows) == (1, 1, 6_500)
     (landing / "day3.parquet").unlink()
     (landing / "day4.parquet").rmdir()
 
@@ -58,7 +58,7 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
     restored = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "restored"),
                            home=home)
-    assert restored["restored_rows"] == 6_500
+    assert restored.restored_rows == 6_500
     for part, name in ((1, "day1"), (2, "day2")):
         got = pq.read_table(tmp_path / "restored" / f"part-{part:05d}-{name}.parquet")
         assert first_difference(pq.read_table(landing / f"{name}.parquet"), got) is None
@@ -67,6 +67,7 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     state = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "again"),
                         home=home, return_state=True)
     assert state.is_failed() and "already used" in state.message
+    assert isinstance(state.result(raise_on_failure=False), AccessRefused)  # the refusal itself, in the state
     assert not (tmp_path / "again").exists()
     with pytest.raises(AccessRefused, match="already used"):
         run_decode(str(tmp_path / "enc"), str(request), str(tmp_path / "again"), home)
@@ -134,7 +135,7 @@ def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harnes
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         distributed = run_encode(str(landing), "pat", str(tmp_path / "dask"), home, dataset="patients",
                                  runner="dask", dask_address=cluster.scheduler_address)
-    assert local == distributed and local["encoded_parts"] == 3
+    assert local == distributed and local.encoded_parts == 3
     for part in (1, 2, 3):
         a = pq.read_table(tmp_path / "local" / "latent" / f"part-{part:05d}.parquet")
         b = pq.read_table(tmp_path / "dask" / "latent" / f"part-{part:05d}.parquet")
@@ -165,3 +166,28 @@ def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect
     assert encode.schedules[0].schedule.cron == "0 * * * *"
     assert retrain.schedules[0].schedule.cron == "0 3 * * 0" and retrain.parameters["model"] == "pat"
     assert all(isinstance(v, (str, bool)) for d in (encode, retrain) for v in d.parameters.values())
+
+
+def test_a_failed_seal_is_retried_without_training_again(tmp_path, prefect_harness, monkeypatch):
+    """Sealing is its own task: a transient failure there (a full disk, say) is retried, and the
+    model trained once is what gets sealed."""
+    from iae_privacy.model.registry import ModelRegistry
+    from iae_privacy_flows import train as train_module
+
+    Keyring.init(tmp_path / "keys")
+    data = write_synthetic_patients(tmp_path / "p.parquet", 1_500, seed=4)
+    monkeypatch.setattr(train_module.verify_and_seal, "retry_delay_seconds", 0)
+    real_save, saves, fits = ModelRegistry.save, [], []
+
+    def full_disk_once(self, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 1:
+            raise OSError(28, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    real_fit = train_module.fit_model
+    monkeypatch.setattr(ModelRegistry, "save", full_disk_once)
+    monkeypatch.setattr(train_module, "fit_model", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    result = train_module.train_flow(data=str(data), model="pat", home=str(tmp_path), epochs=1)
+    assert (len(fits), len(saves), result.version) == (1, 2, 1)
+    assert Path(result.path).is_file()

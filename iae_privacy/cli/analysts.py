@@ -129,10 +129,10 @@ def evaluate_command(
                            quasi_identifiers=list(split_list(qi)) if qi else None, ks=k_values, rows=rows,
                            epochs=epochs, leaked=leaked_rows, config=config_path(data, config) if config or
                            model is None else None, model=model, home=str(session(ctx).workspace().home))
-    table = Table(title=f"{data.name}: utility against attacks (details in {result['report']})")
+    table = Table(title=f"{data.name}: utility against attacks (details in {result.report})")
     for heading in ("k", "utility latent/raw", f"inversion exact ({leaked_rows[-1]:,} leaked)", "linkage"):
         table.add_column(heading, justify="right")
-    for p in result["points"]:
-        label = str(p["k"]) if p["label"].startswith("k=") else f"{p['k']} ({p['label']})"
-        table.add_row(label, f"{p['utility_ratio']:.2f}", f"{p['inversion_exact']:.1%}", f"{p['linkage']:.1%}")
+    for p in result.points:
+        label = str(p.k) if p.label.startswith("k=") else f"{p.k} ({p.label})"
+        table.add_row(label, f"{p.utility_ratio:.2f}", f"{p.inversion_exact:.1%}", f"{p.linkage:.1%}")
     console.print(table)

@@ -113,20 +113,20 @@ def train_command(
     with flow_progress():
         result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
                             public_dims=public_dims, config=config_path(data, config), seconds=seconds)
-    table = Table(title=f"{model}:v{result['version']}: what z_public ({result['public_dims']} columns) "
+    table = Table(title=f"{model}:v{result.version}: what z_public ({result.public_dims} columns) "
                   "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
         table.add_column(heading, justify="left" if heading == "feature" else "right")
-    for f in result["features"]:
-        table.add_row(f["name"], str(f["levels"]), f"{f['exact_match']:.1%}", f"{f['r2']:.2f}")
+    for f in result.features:
+        table.add_row(f.name, str(f.levels), f"{f.exact_match:.1%}", f"{f.r2:.2f}")
     console.print(table)
-    console.print(f"sealed {model}:v{result['version']} to {result['path']} (device {result['device']}, "
-                  f"{result['threads']} thread(s), best epoch {result['best_epoch']} of {result['epochs']}); loss "
-                  f"curve {result['loss_curve']}")
-    if result["pca_r2"] is not None:
-        console.print(f"mean R2 from z_public {result['mean_r2']:.2f}; PCA with the same k on the same rows "
-                      f"{result['pca_r2']:.2f}", highlight=False)
-    if result["worse_than_pca"]:
+    console.print(f"sealed {model}:v{result.version} to {result.path} (device {result.device}, "
+                  f"{result.threads} thread(s), best epoch {result.best_epoch} of {result.epochs}); loss "
+                  f"curve {result.loss_curve}")
+    if result.pca_r2 is not None:
+        console.print(f"mean R2 from z_public {result.mean_r2:.2f}; PCA with the same k on the same rows "
+                      f"{result.pca_r2:.2f}", highlight=False)
+    if result.worse_than_pca:
         console.print("[yellow]warning:[/] z_public gives the features back worse than PCA would at the same k: "
                       "train longer (--seconds, --epochs) or choose another --public-dims before handing the "
                       "latent table over (see docs/threat-model.md)", highlight=False)
@@ -155,9 +155,9 @@ def encode_command(
     with flow_progress():
         result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
                             dask_address=dask_address)
-    console.print(f"encoded {result['encoded_rows']:,} rows in {result['encoded_parts']} new part(s), "
-                  f"skipped {result['skipped_sources']} source(s) already encoded; {out} now holds "
-                  f"{result['parts']} part(s), {result['rows']:,} rows")
+    console.print(f"encoded {result.encoded_rows:,} rows in {result.encoded_parts} new part(s), "
+                  f"skipped {result.skipped_sources} source(s) already encoded; {out} now holds "
+                  f"{result.parts} part(s), {result.rows:,} rows")
 
 
 @app.command("request")
@@ -227,8 +227,8 @@ def decode_command(
     session(ctx).keyring()
     with flow_progress():
         result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
-    what = "synthetic records written" if result["synthetic"] else "rows restored"
-    console.print(f"{result['restored_rows']:,} {what} to {out} (audit entry {result['audit_entry']})")
+    what = "synthetic records written" if result.synthetic else "rows restored"
+    console.print(f"{result.restored_rows:,} {what} to {out} (audit entry {result.audit_entry})")
 
 
 @app.command("models")

@@ -72,9 +72,9 @@ def demo_command(
         with flow_progress():
             trained = train_flow(data=str(path), model=name, home=home, epochs=epochs,
                                  config=config_path(path, None), seconds=seconds)
-        spec = f"{name}:v{trained['version']}"
-        encoded, restored = workspace.home / "encoded" / f"{name}-v{trained['version']}", \
-            workspace.home / "restored" / f"{name}-v{trained['version']}.parquet"
+        spec = f"{name}:v{trained.version}"
+        encoded, restored = workspace.home / "encoded" / f"{name}-v{trained.version}", \
+            workspace.home / "restored" / f"{name}-v{trained.version}.parquet"
         with flow_progress():
             run_encode(str(path), spec, str(encoded), home)
         encoded_by_name[name] = encoded
@@ -84,10 +84,10 @@ def demo_command(
         with flow_progress():
             run_decode(encoded=str(encoded), request=str(request), out=str(restored), home=home)
         difference = first_difference(pq.read_table(path), pq.read_table(restored))
-        r2 = sum(max(f["r2"], 0.0) for f in trained["features"]) / max(len(trained["features"]), 1)
-        summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained["features"])),
-                        str(trained["public_dims"]), str(trained["epochs"]), f"{r2:.2f}",
-                        "-" if trained["pca_r2"] is None else f"{trained['pca_r2']:.2f}", spec,
+        r2 = sum(max(f.r2, 0.0) for f in trained.features) / max(len(trained.features), 1)
+        summary.add_row(name, f"{pq.ParquetFile(restored).metadata.num_rows:,}", str(len(trained.features)),
+                        str(trained.public_dims), str(trained.epochs), f"{r2:.2f}",
+                        "-" if trained.pca_r2 is None else f"{trained.pca_r2:.2f}", spec,
                         "yes" if difference is None else "NO")
         if difference is not None:
             failures.append(f"{name}: {difference}")
