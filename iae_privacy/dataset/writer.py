@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, ShuffledWriter
 from iae_privacy.errors import StoreError
 from iae_privacy.files import atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
-from iae_privacy.keys.sealed import read_sealed_header, rewrap_sealed, write_sealed
+from iae_privacy.keys.sealed import SealedWriter, read_sealed_header, rewrap_sealed
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     from iae_privacy.model.pipeline import Model
@@ -94,45 +94,42 @@ class Writer(ManifestFile):
         shuffled = scheme.version >= 2
         row_ids = RowIds(keyring, dataset) if shuffled else None
         batch_rows: list[int] = []
-        writer: pq.ParquetWriter | ShuffledWriter | None = None
         content = scheme.content()
         done = 0
-
-        def segments() -> Iterator[bytes]:
-            nonlocal writer, done
-            for batch in read_batches(source, batch_size):
-                content.update(batch)
-                latent = model.encode(batch, source=str(source))
-                rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
-                ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
-                table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers,
-                                           model_name, model_version, codec.schema.names, shuffled)
-                if writer is None:
-                    writer = ShuffledWriter(latent_sink, latent_path.parent, latent_path.name, buckets, ROW_ID) \
-                        if shuffled else pq.ParquetWriter(latent_sink, table.schema,
-                                                          dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
-                behind.put(table)  # written (or spilled) on a second thread while the next batch is encoded
-                done += batch.num_rows
-                batch_rows.append(batch.num_rows)
-                if on_rows is not None:
-                    on_rows(done)
-                yield vault_segment(latent, complete=shuffled)
-
-        def write_latent(table: pa.Table) -> None:
-            if shuffled:
-                writer.put(table)
-            else:
-                writer.write_table(table, row_group_size=max(table.num_rows, 1))
-
-        buckets = -(-parquet_rows(source) // batch_size) if shuffled else 0
         try:
-            with atomic_file(latent_path) as latent_sink:
+            with atomic_file(latent_path) as latent_sink, \
+                    SealedWriter(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
+                                 Purpose.VAULT, vault_key_aad({"dataset": dataset, "part": part}), keyring) as vault:
+                # format 2: latent rows through a bounded-memory shuffle; format 1: in source order
+                writer: pq.ParquetWriter | ShuffledWriter | None = ShuffledWriter(
+                    latent_sink, latent_path.parent, latent_path.name, -(-parquet_rows(source) // batch_size),
+                    ROW_ID) if shuffled else None
+
+                def write_latent(table: pa.Table) -> None:
+                    if shuffled:
+                        writer.put(table)
+                    else:
+                        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
                 try:
                     with Behind(write_latent) as behind:
-                        write_sealed(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
-                                     Purpose.VAULT, vault_key_aad({"dataset": dataset, "part": part}),
-                                     segments(), keyring)
-                    if writer is None:
+                        for batch in read_batches(source, batch_size):
+                            content.update(batch)
+                            latent = model.encode(batch, source=str(source))
+                            rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
+                            ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
+                            table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
+                                                 model_version, codec.schema.names, shuffled)
+                            if writer is None:
+                                writer = pq.ParquetWriter(latent_sink, table.schema,
+                                                          dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                            behind.put(table)  # written (or spilled) on a second thread while the next is encoded
+                            vault.write(vault_segment(latent, complete=shuffled))
+                            done += batch.num_rows
+                            batch_rows.append(batch.num_rows)
+                            if on_rows is not None:
+                                on_rows(done)
+                    if not batch_rows:
                         raise StoreError(f"{source} has no record batches to encode")
                     if shuffled:
                         writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)

@@ -30,7 +30,7 @@ from iae_privacy.files import atomic_file, write_private
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
-__all__ = ["SealedFileError", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
+__all__ = ["SealedFileError", "SealedWriter", "write_sealed", "read_sealed_header", "open_sealed_file", "rewrap_sealed",
            "content_sha256"]
 
 _U32 = struct.Struct("<I")
@@ -74,26 +74,61 @@ def _read_preamble(f: BinaryIO, path: Path, magic: bytes, what: str) -> tuple[by
     return header, doc, key_version, wrapped
 
 
+class SealedWriter:
+    """A sealed file written as a stream, one segment pushed at a time (as ``pq.ParquetWriter``
+    takes tables)::
+
+        with SealedWriter(path, magic, header, purpose, key_aad, keyring) as sealed:
+            for segment in ...:
+                sealed.write(segment)
+
+    The file appears, whole, when the block ends normally; if it raises, nothing is left. A
+    segment is sealed once the next one arrives (or the block ends): only then is it known
+    whether it is the last, which its associated data says."""
+
+    def __init__(self, path: Path, magic: bytes, header: dict[str, Any], purpose: Purpose, key_aad: bytes,
+                 keyring: Keyring) -> None:
+        self._magic, self._header = magic, canonical(header)
+        self._key = crypto.random_key()
+        key_version, wrapped = keyring.wrap(purpose, self._key, key_aad)
+        envelope = _envelope(key_version, wrapped)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._target = atomic_file(path)
+        self._file = self._target.__enter__()
+        self._file.write(magic + _U32.pack(len(self._header)) + self._header + _U32.pack(len(envelope)) + envelope)
+        self._pending: bytes | None = None
+        self.count = 0
+        """Segments written so far (sealed or waiting to be)."""
+
+    def write(self, segment: bytes) -> None:
+        if self._pending is not None:
+            _write_segment(self._file, self._key, self._magic, self._header, self.count - 1, False, self._pending)
+        self._pending = segment
+        self.count += 1
+
+    def __enter__(self) -> SealedWriter:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is None:
+            last = self._pending if self._pending is not None else b""
+            try:
+                _write_segment(self._file, self._key, self._magic, self._header, max(self.count - 1, 0), True, last)
+            except BaseException as error:
+                self._target.__exit__(type(error), error, error.__traceback__)  # removes the temporary
+                raise
+            self.count = max(self.count, 1)
+        self._target.__exit__(kind, exc, tb)  # put in place, or removed
+        return False
+
+
 def write_sealed(path: Path, magic: bytes, header: dict[str, Any], purpose: Purpose, key_aad: bytes,
                  segments: Iterable[bytes], keyring: Keyring) -> int:
     """Seal ``segments`` (consumed as a stream) into ``path``; returns how many were written."""
-    header_bytes = canonical(header)
-    data_key = crypto.random_key()
-    key_version, wrapped = keyring.wrap(purpose, data_key, key_aad)
-    envelope = _envelope(key_version, wrapped)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with atomic_file(path) as f:
-        f.write(magic + _U32.pack(len(header_bytes)) + header_bytes + _U32.pack(len(envelope)) + envelope)
-        pending = None
+    with SealedWriter(path, magic, header, purpose, key_aad, keyring) as sealed:
         for segment in segments:
-            if pending is not None:  # only now is it known not to be the last
-                _write_segment(f, data_key, magic, header_bytes, count, False, pending)
-                count += 1
-            pending = segment
-        _write_segment(f, data_key, magic, header_bytes, count, True, pending or b"")
-        count += 1
-    return count
+            sealed.write(segment)
+    return sealed.count
 
 
 def _write_segment(f: BinaryIO, key: bytes, magic: bytes, header: bytes, index: int, last: bool, data: bytes) -> None:
