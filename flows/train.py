@@ -8,7 +8,7 @@ memory; nothing of it reaches Prefect's storage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -52,6 +52,8 @@ class TrainResult:
     worse_than_pca: bool
     features: list[FeatureFit] = field(default_factory=list)
     loss: list[tuple[float, float]] = field(default_factory=list)
+    protection: dict = field(default_factory=dict)
+    """For protected columns: the attacks' figures on held-out rows (iae_privacy.analysts.protection)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Trained:
 @task(**SAFE_TASK, task_run_name="train {model}")
 @no_data_in_errors
 def train(data: str, model: str, home: str, epochs: int, device: str, public_dims: int | None,
-          config: str | None, seconds: float | None) -> Trained:
+          config: str | None, seconds: float | None, protect: list[str] | None = None) -> Trained:
     """Fit the codec and train the keyed network (the version's key: the transform is keyed)."""
     logger = get_run_logger()
     workspace, keyring = open_workspace(home)
@@ -87,8 +89,11 @@ def train(data: str, model: str, home: str, epochs: int, device: str, public_dim
         progress.report(f"training {model}", s.epoch, epochs, "epochs")
         update_progress_artifact(artifact, 100.0 * s.epoch / max(epochs, 1))
 
+    codec_config = CodecConfig.load(config) if config else CodecConfig()
+    if protect:
+        codec_config = replace(codec_config, protected=(*codec_config.protected, *protect))
     trained, report = fit_model(
-        data, transform_key(keyring, model, version), CodecConfig.load(config) if config else None,
+        data, transform_key(keyring, model, version), codec_config,
         TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch,
         on_rows=on_rows)
     update_progress_artifact(artifact, 100.0)
@@ -117,7 +122,7 @@ def verify_and_seal(trained: Trained, data: str, model: str, home: str) -> Train
         model, version, str(path), str(curve), report.device, report.threads, len(report.history), report.best_epoch,
         trained.model.network.config.public_dims, report.mean_r2, report.pca_r2, report.worse_than_pca,
         [FeatureFit(f.name, f.levels, f.exact_match, f.r2) for f in report.features],
-        [(e.train_loss, e.validation_loss) for e in report.history])
+        [(e.train_loss, e.validation_loss) for e in report.history], report.protection)
 
 
 def _key(kind: str, model: str) -> str:
@@ -128,9 +133,11 @@ def _key(kind: str, model: str) -> str:
 @flow(name="iae-train")
 @no_data_in_errors
 def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device: str = "auto",
-               public_dims: int | None = None, config: str | None = None, seconds: float | None = None) -> TrainResult:
-    """Train and seal a model version from a Parquet file; report per-feature reconstruction."""
-    trained = train(data, model, home, epochs, device, public_dims, config, seconds)
+               public_dims: int | None = None, config: str | None = None, seconds: float | None = None,
+               protect: list[str] | None = None) -> TrainResult:
+    """Train and seal a model version from a Parquet file; report per-feature reconstruction and,
+    for PROTECT (column names, with any the config declares), what attacks recover of them."""
+    trained = train(data, model, home, epochs, device, public_dims, config, seconds, protect)
     result = verify_and_seal(trained, data, model, home)
     pca = "n/a" if result.pca_r2 is None else f"{result.pca_r2:.3f}"
     create_table_artifact(
@@ -141,4 +148,23 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
                      f"{result.best_epoch}), {result.public_dims} public latent columns; mean R2 from z_public "
                      f"{result.mean_r2:.3f}, PCA with the same k on the same rows {pca}"
                      + (" (worse than PCA)" if result.worse_than_pca else "") + f"; loss curve {result.loss_curve}"))
+    if result.protection:
+        create_table_artifact(key=_key("protection", model), table=protection_rows(result.protection),
+                              description=f"{result.model}:v{result.version}: what attacks recover of the protected "
+                              "columns from the exact z_public and from the release analysts get (held-out rows)")
     return result
+
+
+def protection_rows(protection: dict) -> list[dict]:
+    """The protection figures as table rows: one per protected column and attack."""
+    rows = []
+    for c in protection.get("columns", []):
+        score = "accuracy" if c["kind"] == "category" else "R2"
+        rows.append({"column": c["column"], "attack": f"known plaintext, {c['leaked_rows']:,} leaked ({score})",
+                     "exact z_public": round(c["known_plaintext_exact"], 4),
+                     "released": round(c["known_plaintext_released"], 4), "baseline": round(c["baseline"], 4)})
+        if "ranking_released" in c:
+            rows.append({"column": c["column"], "attack": "ranking, 0 leaked (accuracy)",
+                         "exact z_public": round(c["ranking_exact"], 4), "released": round(c["ranking_released"], 4),
+                         "baseline": round(c["ranking_baseline"], 4)})
+    return rows

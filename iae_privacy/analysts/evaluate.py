@@ -185,7 +185,7 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
                                  TrainConfig(epochs=config.epochs, max_seconds=config.seconds, seed=config.seed),
                                  public_dims=k)
             raw = model.codec.encode(batch).features
-            latent = model.encode(batch).z_public.astype(np.float64)
+            latent = model.encode(batch).released.astype(np.float64)
             result.points.append(_measure(f"k={k}", k, model.codec, raw, latent, y, regression, config, result, step))
     if sealed is not None:
         label, model = sealed
@@ -195,7 +195,7 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         target_passthrough = any(spec.name == config.target and spec.role is Role.PASSTHROUGH
                                  for spec in model.codec.columns)
         raw = model.codec.encode(batch).features
-        latent = model.encode(batch).z_public.astype(np.float64)
+        latent = model.encode(batch).released.astype(np.float64)
         point = _measure(label, model.network.config.public_dims, model.codec, raw, latent,
                          y if target_passthrough else None, regression, config, result, step)
         result.points.append(point)

@@ -19,6 +19,7 @@ from iae_privacy.cli.common import (
     progress,
     session,
     source_rows,
+    split_list,
 )
 from iae_privacy.codec import TableCodec
 from iae_privacy.errors import IaeError
@@ -96,6 +97,10 @@ def train_command(
     seconds: Annotated[float, typer.Option(
         help="Training time limit in seconds, honoured within an epoch (the epochs adapt to it).")] = 600.0,
     config: ConfigOption = None,
+    protect: Annotated[Optional[str], typer.Option(
+        help="Comma-separated columns the latent table must not give away (with any the config marks "
+        "\"protected\"): analysts get z_public released so that these cannot be told apart, and the report "
+        "says what attacks still recover.")] = None,
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
 
@@ -112,7 +117,8 @@ def train_command(
     session(ctx).keyring()  # fail early, with the keyring's own message
     with flow_progress():
         result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
-                            public_dims=public_dims, config=config_path(data, config), seconds=seconds)
+                            public_dims=public_dims, config=config_path(data, config), seconds=seconds,
+                            protect=list(split_list(protect)) if protect else None)
     table = Table(title=f"{model}:v{result.version}: what z_public ({result.public_dims} columns) "
                   "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
@@ -130,6 +136,21 @@ def train_command(
         console.print("[yellow]warning:[/] z_public gives the features back worse than PCA would at the same k: "
                       "train longer (--seconds, --epochs) or choose another --public-dims before handing the "
                       "latent table over (see docs/threat-model.md)", highlight=False)
+    if result.protection:
+        from iae_privacy_flows.train import protection_rows
+
+        shown = Table(title="protected columns: what attacks recover (held-out rows; the analysts' latent table "
+                      "holds the release)")
+        rows = protection_rows(result.protection)
+        for heading in rows[0]:
+            shown.add_column(heading, justify="left" if heading in ("column", "attack") else "right")
+        for row in rows:
+            shown.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+        console.print(shown)
+        utility = result.protection["utility"]
+        console.print(f"utility cost: gradient boosting reads the other features back from the release with mean "
+                      f"R2 {utility['readout_r2_released']:.2f} (from the exact z_public "
+                      f"{utility['readout_r2_exact']:.2f})", highlight=False)
 
 
 @app.command("encode")

@@ -108,6 +108,7 @@ class CodecConfig:
         [columns]
         zper = "identifier"      # a person number the name does not give away
         region = "passthrough"   # declared non-sensitive
+        race = "protected"       # a feature the latent table must not give away (model/protection.py)
 
         [codec]
         levels = 4096            # coarse levels per numeric column
@@ -125,8 +126,20 @@ class CodecConfig:
     join_domains: dict[str, str] = field(default_factory=dict)
     """Identifier column -> join domain. Without one, a column's tokens are its own (dataset,
     column): equal values in two datasets get different tokens."""
+    protected: tuple[str, ...] = ()
+    """Feature columns whose values analysts' latent table must not reveal (``"protected"`` in
+    ``[columns]``, or ``train --protect``): see :mod:`iae_privacy.model.protection`."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "protected", tuple(dict.fromkeys(self.protected)))
+        for column in self.protected:
+            if column in self.roles and self.roles[column] is not Role.FEATURE:
+                raise ConfigError(f"column {column!r} is declared {self.roles[column].value} and protected: a "
+                                  f"{self.roles[column].value} column is in the analysts' files (or the vault "
+                                  "whole) by design; a protected one goes through the network. Choose one")
+            if column in self.join_domains:
+                raise ConfigError(f"tokens.{column}: a protected column has no tokens (it is a feature)")
+            self.roles[column] = Role.FEATURE  # a protected column goes through the network, whatever its name
         if not 2 <= self.levels <= 1 << 20:
             raise ConfigError(f"codec.levels must be between 2 and {1 << 20}, got {self.levels}")
         if not 1 <= self.max_categories <= 1 << 16:
@@ -156,12 +169,15 @@ class CodecConfig:
         unknown = set(doc) - {"columns", "codec", "tokens"}
         if unknown:
             raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec], [tokens]")
-        roles = {}
+        roles, protected = {}, []
         for column, value in doc.get("columns", {}).items():
+            if value == "protected":
+                protected.append(column)
+                continue
             try:
                 roles[column] = Role(value)
             except ValueError:
-                allowed = ", ".join(r.value for r in Role)
+                allowed = ", ".join([r.value for r in Role] + ["protected"])
                 raise ConfigError(
                     f"{path}: column {column!r} has role {value!r}; expected one of {allowed}"
                 ) from None
@@ -173,7 +189,7 @@ class CodecConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{path}: codec.{key} must be an integer")
         try:
-            return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), **codec)
+            return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), protected=tuple(protected), **codec)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 

@@ -174,7 +174,7 @@ class TableCodec:
         source = read_batches(data) if isinstance(data, (str, Path)) else data
         table = _as_table(source, config.sample_rows)
         names = table.schema.names
-        unknown = sorted(set(config.roles) - set(names))
+        unknown = sorted((set(config.roles) | set(config.protected)) - set(names))
         if unknown:
             raise IaeError(f"config names column(s) {unknown} that the data does not have")
         specs = []
@@ -191,6 +191,13 @@ class TableCodec:
                 raise ConfigError(f"[tokens] names column {column!r}, which is "
                                   + ("not in the data" if role is None else f"a {role.value} column, not an identifier")
                                   + ": only identifier columns have tokens")
+        for column in config.protected:
+            spec = next((spec for spec in specs if spec.name == column), None)
+            if spec is None:
+                raise ConfigError(f"protected column {column!r} is not in the data")
+            if spec.role is not Role.FEATURE:
+                raise ConfigError(f"protected column {column!r} is {spec.role.value} ({spec.reason}): a protected "
+                                  "column must be a feature, which the network hides")
         return cls(table.schema, specs, config, table.num_rows)
 
     # -- what the network sees ---------------------------------------------------------------
@@ -314,7 +321,8 @@ class TableCodec:
             "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode("ascii"),
             "config": {"levels": self.config.levels, "max_categories": self.config.max_categories,
                        "sample_rows": self.config.sample_rows,
-                       **({"join_domains": dict(self.config.join_domains)} if self.config.join_domains else {})},
+                       **({"join_domains": dict(self.config.join_domains)} if self.config.join_domains else {}),
+                       **({"protected": list(self.config.protected)} if self.config.protected else {})},
             "fit_rows": self.fit_rows,
             "columns": [
                 {"name": c.name, "role": c.role.value, "reason": c.reason,

@@ -147,15 +147,18 @@ class DatasetFolder:
 def vault_sha256(path: Path) -> str:
     return content_sha256(path, VAULT_MAGIC, "vault part")
 
+
 def vault_key_aad(doc: dict) -> bytes:
     return f"iae-privacy/vault-part|{doc['dataset']}|{doc['part']}".encode()
+
 
 def latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
                   tokenizers: list[Tokenizer], model_name: str, model_version: int,
                   source_columns: list[str], shuffled: bool) -> pa.Table:
     e = latent.encoded
     columns = [row_ids] + list(e.passthrough.columns) + [t.tokens(c) for t, c in zip(tokenizers, e.identifiers.columns)]
-    columns += [pa.array(latent.z_public[:, j]) for j in range(latent.z_public.shape[1])]
+    released = latent.released  # the exact z_public, or its release when the model protects columns
+    columns += [pa.array(released[:, j]) for j in range(released.shape[1])]
     meanings = {"row_id": "record id: keyed pseudorandom, unrelated to source order" if shuffled else
                 "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
                 "tokens": [f.name for f in identifier_fields],
@@ -165,8 +168,10 @@ def latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list
                 "iae.columns": json.dumps(meanings)}
     fields = ([pa.field(ROW_ID, pa.int64(), nullable=False)] + list(e.passthrough.schema)
               + [pa.field(f.name, pa.string()) for f in identifier_fields]
-              + [pa.field(public_name(j), pa.int64(), nullable=False) for j in range(latent.z_public.shape[1])])
+              + [pa.field(public_name(j), pa.from_numpy_dtype(released.dtype), nullable=False)
+                 for j in range(released.shape[1])])
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
+
 
 def vault_segment(latent: LatentBatch, complete: bool) -> bytes:
     """One batch's vault contents as an Arrow IPC stream: z_detail, codec detail, identifiers;

@@ -41,6 +41,8 @@ _RECORD_NAMES = {1: {"source": "source", "source_digest": "source_sha256", "cont
 
 
 @dataclass
+
+
 class PartRecord:
     part: int
     source: str
@@ -75,6 +77,8 @@ class PartRecord:
 
 
 @dataclass
+
+
 class Manifest:
     dataset: str
     model: str

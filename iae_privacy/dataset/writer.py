@@ -92,6 +92,10 @@ class Writer(ManifestFile):
         if clash:
             raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
         shuffled = scheme.version >= 2
+        if not shuffled and model.protection is not None:
+            raise StoreError(f"{self.folder} is an encoded dataset of format 1, whose latent part restores "
+                             f"z_public; a model with protected columns ({', '.join(model.protection.columns)}) "
+                             "releases other values there: encode into a new folder")
         row_ids = RowIds(keyring, dataset) if shuffled else None
         batch_rows: list[int] = []
         content = scheme.content()

@@ -15,6 +15,7 @@ import torch
 
 from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec, read_batches
 from iae_privacy.errors import IaeError
+from iae_privacy.model.protection import Protection, protected_features
 from iae_privacy.network import ExactINN, NetworkConfig
 from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport, train
 
@@ -23,24 +24,35 @@ __all__ = ["LatentBatch", "Model", "fit_model", "default_public_dims"]
 
 @dataclass(frozen=True)
 class LatentBatch:
-    """One record batch after codec and network: ``z_public`` for analysts, the rest for the vault."""
+    """One record batch after codec and network: ``z_public`` (exact) and the rest for the vault;
+    :attr:`released` for analysts."""
 
     z_public: np.ndarray
     z_detail: np.ndarray
     encoded: EncodedBatch
     """The codec's output; its ``features`` are not kept once ``z`` exists."""
+    z_release: np.ndarray | None = None
+    """What analysts get instead of ``z_public`` when the model protects columns (float64)."""
+
+    @property
+    def released(self) -> np.ndarray:
+        """The latent table's z_public columns: the exact ones, or their release (protected columns)."""
+        return self.z_public if self.z_release is None else self.z_release
 
 
 @dataclass
 class Model:
     codec: TableCodec
     network: ExactINN
+    protection: Protection | None = None
+    """Set when the codec config protects columns: how z_public is released (model/protection.py)."""
 
     def encode(self, batch: pa.RecordBatch, source: str | None = None) -> LatentBatch:
         encoded = self.codec.encode(batch, source)
         z = self.network.encode(torch.from_numpy(encoded.features)).numpy()
         k = self.network.config.public_dims
-        return LatentBatch(z[:, :k], z[:, k:], encoded)
+        release = None if self.protection is None else self.protection.release(z[:, :k], encoded.features)
+        return LatentBatch(z[:, :k], z[:, k:], encoded, release)
 
     def decode(self, latent: LatentBatch) -> pa.RecordBatch:
         z = torch.from_numpy(np.concatenate([latent.z_public, latent.z_detail], axis=1))
@@ -74,4 +86,18 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
     model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows)
-    return Model(codec, model), report
+    protected = protected_features(codec)
+    if not protected:
+        return Model(codec, model), report
+    # fitted on most of the sample, measured on the rest (rows the release was not fitted on)
+    # fitted on most of the sample, measured on the rest, picked at random (files are often sorted
+    # by something, maybe the protected column itself)
+    order = np.random.default_rng(0).permutation(len(x))
+    held, fit = order[: min(max(len(x) * 3 // 10, 1), 20_000)], order[min(max(len(x) * 3 // 10, 1), 20_000):]
+    z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
+    protection = Protection.fit(z[fit], x[fit], protected)
+    from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
+
+    report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
+                                codec.feature_names)
+    return Model(codec, model, protection), report

@@ -99,6 +99,7 @@ class ModelRegistry:
             "codec_profile": model.codec.to_json(),
             "network": json.dumps(facts),
             "training": json.dumps(training),
+            **({"protection": json.dumps(model.protection.to_dict())} if model.protection is not None else {}),
         }
         created = utc_now().isoformat(timespec="seconds")
         seal_bundle(path, name, version, created, SealedModel(tensors, metadata), keyring)
@@ -116,7 +117,12 @@ class ModelRegistry:
 
         network = ExactINN.from_quantized_state(sealed.tensors, json.loads(meta["network"]),
                                                 transform_key(keyring, name, version))
-        return LoadedModel(Model(codec, network), header, json.loads(meta["training"]))
+        protection = None
+        if "protection" in meta:
+            from iae_privacy.model.protection import Protection
+
+            protection = Protection.from_dict(json.loads(meta["protection"]))
+        return LoadedModel(Model(codec, network, protection), header, json.loads(meta["training"]))
 
     def headers(self) -> list[tuple[Path, BundleHeader]]:
         return [(p, read_header(p)) for p in self.bundles()]

@@ -91,6 +91,9 @@ class TrainReport:
     columns, fitted on the training rows (standardised codes), on the same validation rows: the
     bar the latent table must clear to be worth its name."""
     threads: int = 0
+    protection: dict = field(default_factory=dict)
+    """For a model with protected columns: the attacks' figures on held-out rows, exact z_public
+    against its release (iae_privacy.analysts.protection.measure)."""
 
     @property
     def mean_r2(self) -> float:
