@@ -12,7 +12,7 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec, e2e, keys, leaks, network, restore
+from bench import codec, e2e, keys, leaks, network, privacy, restore
 from bench.common import machine
 
 BENCHMARKS = {
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "e2e": (e2e.run, 1_000_000),
     "restore": (restore.run, 1_000_000),
     "leaks": (leaks.run, 28_155),
+    "privacy": (privacy.run, 50_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -23,7 +23,7 @@ import numpy as np
 from iae_privacy.analysts.attacks import column_attack, ranking_attack
 from iae_privacy.model.protection import MAX_GROUPS
 
-__all__ = ["measure", "LEAKED_ROWS", "UTILITY_FEATURES"]
+__all__ = ["measure", "readout_r2", "LEAKED_ROWS", "UTILITY_FEATURES"]
 
 LEAKED_ROWS = 1_000
 UTILITY_FEATURES = 8
@@ -31,7 +31,7 @@ ATTACKED_ROWS = 6_000
 """Held-out rows the attacks use at most (the training report stays quick)."""
 
 
-def _readout(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> float:
+def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> float:
     """Mean held-out R² of gradient boosting reading each feature (column of ``codes``) from ``latent``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -72,6 +72,6 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
     theirs = {f for _, f, _ in protected} | {n for _, _, n in protected}
     others = [j for j in range(codes.shape[1]) if j not in theirs][:UTILITY_FEATURES]
     utility = {"features": [feature_names[j] for j in others],
-               "readout_r2_exact": _readout(exact, codes[:, others], np.random.default_rng(seed)),
-               "readout_r2_released": _readout(released, codes[:, others], np.random.default_rng(seed))}
+               "readout_r2_exact": readout_r2(exact, codes[:, others], np.random.default_rng(seed)),
+               "readout_r2_released": readout_r2(released, codes[:, others], np.random.default_rng(seed))}
     return {"columns": columns, "utility": utility}

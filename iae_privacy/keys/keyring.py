@@ -332,7 +332,8 @@ class Keyring:
     def rotate(self, passphrase: str | None = None) -> int:
         """Add a master key version and make it current; re-wrap the root secret under it.
 
-        Callers then re-wrap every sealed bundle and vault data key (see ``registry.rotate``).
+        Callers then re-wrap every sealed bundle and vault data key (``ModelRegistry.rewrap_all`` and
+        ``EncodedDataset.rewrap_all``, as ``keys rotate`` does).
         """
         number = max(v.number for v in self.versions) + 1
         master = self._master_from_env(number)

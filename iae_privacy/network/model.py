@@ -8,7 +8,8 @@ RNG) and are not part of the saved weights: the weights alone do not decode.
 ``encode(x)`` gives :math:`z`; its first ``public_dims`` columns are ``z_public`` (for analysts),
 the rest ``z_detail`` (for the vault). ``decode(z)`` restores :math:`x` bit for bit, for any
 weights, batch size, thread count and device. Every intermediate value is bounded in advance
-(:meth:`ExactINN.bounds`), so nothing can overflow.
+(``ExactINN.input_bound`` and each layer's ``bound``, worked out when the network is built), so
+nothing can overflow.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def keyed_permutation(key: bytes, block: int, d: int) -> np.ndarray:
 
 
 def keyed_mixing(key: bytes, block: int, d: int, terms: int) -> np.ndarray:
-    """The matrix I + M of a :class:`UnitTriangularMixing`: each target feature gets up to
+    """The matrix I + M of a :class:`~iae_privacy.network.layers.KeyedMixing`: each target feature gets up to
     ``terms`` key-chosen source features, each added or subtracted (key-chosen too).
 
     Even blocks add first-half features into the second half, odd blocks the other way round.
