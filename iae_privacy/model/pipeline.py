@@ -95,7 +95,7 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     order = np.random.default_rng(0).permutation(len(x))
     held, fit = order[: min(max(len(x) * 3 // 10, 1), 20_000)], order[min(max(len(x) * 3 // 10, 1), 20_000):]
     z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
-    protection = Protection.fit(z[fit], x[fit], protected)
+    protection = Protection.fit_calibrated(z[fit], x[fit], protected)
     from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
 
     report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
