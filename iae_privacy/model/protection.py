@@ -102,9 +102,9 @@ def _sqrt_pair(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
 
 
-def _row_uniforms(z: np.ndarray, count: int) -> np.ndarray:
+def _row_uniforms(z: np.ndarray, count: int, salt: int) -> np.ndarray:
     """(n, count) numbers in [0, 1) drawn from a hash of each row of integers ``z``: equal rows,
-    equal draws (a release is a function of the record)."""
+    equal draws (a release is a function of the record); another ``salt``, other draws."""
     bits = np.rint(np.asarray(z, dtype=np.float64)).astype(np.int64).view(np.uint64)
     h = np.full(len(bits), 0x243F6A8885A308D3, dtype=np.uint64)
     out = np.empty((len(bits), count))
@@ -113,7 +113,7 @@ def _row_uniforms(z: np.ndarray, count: int) -> np.ndarray:
             h = (h ^ bits[:, j]) * np.uint64(0x9E3779B97F4A7C15)
             h ^= h >> np.uint64(29)
         for j in range(count):
-            u = (h + np.uint64(j + 1)) * np.uint64(0xBF58476D1CE4E5B9)
+            u = (h + np.uint64(salt * 4096 + j + 1)) * np.uint64(0xBF58476D1CE4E5B9)
             u ^= u >> np.uint64(31)
             u *= np.uint64(0x94D049BB133111EB)
             u ^= u >> np.uint64(29)
@@ -125,12 +125,12 @@ def _dithered(z: np.ndarray) -> np.ndarray:
     """``z`` (integers) plus a jitter in [-0.5, 0.5) from a hash of the row. Without it a group
     whose values sit on few lattice points keeps that support through every map, and an attacker
     learns the support."""
-    return np.asarray(z, dtype=np.float64) + _row_uniforms(z, z.shape[1]) - 0.5
+    return np.asarray(z, dtype=np.float64) + _row_uniforms(z, z.shape[1], salt=1) - 0.5
 
 
 def _row_normals(z: np.ndarray) -> np.ndarray:
     """Standard normal draws per row and column of ``z``, from the row's hash (Box-Muller)."""
-    u = _row_uniforms(z, 2 * z.shape[1])
+    u = _row_uniforms(z, 2 * z.shape[1], salt=2)
     k = z.shape[1]
     return np.sqrt(-2 * np.log1p(-u[:, :k])) * np.cos(2 * np.pi * u[:, k:])
 
