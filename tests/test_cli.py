@@ -215,6 +215,18 @@ def one_line_error(code: int, text: str, *needles: str) -> None:
         assert needle in text, text
 
 
+def test_train_protect_mistakes_are_one_line_errors_before_prefect_starts(monkeypatch, capsys, tmp_path, data_dir):
+    data = data_dir / "cps1988_wages.parquet"
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data), "-m", "w",
+                          "--protect", "ethnicity,race")
+    one_line_error(code, text, "--protect", "has no column(s) 'race'")
+    config = tmp_path / "w.toml"
+    config.write_text('[columns]\nregion = "passthrough"\n')
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data), "-m", "w",
+                          "--config", str(config), "--protect", "region")
+    one_line_error(code, text, "'region' is declared passthrough and protected")
+
+
 def test_sources_that_cannot_be_encoded_are_named_in_one_line(monkeypatch, capsys, tmp_path):
     for name, make, needle in (("a-empty.parquet", lambda p: p.write_bytes(b""), "not a readable Parquet file"),
                                ("b-text.parquet", lambda p: p.write_text("name,email\n"),

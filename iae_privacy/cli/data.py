@@ -113,6 +113,17 @@ def train_command(
 
     source_rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
     resolve_device(device)  # and for a GPU this machine does not have
+    if protect:  # and for a protected column the file lacks or the config declares otherwise
+        import dataclasses
+
+        import pyarrow.parquet as pq
+
+        wanted = split_list(protect)
+        missing = [c for c in wanted if c not in pq.read_schema(data).names]
+        if missing:
+            raise IaeError(f"--protect: {data} has no column(s) {', '.join(map(repr, missing))}")
+        declared = config_for(data, config)
+        dataclasses.replace(declared, protected=(*declared.protected, *wanted))
     workspace = session(ctx).workspace()
     session(ctx).keyring()  # fail early, with the keyring's own message
     with flow_progress():
@@ -150,7 +161,8 @@ def train_command(
         utility = result.protection["utility"]
         console.print(f"utility cost: gradient boosting reads the other features back from the release with mean "
                       f"R2 {utility['readout_r2_released']:.2f} (from the exact z_public "
-                      f"{utility['readout_r2_exact']:.2f})", highlight=False)
+                      f"{utility['readout_r2_exact']:.2f}). The per-feature table above is the exact z_public's; "
+                      "analysts' latent tables hold the release", highlight=False)
 
 
 @app.command("encode")

@@ -105,7 +105,8 @@ def demo_command(
                   "z_public alone (z_detail at its prior mean) reconstructs each feature's code, clipped at 0; "
                   "PCA R2: the same for a PCA with as many components (unclipped), the bar to clear; protected: "
                   "the column the demo protects, and what an attacker with 1,000 leaked rows gets of it from the "
-                  "analysts' latent table, beside the majority baseline.",
+                  "analysts' latent table, beside the majority baseline (R2 is the exact z_public's; analysts get "
+                  "its release, which hides the protected column).",
                   highlight=False)
     latent = pq.read_table(encoded_by_name["patients"] / "latent" / "part-00001.parquet")
     peek = Table(title=f"what an analyst gets: patients latent table, {latent.num_columns} columns "
