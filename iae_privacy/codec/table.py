@@ -191,13 +191,6 @@ class TableCodec:
                 raise ConfigError(f"[tokens] names column {column!r}, which is "
                                   + ("not in the data" if role is None else f"a {role.value} column, not an identifier")
                                   + ": only identifier columns have tokens")
-        for column in config.protected:
-            spec = next((spec for spec in specs if spec.name == column), None)
-            if spec is None:
-                raise ConfigError(f"protected column {column!r} is not in the data")
-            if spec.role is not Role.FEATURE:
-                raise ConfigError(f"protected column {column!r} is {spec.role.value} ({spec.reason}): a protected "
-                                  "column must be a feature, which the network hides")
         return cls(table.schema, specs, config, table.num_rows)
 
     # -- what the network sees ---------------------------------------------------------------

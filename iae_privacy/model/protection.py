@@ -165,10 +165,8 @@ class Protection:
     scale: np.ndarray | None = None
     """(k,) pooled standard deviation of each transferred column (the unit of :attr:`noise`)."""
     noise: float = 0.0
-    """Gaussian noise added to the release (drawn from a hash of the exact row: equal records, equal
-    noise), in units of :attr:`scale`:
-    the smallest of :data:`NOISE_LEVELS` at which a gradient-boosting attacker on calibration
-    rows does no better than the majority baseline plus :data:`TOLERANCE`."""
+    """Gaussian noise added to the release, in units of :attr:`scale`, drawn from a hash of the
+    exact row (equal records, equal noise); set by :meth:`fit_calibrated`."""
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -176,7 +174,7 @@ class Protection:
     def fit(cls, z_public: np.ndarray, features: np.ndarray, columns: list[tuple[str, int, int]]) -> Protection:
         """Fitted on training rows: ``z_public`` (n, k) and their network feature codes."""
         z = _dithered(z_public)
-        n, k = z.shape
+        k = z.shape[1]
         edges = []
         most = max(2, min(MAX_GROUPS, int(round(MAX_JOINT_GROUPS ** (1 / max(len(columns), 1))))))
         for _, f, null in columns:
@@ -223,7 +221,7 @@ class Protection:
             protection.rotations = np.asarray(rotations[: step + 1])
             protection.quantile_from, protection.quantile_to = quantile_from[: step + 1], quantile_to[: step + 1]
             y = protection._transfer_step(turned, groups, step) @ rotation.T
-        protection.scale = protection._transferred(z, groups).std(axis=0) + 1e-9
+        protection.scale = y.std(axis=0) + 1e-9  # y is now the fitted rows' transfer, _transferred(z, groups)
         return protection
 
     def _transferred(self, z: np.ndarray, groups: np.ndarray) -> np.ndarray:
