@@ -3,6 +3,9 @@ compute precision and device; keyed; never overflowing."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -132,8 +135,37 @@ def test_saved_weights_hold_nothing_derived_from_the_key():
     model = _trained_like()
     tensors, facts = model.quantized_state()
     assert all(".qweight" in name or ".qbias" in name for name in tensors)
+    assert set(facts) == {"config", "weight_exponents", "carriers", "lift_fraction_bits", "shift_scales"}
+    assert all(t.dtype in (torch.int8, torch.int32) for n, t in tensors.items() if n.startswith("coupling"))
+    assert all(t.dtype == torch.int64 for n, t in tensors.items() if n.startswith("lift"))
+    # fitted to the same rows under two keys: the same lifting steps, carriers and clamps
+    config = NetworkConfig(levels=(4096, 2, 19, 67, 1469, 5, 300, 2), public_dims=3)
+    x = random_codes(config.levels, 4_000, 11)
+    (ta, fa), (tb, fb) = (ExactINN.fitted(config, key, x).freeze().quantized_state() for key in (KEY, OTHER_KEY))
+    assert fa["carriers"] == fb["carriers"] and fa["config"] == fb["config"] and fa["config"]["lift_bits"]
+    assert all(torch.equal(ta[n], tb[n]) for n in ta if n.startswith("lift"))
+
+
+def test_models_sealed_before_architecture_2_encode_and_decode_as_before():
+    """A model file written before architectures had a number is architecture 1, and its latent is
+    the one the code of that time computed (digest taken with it, same weights and rows)."""
+    levels = (4096, 2, 19, 67, 1469, 5, 300, 2)
+    facts_then = {"levels": list(levels), "public_dims": 4, "blocks": 4, "hidden": [64, 64], "mixing_terms": 2}
+    config = NetworkConfig.from_json(json.dumps(facts_then))
+    assert config.architecture == 1
+    model = ExactINN(config, KEY)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    model.freeze()
+    rng = np.random.default_rng(3)
+    x = torch.as_tensor(np.stack([rng.integers(0, level, 3000) for level in levels], 1))
+    z = model.encode(x)
+    assert hashlib.sha256(z.numpy().tobytes()).hexdigest()[:16] == "3ae69fcfbeceb9d0"
+    tensors, facts = model.quantized_state()
     assert set(facts) == {"config", "weight_exponents"}
-    assert all(t.dtype in (torch.int8, torch.int32) for t in tensors.values())
+    assert torch.equal(ExactINN.from_quantized_state(tensors, facts, KEY).decode(z), x)
 
 
 def test_weights_round_trip_through_safetensors_and_decode_the_same():

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["KeyedMixing", "AdditiveCoupling", "QuantizedMLP", "exact_matmul"]
+__all__ = ["KeyedMixing", "AdditiveCoupling", "QuantizedMLP", "LinearShift", "TriangularLift", "exact_matmul"]
 
 Q = 127
 """Activations and weights of the shift network are integers in [-Q, Q] (8 bits)."""
@@ -31,6 +31,9 @@ ACTIVATION_BITS = 4
 """An activation integer h stands for the real value h / 2**ACTIVATION_BITS."""
 BIAS_MAX = 1 << 22
 MAX_WEIGHT_EXPONENT = 15
+EXACT_SUM_BITS = 51
+"""A fixed-point product's partial sums stay below 2**EXACT_SUM_BITS: exact in float64, any order."""
+MAX_FRACTION_BITS = 30
 
 
 def ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +130,19 @@ class QuantizedMLP(nn.Module):
         if peak == 0.0:
             return MAX_WEIGHT_EXPONENT
         return int(min(MAX_WEIGHT_EXPONENT, max(0, math.floor(math.log2(Q / peak)))))
+
+    def set_scales(self, in_exponents: list[int], out_exponent: int) -> None:
+        """Input and output scales from the data (architecture 2), not from the worst-case bounds:
+        the 8-bit inputs then span the values that occur. Inputs are clamped into 8 bits and the
+        output into ``out_max`` whatever the scales, so the exact range does not depend on them."""
+        if self.frozen:
+            raise ValueError("scales are set before freezing")
+        self.in_scale.copy_(torch.as_tensor([2.0**e for e in in_exponents], dtype=torch.float64))
+        self.out_exponent = int(out_exponent)
+
+    @property
+    def in_exponents(self) -> list[int]:
+        return [int(round(math.log2(float(v)))) for v in self.in_scale]
 
     def relaxed(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.clamp(ste_round(x * self.in_scale.to(x.dtype)), -Q, Q)
@@ -295,13 +311,20 @@ class AdditiveCoupling(nn.Module):
     r"""Integer additive coupling: :math:`y_a = x_a`, :math:`y_b = x_b + T(x_a)`.
 
     The inverse :math:`x_b = y_b - T(y_a)` is exact for any :math:`T` computed bit-identically
-    both ways, which :class:`QuantizedMLP` guarantees. The first ``split`` features are :math:`x_a`.
+    both ways, which :class:`QuantizedMLP` and :class:`LinearShift` guarantee. The first ``split``
+    features are :math:`x_a`, or, with ``reverse``, the last ones (the first ``split`` are shifted).
     """
 
-    def __init__(self, split: int, shift: QuantizedMLP) -> None:
+    def __init__(self, split: int, shift: nn.Module, reverse: bool = False) -> None:
         super().__init__()
         self.split = split
         self.shift = shift
+        self.reverse = reverse
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditioning part :math:`x_a`, shifted part :math:`x_b`)."""
+        first, last = x[..., : self.split], x[..., self.split :]
+        return (last, first) if self.reverse else (first, last)
 
     def _t(self, x_a: torch.Tensor, exact: bool) -> torch.Tensor:
         return self.shift.exact(x_a) if exact else self.shift.relaxed(x_a)
@@ -313,14 +336,160 @@ class AdditiveCoupling(nn.Module):
         return self._shifted(y, -1, exact)
 
     def _shifted(self, x: torch.Tensor, sign: int, exact: bool) -> torch.Tensor:
-        x_a, x_b = x[..., : self.split], x[..., self.split :]
+        x_a, x_b = self.parts(x)
         if not exact:  # keep the graph simple for autograd
-            return torch.cat([x_a, x_b + sign * self._t(x_a, exact)], dim=-1)
+            y_b = x_b + sign * self._t(x_a, exact)
+            return torch.cat([y_b, x_a] if self.reverse else [x_a, y_b], dim=-1)
+        t = self._t(x_a, exact)
         y = x.clone()
-        y[..., self.split :].add_(self._t(x_a, exact), alpha=sign)
+        (y[..., : self.split] if self.reverse else y[..., self.split :]).add_(t, alpha=sign)
         return y
 
     def bound(self, b: np.ndarray) -> np.ndarray:
         out = b.copy()
-        out[self.split :] += self.shift.out_max
+        if self.reverse:
+            out[: self.split] += self.shift.out_max
+        else:
+            out[self.split :] += self.shift.out_max
+        return out
+
+
+class LinearShift(nn.Module):
+    r"""The shift of a *lifting step*: an affine map in fixed point, :math:`T(x) = \lfloor
+    (Q x + c) 2^{-F} + \tfrac12 \rfloor` clamped to ``out_max``, with integer :math:`Q, c`.
+
+    Inside an :class:`AdditiveCoupling` this is the integer lifting of a block-triangular linear
+    map (Daubechies and Sweldens 1998; Hao and Shi 2001): exactly invertible, whatever the
+    weights. :math:`F` is chosen at :meth:`freeze` from the weights and the input bound so that
+    every partial sum of :math:`Q x + c` stays below :math:`2^{51}`: exact in float64 in any
+    summation order, on any device (float64 products never use TF32).
+
+    References:
+        Daubechies and Sweldens, "Factoring Wavelet Transforms into Lifting Steps", 1998.
+        Hao and Shi, "Matrix Factorizations for Reversible Integer Mapping", IEEE TSP 2001.
+    """
+
+    def __init__(self, in_bound: np.ndarray, out_features: int, out_max: int, mask: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, len(in_bound), dtype=torch.float32))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float32))
+        # which weights may be nonzero (a triangular lift's); all by default
+        ones = np.ones((out_features, len(in_bound)))
+        self.register_buffer("mask", torch.as_tensor(ones if mask is None else mask, dtype=torch.float32),
+                             persistent=False)
+        self.in_bound = np.asarray(in_bound, dtype=np.float64)
+        self.out_max = out_max
+        self.frozen = False
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def relaxed(self, x: torch.Tensor) -> torch.Tensor:
+        t = x @ self.masked_weight().T.to(x.dtype) + self.bias.to(x.dtype)
+        return torch.clamp(ste_round(t), -self.out_max, self.out_max)
+
+    def relaxed_row(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Output ``i`` of :meth:`relaxed` alone (a triangular lift's inverse needs one at a time)."""
+        t = x @ self.masked_weight()[i].to(x.dtype) + self.bias[i].to(x.dtype)
+        return torch.clamp(ste_round(t), -self.out_max, self.out_max)
+
+    def fraction_bits(self) -> int:
+        """The largest F (at most MAX_FRACTION_BITS) whose partial sums stay below 2**EXACT_SUM_BITS."""
+        w = self.masked_weight().detach().to(torch.float64).abs().numpy()
+        b = self.bias.detach().to(torch.float64).abs().numpy()
+        # |round(w 2^F)| <= |w| 2^F + 1/2; the rounding addend 2^(F-1) is counted as one more unit
+        peak = float(((w + 1.0) @ self.in_bound + b + 1.0).max()) if w.size else 1.0
+        return int(min(MAX_FRACTION_BITS, math.floor(EXACT_SUM_BITS - math.log2(max(peak, 1.0)))))
+
+    def freeze(self) -> None:
+        bits = self.fraction_bits()
+        with torch.no_grad():
+            scale = 2.0**bits
+            q = torch.floor(self.masked_weight().to(torch.float64) * scale + 0.5)
+            c = torch.floor(self.bias.to(torch.float64) * scale + 0.5)
+        self.load_frozen(q.to(torch.int64), c.to(torch.int64), bits)
+
+    def load_frozen(self, qweight: torch.Tensor, qbias: torch.Tensor, bits: int) -> None:
+        """Mark as frozen with integer weights (from :meth:`freeze` or a model file)."""
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("qbias", qbias)
+        self.fraction = int(bits)
+        peak = float((qweight.abs().to(torch.float64).numpy() @ self.in_bound
+                      + qbias.abs().to(torch.float64).numpy()).max()) if qweight.numel() else 0.0
+        if peak + 2.0 ** max(self.fraction - 1, 0) >= 2.0**EXACT_SUM_BITS:
+            raise ValueError("lifting weights too large for the exact range")
+        self.frozen = True
+
+    def quantized_tensors(self) -> dict[str, torch.Tensor]:
+        return {"qweight": self.qweight, "qbias": self.qbias}
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """For integer-valued float64 inputs: every product and partial sum is an integer below
+        2**51, so the sum is exact whatever order a BLAS or GPU picks; 2**-F and floor are exact."""
+        with exact_matmul(x.device):
+            s = x @ self.qweight.to(x.device, torch.float64).T + self.qbias.to(x.device, torch.float64)
+        return self._rounded(s)
+
+    def exact_row(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Output ``i`` of :meth:`exact` alone, bit for bit the same (its sum is exact in any order)."""
+        s = x @ self.qweight[i].to(x.device, torch.float64) + self.qbias[i].to(x.device, torch.float64)
+        return self._rounded(s)
+
+    def _rounded(self, s: torch.Tensor) -> torch.Tensor:
+        if self.fraction > 0:
+            s = s.add_(2.0 ** (self.fraction - 1)).mul_(2.0**-self.fraction).floor_()
+        else:
+            s = s.mul_(2.0**-self.fraction)
+        return s.clamp_(-self.out_max, self.out_max)
+
+
+class TriangularLift(nn.Module):
+    r"""A lifting step inside one group of features: :math:`y = x + T(x)` on the first ``size``
+    features, with :math:`T` a :class:`LinearShift` whose weights are strictly upper (or lower)
+    triangular.
+
+    Output :math:`i` depends on inputs :math:`j > i` only (upper), so the inverse solves for
+    :math:`x` one feature at a time, from the last (lower: from the first), each with the very
+    sum the forward pass computed: exact. Two of them, lower after upper, make any matrix
+    :math:`L U` with unit diagonals; fitted to the LU factors of a change of basis, they turn the
+    lifting steps' coordinates into scaled principal components (see ``ExactINN.fitted``).
+    """
+
+    def __init__(self, in_bound: np.ndarray, upper: bool, out_max: int) -> None:
+        super().__init__()
+        size = len(in_bound)
+        mask = np.triu(np.ones((size, size)), 1) if upper else np.tril(np.ones((size, size)), -1)
+        self.shift = LinearShift(in_bound, size, out_max, mask)
+        self.size = size
+        self.upper = upper
+
+    def _order(self) -> range:
+        return range(self.size - 1, -1, -1) if self.upper else range(self.size)
+
+    def forward(self, x: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        group = x[..., : self.size]
+        t = self.shift.exact(group) if exact else self.shift.relaxed(group)
+        if not exact:
+            return torch.cat([group + t, x[..., self.size :]], dim=-1)
+        y = x.clone()
+        y[..., : self.size].add_(t)
+        return y
+
+    def inverse(self, y: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        if not exact:  # column by column, without in-place writes (autograd)
+            columns = list(y[..., : self.size].unbind(-1))
+            for i in self._order():
+                current = torch.stack(columns, dim=-1)
+                columns[i] = columns[i] - self.shift.relaxed_row(current, i)
+            return torch.cat([torch.stack(columns, dim=-1), y[..., self.size :]], dim=-1)
+        x = y.clone()
+        group = x[..., : self.size]
+        for i in self._order():
+            # the weights of row i are zero for column i and the columns not yet solved
+            group[..., i].sub_(self.shift.exact_row(group, i))
+        return x
+
+    def bound(self, b: np.ndarray) -> np.ndarray:
+        out = b.copy()
+        out[: self.size] += self.shift.out_max
         return out
