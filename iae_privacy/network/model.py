@@ -170,7 +170,6 @@ class ExactINN(nn.Module):
             raise NetworkError("the transform key must be at least 16 bytes")
         self.config = config
         levels = np.asarray(config.levels, dtype=np.int64)
-        d = len(levels)
         # Every feature is first brought to a common scale, exactly: h = x * 2**s - offset with
         # s chosen so that (levels - 1) * 2**s is about 2**SCALE_BITS, and offset centring it.
         # A 2-level flag and a 4096-level amount then weigh alike in the mixings and the loss.

@@ -20,7 +20,6 @@ The first term asks that ``z_public`` alone, with ``z_detail`` at its prior mean
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
