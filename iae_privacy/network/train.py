@@ -271,7 +271,9 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
     threads = config.threads or training_threads()
     report.threads = threads
     with _training_precision(device), _threads(threads):
-        for epoch in range(1, config.epochs + 1):
+        # all columns public (or one feature): nothing is left to predict, the fitted network stands
+        epochs = config.epochs if any(p.requires_grad for p in model.parameters()) else 0
+        for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             model.train()
             permutation = torch.randperm(len(train_f), generator=generator).to(device)
