@@ -9,7 +9,8 @@ picked on the leaked rows by cross-validation), which flatters the attack, not t
 * :func:`known_plaintext_inversion`: fit latent → raw on ``m`` leaked pairs; per-feature exact
   matches and error on the other rows, against guessing the leaked rows' most common code.
 * :func:`linkage`: map every latent row to raw space with that fit and link it to the nearest raw
-  row; the share linked to its own record, against 1/n.
+  row, or (``reverse``) every record into latent space and link it to the nearest latent row; the
+  share linked to its own counterpart, against 1/n.
 * :func:`quasi_identifier_recovery`: the share of rows whose whole combination of quasi-identifier
   codes is recovered exactly, against guessing the most common combination.
 * :func:`attribute_inference`: a classifier from latent rows to a sensitive feature, trained on the
@@ -109,18 +110,24 @@ def known_plaintext_inversion(latent: np.ndarray, raw: np.ndarray, levels: np.nd
 
 
 def linkage(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Generator,
-            candidates: int = 2_000) -> tuple[float, float]:
-    """(share of latent rows linked to their own raw row, baseline 1/n) among ``candidates``
-    held-out records, after fitting latent → raw on ``m`` leaked pairs. Nearest neighbour in
-    standardised raw-code space."""
+            candidates: int = 2_000, reverse: bool = False) -> tuple[float, float]:
+    """(share of rows linked to their own counterpart, baseline 1/n) among ``candidates`` held-out
+    rows, after fitting a map on ``m`` leaked pairs; nearest neighbour in the standardised target
+    space.
+
+    Latent → record (default): each latent row mapped to a record, linked to the nearest held-out
+    record. ``reverse``, record → latent: each record the attacker holds mapped into the latent
+    space and linked to the nearest latent row: finding a known person's row in the table.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     order = rng.permutation(len(latent))
     leaked, held = order[:m], order[m:m + candidates]
-    inverter = fit_inverter(latent[leaked], raw[leaked].astype(np.float64))
-    scale = raw[leaked].std(axis=0) + 1e-9
-    targets = raw[held] / scale
-    mapped = inverter.predict(latent[held]).reshape(len(held), -1) / scale
+    source, target = (raw.astype(np.float64), latent) if reverse else (latent, raw.astype(np.float64))
+    mapper = fit_inverter(source[leaked], target[leaked])
+    scale = target[leaked].std(axis=0) + 1e-9
+    targets = target[held] / scale
+    mapped = mapper.predict(source[held]).reshape(len(held), -1) / scale
     _, nearest = NearestNeighbors(n_neighbors=1).fit(targets).kneighbors(mapped)
     return float((nearest[:, 0] == np.arange(len(held))).mean()), 1.0 / len(held)
 

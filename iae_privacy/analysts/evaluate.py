@@ -5,7 +5,11 @@ predicting it would have it), encode a held-out split, then
 
 * **utility**: a gradient-boosting model predicts the target from the latent columns, and the same
   from the raw columns (codec codes of every other column); the score ratio latent / raw;
-* **attacks** (:mod:`iae_privacy.analysts.attacks`) on the held-out latent rows, each with its baseline.
+* **attacks** (:mod:`iae_privacy.analysts.attacks`) on the held-out latent rows, each with its baseline;
+* the same utility and attacks on what else an analyst could be handed with k columns
+  (:mod:`iae_privacy.analysts.baselines`): PCA-k and a plain autoencoder-k, fitted on the same
+  training rows, so that the report shows where the latent table stands between "give them
+  nothing" and "give them PCA".
 
 The report (Markdown, a JSON of every figure, and PNGs: the paired utility/attack curve and
 per-column inversion) holds aggregates and column names only, never a value. Models are trained
@@ -26,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iae_privacy.analysts import attacks
+from iae_privacy.analysts.baselines import BASELINES
 from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.keys import crypto
@@ -53,6 +58,8 @@ class EvaluationConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     key: bytes | None = None
     """The throwaway models' key; None (the default): a fresh random one per run."""
+    baselines: tuple[str, ...] = ("pca", "autoencoder")
+    """Other k-column representations measured alike at every k (names in baselines.BASELINES)."""
 
 
 @dataclass
@@ -83,6 +90,10 @@ class EvaluationPoint:
     ranking: float = float("nan")
     """Zero leaked rows: the sensitive feature from one latent column sorted against its marginal."""
     ranking_baseline: float = float("nan")
+    linkage_reverse: float = float("nan")
+    """Records linked to their own latent row (record → latent); baseline as for :attr:`linkage`."""
+    kind: str = "latent"
+    """"latent" (the sweep), "sealed", or a baseline's name ("pca", "autoencoder")."""
 
 
 @dataclass
@@ -177,8 +188,12 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         if bad:
             raise IaeError(f"k must be between 1 and {features} (the number of features); got {bad}")
         result = _new_evaluation(path, config, train, test, regression, codec)
+        unknown = sorted(set(config.baselines) - set(BASELINES))
+        if unknown:
+            raise IaeError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
         key = config.key or crypto.random_key()
         batch = test.combine_chunks().to_batches()[0]
+        train_codes = np.concatenate([codec.encode(b).features for b in train.combine_chunks().to_batches()])
         for k in ks:
             step(f"k={k}: training")
             model, _ = fit_model(train_path, key, codec_config,
@@ -187,6 +202,14 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
             raw = model.codec.encode(batch).features
             latent = model.encode(batch).released.astype(np.float64)
             result.points.append(_measure(f"k={k}", k, model.codec, raw, latent, y, regression, config, result, step))
+            for name in config.baselines:
+                step(f"k={k}: {name}")
+                seconds = min(config.seconds or 20.0, 20.0)
+                baseline = (BASELINES[name](train_codes, k) if name == "pca" else
+                            BASELINES[name](train_codes, k, seconds=seconds, seed=config.seed))
+                point = _measure(baseline.name, k, model.codec, raw, baseline.latent(raw), y, regression, config,
+                                 result, step)
+                result.points.append(dataclasses.replace(point, kind=name))
     if sealed is not None:
         label, model = sealed
         step(f"{label}: as sealed")
@@ -198,7 +221,7 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         latent = model.encode(batch).released.astype(np.float64)
         point = _measure(label, model.network.config.public_dims, model.codec, raw, latent,
                          y if target_passthrough else None, regression, config, result, step)
-        result.points.append(point)
+        result.points.append(dataclasses.replace(point, kind="sealed"))
     return result
 
 
@@ -244,6 +267,7 @@ def _measure(label: str, k: int, codec: TableCodec, raw: np.ndarray, latent: np.
     largest = inversions[-1]
     qi, qi_base = attacks.quasi_identifier_recovery(largest, raw, _feature_indices(codec, result.quasi_identifiers))
     link, link_base = attacks.linkage(latent, raw, largest.m, np.random.default_rng(config.seed + 7))
+    link_reverse, _ = attacks.linkage(latent, raw, largest.m, np.random.default_rng(config.seed + 7), reverse=True)
     sensitive = _feature_indices(codec, [result.sensitive])[0]
     attr, attr_base = attacks.attribute_inference(latent, raw[:, sensitive], largest.m,
                                                   np.random.default_rng(config.seed + 11))
@@ -257,7 +281,8 @@ def _measure(label: str, k: int, codec: TableCodec, raw: np.ndarray, latent: np.
         {name: {"exact": float(largest.exact[j]), "baseline_exact": float(largest.baseline_exact[j]),
                 "error": float(largest.error[j]), "baseline_error": float(largest.baseline_error[j])}
          for j, name in enumerate(names)},
-        link, link_base, qi, qi_base, attr, attr_base, twin, twin_base, twins, ranking, ranking_base)
+        link, link_base, qi, qi_base, attr, attr_base, twin, twin_base, twins, ranking, ranking_base,
+        link_reverse)
 
 
 def middle_point(evaluation: Evaluation) -> EvaluationPoint:
@@ -280,6 +305,10 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
     return path
 
 
+def _representation(point: EvaluationPoint) -> str:
+    return {"latent": "z_public", "sealed": f"z_public of {point.label}"}.get(point.kind, point.label)
+
+
 def markdown(evaluation: Evaluation, inversion_k: int) -> str:
     e = evaluation
     pct = lambda v: f"{100 * v:.1f} %"  # noqa: E731
@@ -294,28 +323,33 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
         "",
         "![utility against attack success](utility_vs_attacks.png)",
         "",
-        f"| k | utility latent | raw | ratio | inversion exact (m={e.points[0].inversion[-1]['m']}) | baseline "
-        "| linkage | baseline | QI combination | baseline | attribute | baseline | twin lookup | baseline "
-        "| latent rows shared | ranking, 0 leaked | baseline |",
-        "|" + " ---: |" * 17,
+        "Each k is measured on z_public and, alike, on PCA-k and a plain autoencoder-k fitted on the same "
+        "training rows: what else an analyst could be handed with k columns.",
+        "",
+        f"| k | representation | utility | raw | ratio | inversion exact (m={e.points[0].inversion[-1]['m']}) "
+        "| baseline | linkage latent → record | record → latent | baseline | QI combination | baseline | attribute "
+        "| baseline | twin lookup | baseline | rows shared | ranking, 0 leaked | baseline |",
+        "| ---: | --- |" + " ---: |" * 17,
     ]
     for p in e.points:
-        label = '' if p.label.startswith('k=') else f' ({p.label})'
-        lines.append(f"| {p.k} / {p.features}{label} | {p.utility_latent:.3f} | {p.utility_raw:.3f} "
+        lines.append(f"| {p.k} / {p.features} | {_representation(p)} | {p.utility_latent:.3f} | {p.utility_raw:.3f} "
                      f"| {p.utility_ratio:.2f} "
                      f"| {pct(p.inversion[-1]['exact'])} | {pct(p.inversion[-1]['baseline_exact'])} "
-                     f"| {pct(p.linkage)} | {pct(p.linkage_baseline)} | {pct(p.qi_recovery)} | {pct(p.qi_baseline)} "
+                     f"| {pct(p.linkage)} | {pct(p.linkage_reverse)} | {pct(p.linkage_baseline)} "
+                     f"| {pct(p.qi_recovery)} | {pct(p.qi_baseline)} "
                      f"| {pct(p.attribute)} | {pct(p.attribute_baseline)} | {pct(p.twin_lookup)} "
                      f"| {pct(p.twin_lookup_baseline)} | {pct(p.latent_twins)} | {pct(p.ranking)} "
                      f"| {pct(p.ranking_baseline)} |")
     lines += ["", "Known-plaintext inversion by number of leaked rows m (mean over features: exact match; "
               "error as a share of each feature's code range):", "",
-              "| k | m | exact | baseline exact | error | baseline error |", "|" + " ---: |" * 6]
+              "| k | representation | m | exact | baseline exact | error | baseline error |",
+              "| ---: | --- |" + " ---: |" * 5]
     for p in e.points:
         for inv in p.inversion:
-            lines.append(f"| {p.k} | {inv['m']:,} | {pct(inv['exact'])} | {pct(inv['baseline_exact'])} "
+            lines.append(f"| {p.k} | {_representation(p)} | {inv['m']:,} | {pct(inv['exact'])} "
+                         f"| {pct(inv['baseline_exact'])} "
                          f"| {pct(inv['error'])} | {pct(inv['baseline_error'])} |")
-    middle = next(p for p in e.points if p.k == inversion_k)
+    middle = next(p for p in e.points if p.k == inversion_k and p.kind == "latent")
     lines += ["", f"Per feature at k={middle.k}, {middle.inversion[-1]['m']:,} leaked rows:", "",
               "| feature | exact | baseline exact | error | baseline error |", "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {pct(c['exact'])} | {pct(c['baseline_exact'])} | {pct(c['error'])} "

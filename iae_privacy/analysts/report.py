@@ -43,24 +43,36 @@ def _pyplot():
 
 
 def plot_tradeoff(points: list, metric: str, path: Path) -> Path:
-    """The paired curve: utility ratio (latent / raw) against each attack's success, one point per k."""
+    """The paired curve: utility ratio (latent / raw) against each attack's success, one point per k;
+    a solid line for z_public, dashed for PCA-k, dotted for the autoencoder-k, a star for a sealed model."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    attacks = [("inversion exact match (largest m)", lambda p: p.inversion[-1]["exact"], "o"),
-               ("linkage to own record", lambda p: p.linkage, "s"),
-               ("quasi-identifier combination recovered", lambda p: p.qi_recovery, "^"),
-               ("attribute inference accuracy", lambda p: p.attribute, "D")]
-    utility = [p.utility_ratio for p in points]
-    for label, success, marker in attacks:
-        xs = [success(p) for p in points]
-        ax.plot(xs, utility, marker=marker, label=label)
-        for p, x, u in zip(points, xs, utility):
-            ax.annotate(p.label, (x, u), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=100)
+    attacks = [("inversion exact match (largest m)", lambda p: p.inversion[-1]["exact"], "o", "C0"),
+               ("linkage to own record", lambda p: p.linkage, "s", "C1"),
+               ("quasi-identifier combination recovered", lambda p: p.qi_recovery, "^", "C2"),
+               ("attribute inference accuracy", lambda p: p.attribute, "D", "C3")]
+    styles = {"latent": ("-", "z_public"), "pca": ("--", "PCA-k"), "autoencoder": (":", "autoencoder-k"),
+              "sealed": ("none", "sealed model")}
+    for kind, (line, name) in styles.items():
+        series = [p for p in points if getattr(p, "kind", "latent") == kind]
+        if not series:
+            continue
+        utility = [p.utility_ratio for p in series]
+        for label, success, marker, colour in attacks:
+            xs = [success(p) for p in series]
+            ax.plot(xs, utility, marker="*" if kind == "sealed" else marker, linestyle=line, color=colour,
+                    label=f"{label} ({name})" if kind == "latent" else None,
+                    markersize=10 if kind == "sealed" else 5, alpha=1.0 if kind == "latent" else 0.6)
+            if kind in ("latent", "sealed"):
+                for p, x, u in zip(series, xs, utility):
+                    ax.annotate(p.label, (x, u), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.plot([], [], linestyle=line if line != "none" else "", marker="*" if kind == "sealed" else None,
+                color="grey", label=name)
     ax.set_xlabel("attack success (share of held-out rows)")
     ax.set_ylabel(f"utility: {metric} on latent / on raw")
-    ax.set_title("utility against attack success, over k (z_public columns)")
+    ax.set_title("utility against attack success, over k (z_public beside PCA-k and autoencoder-k)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
