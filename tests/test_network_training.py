@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iae_privacy.codec import TableCodec
+from iae_privacy.codec import CodecConfig, TableCodec, read_batches
 from iae_privacy.network import ExactINN, NetworkConfig, NetworkError
 from iae_privacy.network.train import TrainConfig, feature_quality, train
 
@@ -127,3 +127,25 @@ def test_progress_is_reported_from_the_first_batch():
     assert reports[0][0] == 256 and reports[0][2] == 0  # after the first batch, before any epoch ended
     assert all(planned == 2 * 2_700 for _, planned, _ in reports)
     assert [done for done, _, _ in reports] == sorted(done for done, _, _ in reports)
+
+
+@pytest.mark.slow
+def test_z_public_carries_at_least_what_pca_k_does(tmp_path):
+    """Issue 15 part 3, on a table none of it was tuned on: the network's decode from z_public alone
+    (z_detail = 0) is at least PCA-k's reconstruction on the validation rows, and gradient boosting
+    reads the features back from z_public at least as well as from PCA-k fitted on the same rows."""
+    from iae_privacy.analysts.baselines import PCABaseline
+    from iae_privacy.analysts.protection import readout_r2
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.samples import write_synthetic_patients
+
+    source = write_synthetic_patients(tmp_path / "p.parquet", 8_000, seed=5)
+    model, report = fit_model(source, KEY, CodecConfig(), TrainConfig(epochs=2))
+    assert report.mean_r2 >= report.pca_r2 - 1e-3, (report.mean_r2, report.pca_r2)
+    codes = np.concatenate([model.codec.encode(b).features for b in read_batches(source)])
+    k = model.network.config.public_dims
+    z_public = model.network.encode(torch.from_numpy(codes)).numpy()[:, :k].astype(np.float64)
+    rows = np.random.default_rng(0).permutation(len(codes))[:3_000]
+    ours = readout_r2(z_public[rows], codes[rows], np.random.default_rng(0))
+    pca = readout_r2(PCABaseline(codes, k).latent(codes)[rows], codes[rows], np.random.default_rng(0))
+    assert ours >= pca, (ours, pca)

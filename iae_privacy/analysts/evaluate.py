@@ -306,7 +306,7 @@ def write_report(evaluation: Evaluation, out: Path) -> Path:
 
 
 def _representation(point: EvaluationPoint) -> str:
-    return {"latent": "z_public", "sealed": f"z_public of {point.label}"}.get(point.kind, point.label)
+    return {"latent": "z_public", "sealed": f"z_public ({point.label})"}.get(point.kind, point.label)
 
 
 def markdown(evaluation: Evaluation, inversion_k: int) -> str:

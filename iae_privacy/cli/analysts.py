@@ -108,8 +108,11 @@ def evaluate_command(
 ) -> None:
     """Measure, for each k (z_public columns), what analysts can do with the latent table and what
     attackers recover from it: utility (latent vs raw), known-plaintext inversion with 10, 100 and
-    1,000 leaked rows, linkage, quasi-identifier recovery and attribute inference, each beside a
-    naive baseline. Runs the Prefect flow 'iae-evaluate' (the report is also an artifact).
+    1,000 leaked rows, linkage both ways, quasi-identifier recovery, attribute inference, the twin
+    lookup and the zero-leak ranking attack, each beside a naive baseline; and all of it again for
+    PCA-k and a plain autoencoder-k fitted on the same rows (where z_public stands between "give
+    them nothing" and "give them PCA"). Runs the Prefect flow 'iae-evaluate' (the report is also an
+    artifact).
 
         iae-privacy evaluate data/cps1988_wages.parquet --target wage --qi education,experience,ethnicity
 
