@@ -38,7 +38,7 @@ from iae_privacy.model.pipeline import Model, fit_model
 from iae_privacy.network.train import TrainConfig
 
 __all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown",
-           "codec_config_of", "middle_point"]
+           "codec_config_of", "middle_point", "target_values"]
 
 
 @dataclass
@@ -114,7 +114,7 @@ def default_ks(features: int) -> tuple[int, ...]:
                          max(1, features - 1)}))
 
 
-def _target(column: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
+def target_values(column: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
     """(values, is_regression) with nulls as NaN / a category of their own."""
     import pyarrow.compute as pc
 
@@ -177,7 +177,7 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
         raise IaeError(f"{path}: {test.num_rows} held-out rows are too few for {max(config.leaked)} leaked "
                        "rows; use more --rows or smaller --leaked")
     codec_config = dataclasses.replace(config.codec, roles={**config.codec.roles, config.target: Role.PASSTHROUGH})
-    y, regression = _target(test.column(config.target))
+    y, regression = target_values(test.column(config.target))
     with tempfile.TemporaryDirectory(prefix="iae-evaluate-") as tmp:
         train_path = Path(tmp) / "train.parquet"
         pq.write_table(train, train_path)
