@@ -85,8 +85,9 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
         raise IaeError(f"{path}: no feature columns for the network; every column is an identifier, "
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
-    model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows)
     protected = protected_features(codec)
+    model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows,
+                          tuple((f, null) for _, f, null in protected))
     if not protected:
         return Model(codec, model), report
     # fitted on most of the sample, measured on the rest (rows the release was not fitted on)

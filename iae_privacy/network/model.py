@@ -177,6 +177,32 @@ def varimax(loadings: np.ndarray, iterations: int = 200, tolerance: float = 1e-9
     return rotation
 
 
+def _group_directions(standardised: np.ndarray, codes: np.ndarray, protected: tuple[tuple[int, int], ...],
+                      bins: int = 8) -> np.ndarray:
+    """The projector onto the directions along which the protected features' groups differ in mean
+    (each category, or each of ``bins`` quantile bins of a number, and null, is a group).
+
+    References:
+        Kleindessner, Donini, Russell, Zafar, "Efficient fair PCA for fair representation learning",
+        AISTATS 2023.
+    """
+    indicators = []
+    for value, null in protected:
+        column = codes[:, value]
+        distinct = np.unique(column)
+        if len(distinct) > bins:
+            column = np.searchsorted(np.quantile(column, np.linspace(0, 1, bins + 1)[1:-1]), column, side="right")
+            distinct = np.unique(column)
+        indicators += [column == v for v in distinct]
+        if null >= 0:
+            indicators.append(codes[:, null] == 1)
+    groups = np.stack(indicators, axis=1).astype(np.float64)
+    differences = standardised.T @ (groups - groups.mean(0)) / len(groups)  # d x groups
+    basis, singular, _ = np.linalg.svd(differences, full_matrices=False)
+    basis = basis[:, singular > 1e-9 * max(singular.max(), 1e-300)]
+    return basis @ basis.T
+
+
 def _power_of_two_at_least(x: float) -> int:
     return max(0, math.ceil(math.log2(max(x, 1.0))))
 
@@ -329,7 +355,8 @@ class ExactINN(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def fitted(cls, config: NetworkConfig, key: bytes, x: torch.Tensor) -> ExactINN:
+    def fitted(cls, config: NetworkConfig, key: bytes, x: torch.Tensor,
+               protected: tuple[tuple[int, int], ...] = ()) -> ExactINN:
         r"""A network fitted to the principal components of ``x`` (feature codes), ready to train.
 
         Architecture 2. With :math:`h` the upscaled features, :math:`W = (V_k R)^\top D_\sigma^{-1}`
@@ -343,6 +370,11 @@ class ExactINN(nn.Module):
            :math:`D^{-1} P^\top W (h - \mu)`: rotated principal component scores, each scaled;
         3. the detail columns become their residual from a least-squares prediction by those.
 
+        With ``protected`` features ((value feature, null feature or -1) pairs), the axes are taken
+        from the covariance with the directions along which those features' groups differ in mean
+        projected out (linear fair PCA, Kleindessner et al. 2023): ``z_public`` then has the same
+        mean in every group, and carries nothing a linear model could use to tell them apart.
+
         All are shears, exactly invertible once rounded. ``z_public`` then carries what PCA-k
         carries, in columns trees read better, and decoding with ``z_detail = 0`` is PCA-k's
         reconstruction; training adds the
@@ -352,7 +384,7 @@ class ExactINN(nn.Module):
         model = cls(config, key)
         if config.architecture != 2:
             return model
-        lifts = model._principal_lifts(x.to(torch.float64))
+        lifts = model._principal_lifts(x.to(torch.float64), protected)
         if lifts is not None:
             weights, bits = lifts
             model = cls(replace(config, lift_bits=bits), key)
@@ -363,7 +395,8 @@ class ExactINN(nn.Module):
         model._scale_shifts(x.to(torch.float64))
         return model
 
-    def _principal_lifts(self, x: torch.Tensor) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+    def _principal_lifts(self, x: torch.Tensor, protected: tuple[tuple[int, int], ...] = ()
+                         ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
         """The lifting steps' weights fitted to ``x`` (see :meth:`fitted`) and their clamps' bits;
         None when there is nothing to fit (one side empty, or one row)."""
         from scipy.linalg import lu, qr
@@ -374,7 +407,12 @@ class ExactINN(nn.Module):
         values = (x * self.scale - self.offset).numpy()
         mean, spread = values.mean(0), values.std(0)
         spread = np.where(spread > 0, spread, 1.0)
-        _, vectors = np.linalg.eigh(np.cov(((values - mean) / spread).T).reshape(d, d))
+        standardised = (values - mean) / spread
+        covariance = np.cov(standardised.T).reshape(d, d)
+        if protected:
+            away = np.eye(d) - _group_directions(standardised, x.numpy(), protected)
+            covariance = away @ covariance @ away
+        _, vectors = np.linalg.eigh(covariance)
         # the top-k principal axes, varimax-rotated: the same subspace (what it reconstructs is
         # PCA-k's), with each column leaning on few features, which analysts' models (trees above
         # all) read far better (gradient-boosting read-out 0.04-0.07 higher on the sample tables)
