@@ -177,6 +177,16 @@ def test_weights_round_trip_through_safetensors_and_decode_the_same():
     assert torch.equal(loaded.decode(model.encode(x)), x)
 
 
+def test_malformed_lifting_steps_and_carriers_are_refused():
+    tensors, facts = _trained_like().quantized_state()
+    with pytest.raises(NetworkError, match="malformed weights for lifting step 0"):
+        ExactINN.from_quantized_state({n: t for n, t in tensors.items() if n != "lift0.qweight"}, facts, KEY)
+    with pytest.raises(NetworkError, match="carrier order"):
+        ExactINN.from_quantized_state(tensors, {**facts, "carriers": [0] * len(facts["carriers"])}, KEY)
+    with pytest.raises(NetworkError, match="does not match its architecture"):
+        ExactINN.from_quantized_state(tensors, {k: v for k, v in facts.items() if k != "shift_scales"}, KEY)
+
+
 def test_malformed_weights_are_refused():
     tensors, facts = _trained_like().quantized_state()
     del tensors["coupling0.qweight0"]

@@ -594,5 +594,7 @@ class ExactINN(nn.Module):
                         or bias.shape != lift.shift.bias.shape or weight.dtype != torch.int64:
                     raise NetworkError(f"model file is missing or has malformed weights for lifting step {i}")
                 lift.shift.load_frozen(weight.clone(), bias.clone(), int(fraction))
+        except NetworkError:
+            raise  # already says what is wrong (it is a ValueError too)
         except (KeyError, TypeError, ValueError) as exc:
             raise NetworkError(f"model file does not match its architecture ({type(exc).__name__})") from None
