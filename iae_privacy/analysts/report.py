@@ -54,7 +54,7 @@ def plot_tradeoff(points: list, metric: str, path: Path) -> Path:
     styles = {"latent": ("-", "z_public"), "pca": ("--", "PCA-k"), "autoencoder": (":", "autoencoder-k"),
               "sealed": ("none", "sealed model")}
     for kind, (line, name) in styles.items():
-        series = [p for p in points if getattr(p, "kind", "latent") == kind]
+        series = [p for p in points if p.kind == kind]
         if not series:
             continue
         utility = [p.utility_ratio for p in series]

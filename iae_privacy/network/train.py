@@ -42,7 +42,8 @@ class TrainConfig:
     detail_weight: float = 0.05
     public_prior_weight: float = 0.001
     lift_learning_rate: float = 3e-4
-    """The PCA-fitted lifting steps (architecture 2) move slower than the shift networks."""
+    """Architecture 2: the detail's lifting step moves slower than the shift networks (the public
+    side's steps are not trained: z_public stays the fitted components)."""
     validation_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
@@ -106,7 +107,7 @@ class TrainReport:
 
 
 ENV_THREADS = "IAE_TORCH_THREADS"
-INITIALISE_ROWS = 50_000
+FIT_ROWS = 50_000
 """Rows the principal components and shift scales are fitted on (architecture 2)."""
 
 
@@ -246,7 +247,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
     with torch.random.fork_rng(devices=[]):  # seeded weights, without touching the caller's RNG
         torch.manual_seed(config.seed)
         # fitted to the principal components first (architecture 2); train_x is in random order
-        model = ExactINN.fitted(network, key, train_x[:INITIALISE_ROWS], protected).to(device)
+        model = ExactINN.fitted(network, key, train_x[:FIT_ROWS], protected).to(device)
     train_f = train_x.to(device=device, dtype=torch.float32)
     val_f = (val_x if len(val_x) else train_x[:1]).to(device=device, dtype=torch.float32)
     x_scale = train_f.std(0, unbiased=False).clamp(min=0.5)
