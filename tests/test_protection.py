@@ -125,3 +125,27 @@ def test_a_protected_feature_leaves_z_public_with_the_same_mean_in_every_group()
         gaps[protected] = np.abs(z[group == 1].mean(0) - z[group == 0].mean(0)) / z.std(0)
     assert gaps[()].max() > 0.5  # unprotected: the groups sit apart in z_public
     assert gaps[((0, -1),)].max() < 0.01, gaps
+    # and z_public is a function of the other features alone: flipping the protected one changes no bit
+    model = ExactINN.fitted(config, bytes(range(32)), x, ((0, -1),)).freeze()
+    flipped = x.clone()
+    flipped[:, 0] = 1 - flipped[:, 0]
+    assert torch.equal(model.encode(x)[:, :2], model.encode(flipped)[:, :2])
+    assert not torch.equal(model.encode(x), model.encode(flipped))  # it is in z_detail, and restores
+
+
+def test_the_calibrated_release_is_the_exact_latent_when_that_hides_the_groups_and_hides_them_when_not():
+    rng = np.random.default_rng(5)
+    n = 5_000
+    group = rng.integers(0, 2, n)
+    features = np.stack([group, rng.integers(0, 5, n)], axis=1)
+    z = np.rint(rng.standard_normal((n, 3)) * 50)
+    quiet = Protection.fit_calibrated(z, features, [("g", 0, -1)])
+    assert not quiet.transfer and not np.any(quiet.noise)
+    assert np.array_equal(quiet.release(z, features), z)  # nothing to hide: analysts get z_public itself
+    z[:, 0] += 300 * group  # one column gives the group away
+    loud = Protection.fit_calibrated(z[:3_500], features[:3_500], [("g", 0, -1)])
+    released = loud.release(z[3_500:], features[3_500:])
+    found, baseline, _ = column_attack(released, group[3_500:], 700, np.random.default_rng(1), True)
+    assert found <= baseline + 0.05 < column_attack(z[3_500:], group[3_500:], 700, np.random.default_rng(1), True)[0]
+    assert np.array_equal(Protection.from_dict(loud.to_dict()).release(z[:50], features[:50]),
+                          loud.release(z[:50], features[:50]))

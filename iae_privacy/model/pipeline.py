@@ -90,7 +90,6 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
                           tuple((f, null) for _, f, null in protected))
     if not protected:
         return Model(codec, model), report
-    # fitted on most of the sample, measured on the rest (rows the release was not fitted on)
     # fitted on most of the sample, measured on the rest, picked at random (files are often sorted
     # by something, maybe the protected column itself)
     order = np.random.default_rng(0).permutation(len(x))

@@ -1,28 +1,38 @@
 """Protected columns: what the latent table must not give away, whatever else it carries.
 
 A data team declares columns protected (``[columns] race = "protected"`` in the dataset config, or
-``train --protect race``). A protected column is a feature like any other for the network: its
-values go into ``z``, and they restore bit for bit from the vault. What analysts get in place of
-the exact ``z_public`` is its **release**, in which the protected columns' groups (each value of
-a categorical column, or a quantile bin of a numeric one; jointly over the protected columns)
-cannot be told apart. Two steps, fitted on the training rows and sealed in the model bundle:
+``train --protect race``). A protected column is a feature like any other for the network's
+invertible map: its values go into ``z``, and they restore bit for bit from the vault. Two things
+keep it out of what analysts get:
 
-1. **moment matching**: within group ``g``, ``z -> A_g (z - mu_g) + mu`` with
-   ``A_g = Sigma^(1/2) Sigma_g^(-1/2)``: every group gets the pooled mean and covariance, so no
-   linear or quadratic discriminant separates them (group statistics are shrunk towards the pooled
-   ones by :data:`SHRINK` pseudo-rows, for small groups);
-2. **distribution transfer**: the moment-matched rows of each group are mapped onto the pooled
-   distribution by iterated one-dimensional quantile matching along a sequence of rotations
-   (Pitié, Kokaram and Dahyot 2005, *N-dimensional probability density function transfer*), which
-   drives the groups' joint distributions together, not only their means, covariances and
-   marginals; the last rotation is the identity, so that each published column's within-group
-   distribution is the pooled one (the "repair" of Feldman et al. 2015) and no single column ranks
-   a group apart (the zero-leak ranking attack).
+* **the network gives it no weight in z_public** (:meth:`iae_privacy.network.model.ExactINN.fitted`):
+  the public axes have exactly zero coefficients on the protected features, so ``z_public`` is a
+  function of the other features alone, and they are fitted with the directions along which the
+  protected groups differ in mean projected out (linear fair PCA). What can remain is what the
+  other features carry about it, beyond means: its correlates;
+* analysts get the **release** of ``z_public``, calibrated on held-out training rows against a
+  gradient-boosting attacker (:meth:`Protection.fit_calibrated`) until the protected columns'
+  groups (each value of a categorical column, or a quantile bin of a numeric one; jointly over the
+  protected columns) cannot be told apart. It is the first of these that does, at the least
+  utility cost:
 
-3. **calibrated noise**: what is beyond means, covariances and these marginals (a group nearly
-   separable in ``z`` keeps some of it) is covered by Gaussian noise, as little as a
-   gradient-boosting attacker on calibration rows allows (:meth:`Protection.fit_calibrated`); the
-   train report shows its utility cost.
+  1. the exact ``z_public`` itself, when it already hides them (no cost at all);
+  2. the exact ``z_public`` with Gaussian noise aimed at the columns the attacker reads the groups
+     from (their permutation importance), raised a level at a time;
+  3. group-wise maps, with noise on every column:
+
+     a. **moment matching**: within group ``g``, ``z -> A_g (z - mu_g) + mu`` with
+        ``A_g = Sigma^(1/2) Sigma_g^(-1/2)``: every group gets the pooled mean and covariance
+        (group statistics shrunk towards the pooled ones by :data:`SHRINK` pseudo-rows);
+     b. **distribution transfer**: each group's rows mapped onto the pooled distribution by
+        iterated one-dimensional quantile matching along a sequence of rotations (Pitié, Kokaram
+        and Dahyot 2005, *N-dimensional probability density function transfer*); the last
+        rotation is the identity, so that each published column's within-group distribution is
+        the pooled one (the "repair" of Feldman et al. 2015).
+
+  When both 2 and 3 hide the groups, the one the other features are read back from best is kept.
+  The group-wise maps are the last resort because they write the group into the fine structure
+  of each value, which a tree can read, and they cost more utility than aimed noise.
 
 The release is a deterministic function of the record (equal records, equal releases), rounded to
 :data:`DECIMALS`. The exact ``z_public`` stays in the vault, where restores read it: a model with
@@ -63,6 +73,10 @@ TOLERANCE = 0.02
 """The calibration attacker may beat the majority baseline by this much on the calibration rows
 (3-fold cross-validated accuracy)."""
 CALIBRATION_ROWS = 6_000
+TARGETED_ROUNDS = 16
+"""Rounds of noise aimed at the columns the calibration attacker reads."""
+READOUT_FEATURES = 8
+"""Features read back to choose between two releases that both hide the groups."""
 MIN_QUANTILE_ROWS = 50
 """A group with fewer training rows keeps its moment-matched values (no quantile repair)."""
 DECIMALS = 2
@@ -164,9 +178,15 @@ class Protection:
     """(L, k, Q) the pooled quantiles they are mapped onto."""
     scale: np.ndarray | None = None
     """(k,) pooled standard deviation of each transferred column (the unit of :attr:`noise`)."""
-    noise: float = 0.0
-    """Gaussian noise added to the release, in units of :attr:`scale`, drawn from a hash of the
-    exact row (equal records, equal noise); set by :meth:`fit_calibrated`."""
+    noise: np.ndarray | float = 0.0
+    """Gaussian noise added to the release, per column (a number for all: models sealed before
+    per-column noise), in units of :attr:`scale`, drawn from a hash of the exact row (equal
+    records, equal noise); set by :meth:`fit_calibrated`."""
+    transfer: bool = True
+    """Whether the release goes through moment matching and the distribution transfer. False when
+    the calibration attacker already tells the groups apart no better than the baseline in the
+    exact z_public (plus :attr:`noise`): the group-wise maps cost utility, and they write the group
+    into each value's fine structure, which a tree then reads (set by :meth:`fit_calibrated`)."""
 
     # -- fitting --------------------------------------------------------------------------------
 
@@ -233,13 +253,20 @@ class Protection:
     @classmethod
     def fit_calibrated(cls, z_public: np.ndarray, features: np.ndarray,
                        columns: list[tuple[str, int, int]]) -> Protection:
-        """:meth:`fit` on 70 % of the rows (in the order given: shuffle them first), then the noise
-        calibrated on the other 30 % (up to :data:`CALIBRATION_ROWS`): the least of
-        :data:`NOISE_LEVELS` at which gradient boosting (3-fold cross-validated) tells the joint
-        groups apart no better than always guessing the most common one, plus :data:`TOLERANCE`. Moment matching and
-        distribution transfer leave what is beyond them (a group nearly separable in z keeps some
-        of it); the noise covers that, at a utility cost the train report shows."""
+        """:meth:`fit` on 70 % of the rows (in the order given: shuffle them first), then the
+        release calibrated on the other 30 % (up to :data:`CALIBRATION_ROWS`) against gradient
+        boosting (3-fold cross-validated), until it tells the joint groups apart no better than
+        always guessing the most common one, plus :data:`TOLERANCE`:
+
+        1. the exact z_public, with Gaussian noise aimed at the columns the attacker reads the
+           groups from: each round raises, by one of :data:`NOISE_LEVELS`, the noise of the columns
+           whose permutation importance to the attacker is at least half the largest (at most
+           :data:`TARGETED_ROUNDS` rounds). A network fitted with protected columns gives them
+           no weight in z_public, so this covers what their correlates carry, at the least cost;
+        2. if that does not get there, moment matching and the distribution transfer, with the
+           least of :data:`NOISE_LEVELS` on every column."""
         from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.inspection import permutation_importance
         from sklearn.model_selection import cross_val_score
 
         cut = len(z_public) * 7 // 10
@@ -251,11 +278,45 @@ class Protection:
             return protection
         share = counts.max() / len(z)
         attacker = HistGradientBoostingClassifier(max_iter=100, random_state=0)
-        for level in NOISE_LEVELS:
-            protection.noise = level
-            accuracy = cross_val_score(attacker, protection.release(z, codes), groups, cv=3).mean()
-            if accuracy <= share + TOLERANCE:
+
+        def hidden() -> bool:
+            return cross_val_score(attacker, protection.release(z, codes), groups, cv=3).mean() <= share + TOLERANCE
+
+        top, k = len(NOISE_LEVELS) - 1, z.shape[1]
+        steps = np.zeros(k, dtype=np.int64)
+        passed = []
+        protection.transfer = False
+        for _ in range(TARGETED_ROUNDS):
+            protection.noise = np.asarray(NOISE_LEVELS)[steps]
+            if hidden():
+                passed.append((False, protection.noise))
                 break
+            released, half = protection.release(z, codes), len(z) * 2 // 3
+            fitted = attacker.fit(released[:half], groups[:half])
+            importance = permutation_importance(fitted, released[half:], groups[half:], n_repeats=3,
+                                                random_state=0).importances_mean
+            importance = np.where(steps < top, importance, -np.inf)
+            if not np.isfinite(importance).any():
+                break
+            most = importance.max()
+            steps[importance >= (most / 3 if most > 0 else most)] += 1
+        if not passed or np.any(passed[0][1]):  # the exact z_public itself hides them: nothing to compare
+            protection.transfer = True
+            for level in NOISE_LEVELS:
+                protection.noise = np.full(k, level)
+                if hidden():
+                    break
+            passed.append((True, protection.noise))
+        if len(passed) > 1:  # both hide the groups: the one the other features are read from best
+            from iae_privacy.analysts.protection import readout_r2  # sklearn, as above
+
+            others = np.setdiff1d(np.arange(codes.shape[1]), [f for f in protection.features + protection.nulls
+                                                                if f >= 0])[:READOUT_FEATURES]
+            scores = []
+            for protection.transfer, protection.noise in passed:
+                scores.append(readout_r2(protection.release(z, codes), codes[:, others].astype(np.float64),
+                                         np.random.default_rng(0)))
+            protection.transfer, protection.noise = passed[int(np.argmax(scores))]
         return protection
 
     # -- applying -------------------------------------------------------------------------------
@@ -294,9 +355,12 @@ class Protection:
 
     def release(self, z_public: np.ndarray, features: np.ndarray) -> np.ndarray:
         """What analysts get for these rows (float64, rounded to :data:`DECIMALS`)."""
-        y = self._transferred(_dithered(z_public), self.groups(features))
-        if self.noise:
-            y = y + self.noise * self.scale * _row_normals(z_public)
+        if self.transfer:
+            y = self._transferred(_dithered(z_public), self.groups(features))
+        else:
+            y = np.asarray(z_public, dtype=np.float64)
+        if np.any(self.noise):
+            y = y + np.asarray(self.noise) * self.scale * _row_normals(z_public)
         return np.round(y, DECIMALS)
 
     # -- as data (sealed in the model bundle: aggregates of the latent, no row) -----------------
@@ -306,7 +370,9 @@ class Protection:
                 "mean": self.mean.tolist(), "group_mean": self.group_mean.tolist(),
                 "transform": self.transform.tolist(), "rotations": self.rotations.tolist(),
                 "quantile_from": self.quantile_from.tolist(),
-                "quantile_to": self.quantile_to.tolist(), "scale": self.scale.tolist(), "noise": self.noise}
+                "quantile_to": self.quantile_to.tolist(), "scale": self.scale.tolist(),
+                "noise": np.asarray(self.noise, dtype=np.float64).tolist(),
+                "transfer": self.transfer}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Protection:
@@ -316,4 +382,4 @@ class Protection:
                    np.asarray(doc["transform"], dtype=np.float64), np.asarray(doc["rotations"], dtype=np.float64),
                    np.asarray(doc["quantile_from"], dtype=np.float64),
                    np.asarray(doc["quantile_to"], dtype=np.float64), np.asarray(doc["scale"], dtype=np.float64),
-                   float(doc["noise"]))
+                   np.asarray(doc["noise"], dtype=np.float64), bool(doc.get("transfer", True)))
