@@ -89,6 +89,26 @@ def test_rerun_skips_what_is_encoded(setup, tmp_path):
     assert dataset.plan([copy / "same-content.parquet"], keyring, DATASET, "p", 1) == []
 
 
+def test_a_rerun_knows_encoded_files_by_path_size_and_time_without_reading_them(setup, tmp_path):
+    import os
+
+    _, keyring, sources, model = setup
+    landing = tmp_path / "landing"
+    shutil.copytree(sources, landing)
+    dataset, _ = encode_all(tmp_path / "enc", keyring, landing, model)
+    assert all(len(p.source_stamp) == 64 for p in dataset.read_manifest(keyring).parts)
+    target = landing / "a.parquet"
+    before = target.stat()
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # other bytes, same size and modification time: not read, so not seen
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert dataset.plan(sorted(landing.glob("*.parquet")), keyring, DATASET, "p", 1) == []
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))  # touched: hashed again
+    todo = dataset.plan(sorted(landing.glob("*.parquet")), keyring, DATASET, "p", 1)
+    assert [source for source, _, _ in todo] == [target]
+
+
 def test_a_run_killed_mid_part_leaves_nothing_and_the_next_run_finishes(setup, tmp_path, monkeypatch):
     _, keyring, sources, model = setup
     dataset = EncodedDataset(tmp_path / "enc")

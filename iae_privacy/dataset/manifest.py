@@ -41,8 +41,6 @@ _RECORD_NAMES = {1: {"source": "source", "source_digest": "source_sha256", "cont
 
 
 @dataclass
-
-
 class PartRecord:
     part: int
     source: str
@@ -62,12 +60,18 @@ class PartRecord:
     a restore must reproduce it, bit for bit."""
     batch_rows: list[int] = field(default_factory=list)
     """Rows of each batch (vault segment), format 2: where a row id's row is, without the latent."""
+    source_stamp: str = ""
+    """Format 2: a keyed MAC of the source's path, size and modification time as it was read
+    (:meth:`Scheme.source_stamp`): a later plan skips a file with the same stamp without reading
+    it. Empty in manifests written before it, and then left out of the document."""
 
     def document(self, version: int) -> dict:
         names = _RECORD_NAMES[version]
         doc = {names.get(k, k): v for k, v in asdict(self).items()}
         if version == 1:
             del doc["batch_rows"]
+        if version == 1 or not self.source_stamp:
+            del doc["source_stamp"]  # what a manifest signed before it holds, bit for bit
         return doc
 
     @classmethod
@@ -77,8 +81,6 @@ class PartRecord:
 
 
 @dataclass
-
-
 class Manifest:
     dataset: str
     model: str
@@ -108,6 +110,16 @@ class Scheme:
 
     def file_digest(self, path: Path) -> str:
         return file_sha256(path) if self.version == 1 else file_sha256(path, self._key("source-mac"))
+
+    def source_stamp(self, path: Path) -> str:
+        """What identifies a source file without reading it: a keyed MAC of its resolved path, size
+        and modification time (nanoseconds); empty for format 1, which keeps no stamps. A file
+        rewritten in place gets a new modification time, so a new stamp, and is hashed again."""
+        if self.version == 1:
+            return ""
+        stat = path.stat()
+        message = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode("utf-8", "surrogateescape")
+        return crypto.mac(self._key("source-stamp"), message).hex()
 
     def content(self) -> ContentDigest:
         return ContentDigest() if self.version == 1 else ContentDigest(self._key("content-mac"))

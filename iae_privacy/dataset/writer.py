@@ -43,15 +43,20 @@ class Writer(ManifestFile):
              version: int) -> list[tuple[Path, str, int]]:
         """(source, digest, part) for every source not yet encoded with this model version.
 
-        Clears what a killed run left behind first. Sources with identical content are encoded once.
+        Clears what a killed run left behind first. A source whose path, size and modification time
+        are those of an encoded part is skipped without being read; any other is hashed, and one
+        whose content is already encoded (or appears twice) is encoded once.
         """
         manifest = self.manifest_or_new(keyring, dataset, model, version)
         self.remove_strays(manifest)
         scheme = Scheme(keyring, manifest.version)
         done = {p.source_digest for p in manifest.parts}
+        seen = {p.source_stamp for p in manifest.parts if p.source_stamp}
         part = max((p.part for p in manifest.parts), default=0) + 1
         todo = []
         for source in sorted(sources):
+            if seen and scheme.source_stamp(source) in seen:
+                continue
             digest = scheme.file_digest(source)
             if digest in done:
                 continue
@@ -82,6 +87,7 @@ class Writer(ManifestFile):
         scheme = Scheme(keyring, self.format_version(keyring))
         latent_path, vault_path = self.part_paths(part)
         latent_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = scheme.source_stamp(source)  # before reading: a change meanwhile makes the next plan hash it
         source_digest = source_digest or scheme.file_digest(source)
         codec = model.codec
         identifier_fields = [codec.schema.field(i) for i in codec.indices_with_role(Role.IDENTIFIER)]
@@ -147,7 +153,7 @@ class Writer(ManifestFile):
         return PartRecord(part, scheme.seal_source(str(source)), source_digest, done, len(batch_rows),
                           str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
                           str(vault_path.relative_to(self.folder)), vault_sha256(vault_path),
-                          content.hexdigest(), batch_rows if shuffled else [])
+                          content.hexdigest(), batch_rows if shuffled else [], stamp)
 
     def rewrap_all(self, keyring: Keyring) -> int:
         """Re-wrap every vault part's data key under the current key version."""
