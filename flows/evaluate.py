@@ -72,7 +72,7 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
 @no_data_in_errors
 def evaluate_flow(data: str, out: str, target: str, sensitive: str | None = None,
                   quasi_identifiers: list[str] | None = None, ks: list[int] | None = None, rows: int = 20_000,
-                  epochs: int = 5, leaked: list[int] | None = None, config: str | None = None,
+                  epochs: int = 0, leaked: list[int] | None = None, config: str | None = None,
                   model: str | None = None, home: str = ".") -> EvaluationResult:
     """Utility against privacy attacks over k for DATA, predicting TARGET; report under OUT.
     With MODEL (a sealed NAME[:vN] of the workspace HOME): its roles, and itself as one more point."""

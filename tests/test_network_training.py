@@ -38,6 +38,19 @@ def test_training_makes_z_public_reconstruct_better_than_untrained(wages):
     assert torch.equal(model.decode(model.encode(x)), x)
 
 
+def test_training_changes_only_z_detail_so_an_untrained_model_publishes_what_the_sealed_one_does(wages):
+    """Architecture 2: z_public is fitted, and training adds the nonlinear part on the detail side
+    only. So evaluate's models (fitted, not trained) publish exactly what ``train`` would seal."""
+    codec, features = wages
+    config = NetworkConfig(levels=tuple(codec.feature_levels), public_dims=3)
+    fitted, _ = train(features, config, KEY, TrainConfig(epochs=0, seed=1), codec.feature_names)
+    trained, report = train(features, config, KEY, TrainConfig(epochs=3, seed=1), codec.feature_names)
+    assert len(report.history) > 1  # it did train
+    x = torch.as_tensor(features)
+    z_fitted, z_trained = fitted.encode(x), trained.encode(x)
+    assert torch.equal(z_fitted[:, :3], z_trained[:, :3]) and not torch.equal(z_fitted, z_trained)
+
+
 def test_training_is_deterministic_and_leaves_the_global_rng_alone(wages):
     codec, features = wages
     config = NetworkConfig(levels=tuple(codec.feature_levels), public_dims=3, blocks=2)

@@ -2,9 +2,10 @@ r"""Attacks on a latent table, each beside a naive baseline: what the table reve
 
 Every attack sees what an attacker would: the latent rows (``z_public``), and some leaked pairs of
 (raw row, latent row). "Raw" here is the codec's integer feature codes: a category's value, or a
-number's quantile bucket (so an exact match of a number means its bucket, not its digits). The
-attacker is given the best of two learners per target (ridge regression and k-nearest neighbours,
-picked on the leaked rows by cross-validation), which flatters the attack, not the defence.
+number's quantile bucket (so an exact match of a number means its bucket, not its digits). Every
+learner is picked on the leaked rows by cross-validation, which flatters the attack, not the
+defence: per feature among a linear model, k-nearest neighbours, gradient boosting and an MLP
+(:func:`best_column_learner`), or, where many runs must stay quick, one ridge or kNN for all.
 
 * :func:`known_plaintext_inversion`: fit latent → raw on ``m`` leaked pairs; per-feature exact
   matches and error on the other rows, against guessing the leaked rows' most common code.
@@ -28,13 +29,15 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 __all__ = ["InversionResult", "known_plaintext_inversion", "linkage", "quasi_identifier_recovery",
-           "attribute_inference", "fit_inverter", "ranking_attack", "twin_lookup", "column_attack"]
+           "attribute_inference", "fit_inverter", "ranking_attack", "twin_lookup", "column_attack",
+           "best_column_learner", "CLASSIFY_LEVELS"]
 
 
 def _learners(m: int):
@@ -91,15 +94,31 @@ def _mode(column: np.ndarray) -> int:
 
 
 def known_plaintext_inversion(latent: np.ndarray, raw: np.ndarray, levels: np.ndarray, m: int,
-                              rng: np.random.Generator) -> InversionResult:
-    """Leak ``m`` random (raw, latent) pairs; recover every other row's raw codes from its latent row."""
+                              rng: np.random.Generator, per_column: bool = False) -> InversionResult:
+    """Leak ``m`` random (raw, latent) pairs; recover every other row's raw codes from its latent row.
+
+    One learner for all features (ridge or k-nearest neighbours, by cross-validation), or with
+    ``per_column`` each feature's own (:func:`best_column_learner`: linear, kNN, gradient boosting
+    or an MLP; a classifier for a feature of at most :data:`CLASSIFY_LEVELS` codes): slower, and
+    what a determined attacker does."""
     n = len(latent)
     if not 1 <= m < n:
         raise ValueError(f"m must be in [1, {n})")
     order = rng.permutation(n)
     leaked, held = order[:m], order[m:]
-    inverter = fit_inverter(latent[leaked], raw[leaked].astype(np.float64))
-    predicted = _round(inverter.predict(latent[held]).reshape(len(held), -1), levels)
+    if per_column:
+        predicted = np.empty((len(held), raw.shape[1]), dtype=np.int64)
+        for j in range(raw.shape[1]):
+            y = raw[leaked, j]
+            if len(np.unique(y)) < 2:
+                predicted[:, j] = y[0]
+                continue
+            categorical = levels[j] <= CLASSIFY_LEVELS
+            fitted, _ = best_column_learner(latent[leaked], y if categorical else y.astype(np.float64), categorical)
+            predicted[:, j] = _round(fitted.predict(latent[held]), levels[j])
+    else:
+        inverter = fit_inverter(latent[leaked], raw[leaked].astype(np.float64))
+        predicted = _round(inverter.predict(latent[held]).reshape(len(held), -1), levels)
     truth = raw[held]
     guess = np.array([_mode(raw[leaked, j]) for j in range(raw.shape[1])])
     span = np.maximum(levels - 1, 1)
@@ -242,50 +261,66 @@ def attribute_inference(latent: np.ndarray, sensitive: np.ndarray, m: int,
     return float((best(x, y, latent[held]) == sensitive[held]).mean()), baseline
 
 
-def column_attack(latent: np.ndarray, target: np.ndarray, m: int, rng: np.random.Generator,
-                  categorical: bool) -> tuple[float, float, str]:
-    """The known-plaintext attack on one column: (score on the rows not leaked, the baseline's,
-    the learner used). The attacker holds ``m`` leaked (latent, value) pairs and picks, by 3-fold
-    cross-validation on them, among a linear model (logistic or ridge), k-nearest neighbours,
-    gradient boosting and a small MLP. Score: accuracy for a categorical ``target`` (baseline: the
-    share of the most common class among the attacked rows), R² for a number (baseline 0: the mean)."""
+CLASSIFY_LEVELS = 16
+"""A feature with at most this many codes is recovered by a classifier, one with more by a
+regressor rounded to the nearest code (a number's ordered buckets)."""
+
+
+def best_column_learner(x: np.ndarray, y: np.ndarray, categorical: bool):
+    """(fitted model, its name): the learner ``x`` -> ``y`` picked by 3-fold cross-validation on
+    these rows among a linear model (logistic or ridge), k-nearest neighbours, gradient boosting
+    and a small MLP (k-nearest neighbours alone under 30 rows)."""
     from sklearn.base import clone
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression, RidgeCV
-    from sklearn.model_selection import cross_val_score
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    m = len(x)
+    mlp = {"hidden_layer_sizes": (64, 64), "max_iter": 300, "early_stopping": True, "random_state": 0}
+    neighbours = max(1, min(15, m // 20))
+    if categorical:
+        learners = {"logistic": LogisticRegression(max_iter=500), "knn": KNeighborsClassifier(n_neighbors=neighbours),
+                    "boosting": HistGradientBoostingClassifier(max_iter=100, early_stopping=True, random_state=0),
+                    "mlp": MLPClassifier(**mlp)}
+        scoring, folds = "accuracy", StratifiedKFold(3)
+    else:
+        learners = {"ridge": RidgeCV(alphas=np.logspace(-3, 3, 7)), "knn": KNeighborsRegressor(n_neighbors=neighbours),
+                    "boosting": HistGradientBoostingRegressor(max_iter=100, early_stopping=True, random_state=0),
+                    "mlp": MLPRegressor(**mlp)}
+        scoring, folds = "r2", KFold(3, shuffle=True, random_state=0)
+    pipelines = {name: make_pipeline(StandardScaler(), learner) for name, learner in learners.items()}
+    name = "knn"
+    with warnings.catch_warnings():  # a rare class, a slow MLP: the attacker's business, not the user's
+        warnings.simplefilter("ignore")
+        if m >= 30:  # a fit that fails (a fold with one class) scores nothing
+            scores = {name: np.nan_to_num(np.nanmean(cross_val_score(clone(pipe), x, y, cv=folds, scoring=scoring,
+                                                                     error_score=np.nan)), nan=-np.inf)
+                      for name, pipe in pipelines.items()}
+            name = max(scores, key=scores.get)
+        return pipelines[name].fit(x, y), name
+
+
+def column_attack(latent: np.ndarray, target: np.ndarray, m: int, rng: np.random.Generator,
+                  categorical: bool) -> tuple[float, float, str]:
+    """The known-plaintext attack on one column: (score on the rows not leaked, the baseline's,
+    the learner used). The attacker holds ``m`` leaked (latent, value) pairs and picks a learner
+    by cross-validation on them (:func:`best_column_learner`). Score: accuracy for a categorical
+    ``target`` (baseline: the share of the most common class among the attacked rows), R² for a
+    number (baseline 0: the mean)."""
     order = rng.permutation(len(latent))
     leaked, held = order[:m], order[m:]
     x, y = latent[leaked], target[leaked]
-    mlp = {"hidden_layer_sizes": (64, 64), "max_iter": 300, "early_stopping": True, "random_state": 0}
     if categorical:
         baseline = float(np.unique(target[held], return_counts=True)[1].max() / len(held))
         if len(np.unique(y)) < 2:
             return baseline, baseline, "majority"
-        learners = {"logistic": LogisticRegression(max_iter=500),
-                    "knn": KNeighborsClassifier(n_neighbors=max(1, min(15, m // 20))),
-                    "boosting": HistGradientBoostingClassifier(max_iter=100, random_state=0),
-                    "mlp": MLPClassifier(**mlp)}
-        scoring = "accuracy"
     else:
         baseline = 0.0
-        learners = {"ridge": RidgeCV(alphas=np.logspace(-3, 3, 7)),
-                    "knn": KNeighborsRegressor(n_neighbors=max(1, min(15, m // 20))),
-                    "boosting": HistGradientBoostingRegressor(max_iter=100, random_state=0),
-                    "mlp": MLPRegressor(**mlp)}
-        scoring = "r2"
-    pipelines = {name: make_pipeline(StandardScaler(), learner) for name, learner in learners.items()}
-    if m >= 30:
-        scores = {name: np.mean(cross_val_score(clone(pipe), x, y, cv=3, scoring=scoring))
-                  for name, pipe in pipelines.items()}
-        name = max(scores, key=scores.get)
-    else:
-        name = "knn"
-    fitted = pipelines[name].fit(x, y)
+    fitted, name = best_column_learner(x, y, categorical)
     guess = fitted.predict(latent[held])
     if categorical:
         return float((guess == target[held]).mean()), baseline, name
