@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.common import Result
+from iae_privacy.analysts.attacks import row_order_attack
 from iae_privacy.codec import CodecConfig
 from iae_privacy.dataset import manifest as manifest_format
 from iae_privacy.dataset.rowids import RowIds
@@ -32,22 +33,12 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "cps1988_wages.parquet"
 LEAKED = (10, 1_000)
 
 
-def _nearest_label(known_at: np.ndarray, known: np.ndarray, at: np.ndarray) -> np.ndarray:
-    order = np.argsort(known_at)
-    sorted_at, sorted_labels = known_at[order], known[order]
-    right = np.clip(np.searchsorted(sorted_at, at), 0, len(sorted_at) - 1)
-    left = np.clip(right - 1, 0, len(sorted_at) - 1)
-    nearer_left = np.abs(at - sorted_at[left]) < np.abs(sorted_at[right] - at)
-    return np.where(nearer_left, sorted_labels[left], sorted_labels[right])
-
-
 def run(rows: int) -> Result:
     table = pq.read_table(DATA).sort_by("region")
     rows = min(rows, table.num_rows)
     table = table.slice(0, rows)
     result = Result("leaks", "row order and manifest leaks of the latent table, CPS 1988 sorted by region, "
                     "format 1 (before) vs format 2 (now)", rows)
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         source = tmp / "landing" / "cps_sorted.parquet"
@@ -74,12 +65,9 @@ def run(rows: int) -> Result:
             truth = regions[source_rows]
             position = np.arange(rows, dtype=np.float64)
             for m in LEAKED:
-                leaked = rng.choice(rows, m, replace=False)
-                others = np.setdiff1d(np.arange(rows), leaked)
                 for what, at in (("latent position", position), ("row_id", ids.astype(np.float64))):
-                    guess = _nearest_label(at[leaked], truth[leaked], at[others])
-                    result.add(f"format {version}: region from {what}, {m:,} leaked rows",
-                               100 * float(np.mean(guess == truth[others])), "%")
+                    found, _ = row_order_attack(at, truth, m, np.random.default_rng(m))
+                    result.add(f"format {version}: region from {what}, {m:,} leaked rows", 100 * found, "%")
             stored = b"".join(p.read_bytes() for p in dataset.folder.rglob("*") if p.is_file())
             digest = hashlib.sha256(source.read_bytes()).hexdigest().encode()
             oracle = digest in stored or str(source).encode() in stored

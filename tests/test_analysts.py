@@ -58,6 +58,16 @@ def test_per_feature_learners_invert_what_one_joint_learner_does_not():
     assert np.array_equal(own.held, joint.held)  # the same rows leaked and attacked
 
 
+def test_the_row_order_attack_reads_a_sorted_table_and_nothing_from_a_shuffled_one():
+    rng = np.random.default_rng(6)
+    labels = np.sort(rng.integers(0, 4, 5_000))  # a table sorted by region
+    found, baseline = attacks.row_order_attack(np.arange(5_000), labels, 100, np.random.default_rng(0))
+    assert found > 0.95 and baseline < 0.3
+    shuffled = rng.permutation(5_000)  # keyed positions: no order relation to the source
+    found, baseline = attacks.row_order_attack(shuffled, labels, 100, np.random.default_rng(0))
+    assert found < baseline + 0.05
+
+
 def test_attacks_on_noise_do_no_better_than_their_baselines():
     rng = np.random.default_rng(1)
     raw, levels = codes(3_000, rng)

@@ -20,6 +20,8 @@ defence: per feature among a linear model, k-nearest neighbours, gradient boosti
   feature's known marginal; accuracy against the majority class.
 * :func:`twin_lookup`: records recovered by looking their exact latent row up among the leaked
   pairs (the latent of an exact map is a fingerprint of equal records).
+* :func:`row_order_attack`: a label from a row's position in the latent part (or its row id) and
+  the leaked rows nearest in position (``bench/leaks.py`` runs it on an encoded, sorted table).
 
 References:
     Carlini et al., "NeuraCrypt is not private" (2021), arXiv:2108.07256.
@@ -37,7 +39,7 @@ import numpy as np
 
 __all__ = ["InversionResult", "known_plaintext_inversion", "linkage", "quasi_identifier_recovery",
            "attribute_inference", "fit_inverter", "ranking_attack", "twin_lookup", "column_attack",
-           "best_column_learner", "CLASSIFY_LEVELS"]
+           "best_column_learner", "CLASSIFY_LEVELS", "row_order_attack"]
 
 
 def _learners(m: int):
@@ -169,6 +171,25 @@ def twin_lookup(latent: np.ndarray, raw: np.ndarray, m: int, rng: np.random.Gene
     _, inverse, sizes = np.unique(latent, axis=0, return_inverse=True, return_counts=True)
     shared = float((sizes[inverse.reshape(-1)] > 1).mean())
     return float(hits.mean()), float((raw[held] == common).all(axis=1).mean()), shared
+
+
+def row_order_attack(position: np.ndarray, labels: np.ndarray, m: int,
+                     rng: np.random.Generator) -> tuple[float, float]:
+    """The row-order attack: (accuracy, majority baseline) of predicting each row's label from its
+    ``position`` alone (its place in a latent part, or its ``row_id``), given ``m`` leaked rows'
+    labels: each other row takes the label of the leaked row nearest in position. Most tables are
+    sorted by something (a date, a site); a latent written in source order gives it away."""
+    leaked = rng.choice(len(position), m, replace=False)
+    others = np.setdiff1d(np.arange(len(position)), leaked)
+    at = np.asarray(position, dtype=np.float64)
+    order = np.argsort(at[leaked], kind="stable")
+    known_at, known = at[leaked][order], labels[leaked][order]
+    right = np.clip(np.searchsorted(known_at, at[others]), 0, m - 1)
+    left = np.clip(right - 1, 0, m - 1)
+    guess = np.where(np.abs(at[others] - known_at[left]) < np.abs(known_at[right] - at[others]), known[left],
+                     known[right])
+    _, counts = np.unique(labels[others], return_counts=True)
+    return float(np.mean(guess == labels[others])), float(counts.max() / len(others))
 
 
 def ranking_attack(latent: np.ndarray, sensitive: np.ndarray, max_permuted: int = 5) -> tuple[float, float, int]:
