@@ -126,6 +126,14 @@ def test_training_threads_follow_the_setting_and_the_load(monkeypatch):
     monkeypatch.delenv("IAE_TORCH_THREADS")
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
     assert training_threads() == 1
+    # scikit-learn's OpenMP threads follow the same rule while the attacks and calibration run
+    import sklearn.ensemble  # noqa: F401  (loads its OpenMP runtime)
+    from threadpoolctl import threadpool_info
+
+    from iae_privacy.network.train import learner_threads
+
+    with learner_threads():
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"} == {1}
 
 
 def test_progress_is_reported_from_the_first_batch():

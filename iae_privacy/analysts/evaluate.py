@@ -35,7 +35,7 @@ from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.keys import crypto
 from iae_privacy.model.pipeline import Model, fit_model
-from iae_privacy.network.train import TrainConfig
+from iae_privacy.network.train import TrainConfig, learner_threads
 
 __all__ = ["EvaluationConfig", "EvaluationPoint", "Evaluation", "evaluate", "default_ks", "write_report", "markdown",
            "codec_config_of", "middle_point", "target_values"]
@@ -168,6 +168,12 @@ def evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str]
 
     ``sealed`` = (label, model): also attack that model as it is, on the same held-out rows (its
     utility only if it keeps the target passthrough; it may have been trained on those rows)."""
+    with learner_threads():  # a busy machine: threads that spin for each other's core
+        return _evaluate(path, config, on_step, sealed)
+
+
+def _evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str], None] | None,
+              sealed: tuple[str, Model] | None) -> Evaluation:
     step = on_step or (lambda message: None)
     table = pq.read_table(path)
     if config.target not in table.column_names:

@@ -17,7 +17,7 @@ from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec, read_batche
 from iae_privacy.errors import IaeError
 from iae_privacy.model.protection import Protection, protected_features
 from iae_privacy.network import ExactINN, NetworkConfig
-from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport, train
+from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport, learner_threads, train
 
 __all__ = ["LatentBatch", "Model", "fit_model", "default_public_dims"]
 
@@ -95,9 +95,10 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     order = np.random.default_rng(0).permutation(len(x))
     held, fit = order[: min(max(len(x) * 3 // 10, 1), 20_000)], order[min(max(len(x) * 3 // 10, 1), 20_000):]
     z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
-    protection = Protection.fit_calibrated(z[fit], x[fit], protected)
     from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
 
-    report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
-                                codec.feature_names)
+    with learner_threads():
+        protection = Protection.fit_calibrated(z[fit], x[fit], protected)
+        report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
+                                    codec.feature_names)
     return Model(codec, model, protection), report

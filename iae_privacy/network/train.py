@@ -131,6 +131,17 @@ def training_threads() -> int:
     return 1 if busy else torch.get_num_threads()
 
 
+@contextmanager
+def learner_threads() -> Iterator[None]:
+    """scikit-learn's and the BLAS's threads (OpenMP) held to :func:`training_threads` meanwhile:
+    on a busy 2-core machine, gradient boosting's spinning threads slowed a protected model's
+    calibration and an evaluation by 10x and more."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=training_threads()):
+        yield
+
+
 def pca_r2(train_x: torch.Tensor, val_x: torch.Tensor, k: int) -> float | None:
     """Mean R² over features of a k-component PCA's reconstruction of ``val_x`` (fitted on at most
     50,000 training rows of standardised codes); None when there is too little to fit."""
