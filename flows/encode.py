@@ -143,9 +143,12 @@ def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str
     """Encode SOURCE (a file or a folder of Parquet files) with MODEL into the dataset folder OUT;
     with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged."""
     dataset = dataset or Path(out).name
-    plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
-    futures = encode_part.map([p.source for p in plan.parts], [p.digest for p in plan.parts],
-                              [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset)
-    records = [f.result() for f in futures]
-    parts, rows = commit_parts(records, out, plan.model, plan.version, home, dataset)
+    logger = get_run_logger()
+    # one run at a time per dataset, from the plan to the commit (a manual encode beside serve)
+    with EncodedDataset(out).exclusive(lambda: logger.info("waiting for another run writing %s to finish", out)):
+        plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
+        futures = encode_part.map([p.source for p in plan.parts], [p.digest for p in plan.parts],
+                                  [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset)
+        records = [f.result() for f in futures]
+        parts, rows = commit_parts(records, out, plan.model, plan.version, home, dataset)
     return EncodeResult(len(records), sum(r.rows for r in records), plan.sources - len(records), parts, rows)

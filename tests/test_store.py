@@ -479,3 +479,48 @@ def test_a_manifest_that_points_analysts_outside_latent_is_refused(setup, tmp_pa
         EncodedDataset(tmp_path / "enc").listed_latent_parts()
     with pytest.raises(QueryError, match="outside latent/"):
         query_arrow("SELECT count(*) FROM p", {"p": tmp_path / "enc"})
+
+
+def test_two_encodes_into_one_dataset_at_once_take_turns_and_leave_it_restorable(setup, tmp_path):
+    """The writer lock (flock on the dataset's folder): a second run, in another process or
+    thread, waits for the first one's commit, then plans against its manifest."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    _, keyring, sources, model = setup
+    folder = tmp_path / "enc"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from iae_privacy.dataset.store import EncodedDataset\n"
+        "with EncodedDataset(sys.argv[1]).exclusive():\n"
+        "    print('held', flush=True); time.sleep(1.5)\n"), str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    waited, started = [], time.monotonic()
+    with EncodedDataset(folder).exclusive(lambda: waited.append(True)):
+        assert waited and time.monotonic() - started > 0.5 and holder.wait() == 0  # it had it first
+    # two threads encoding the same landing folder into one dataset: each source encoded once
+    errors = []
+
+    def run() -> None:
+        try:
+            dataset = EncodedDataset(folder)
+            with dataset.exclusive():
+                todo = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+                records = [dataset.encode_source(s, part, model, "p", 1, keyring, DATASET, digest)
+                           for s, digest, part in todo]
+                dataset.commit(records, keyring, DATASET, "p", 1)
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    dataset = EncodedDataset(folder)
+    manifest = dataset.read_manifest(keyring)
+    assert len(manifest.parts) == len(list(sources.glob("*.parquet")))
+    dataset.decode_all(model, keyring, tmp_path / "restored")  # restorable: it checks every part

@@ -153,7 +153,11 @@ def keys_rotate_command(ctx: typer.Context, datasets: DatasetsOption = None) -> 
         passphrase = env_passphrase() or ask_passphrase()
     number = keyring.rotate(passphrase)
     changed = workspace.models.rewrap_all(keyring)
-    parts = sum(EncodedDataset(folder).rewrap_all(keyring) for folder in workspace.datasets())
+    parts = 0
+    for folder in workspace.datasets():
+        dataset = EncodedDataset(folder)
+        with dataset.exclusive(lambda at=folder: console.print(f"waiting for the encode writing {at} to finish")):
+            parts += dataset.rewrap_all(keyring)
     _record_key_event(workspace, keyring, "rotated", key_version=number, bundles=changed, vault_parts=parts,
                       missing_datasets=[str(p) for p in missing])
     console.print(f"key version {number} is now current; {changed} model bundle(s) and {parts} vault "

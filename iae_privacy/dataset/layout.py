@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,45 @@ class DatasetFolder:
     @property
     def manifest_path(self) -> Path:
         return self.folder / "manifest.json"
+
+    @contextmanager
+    def exclusive(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the dataset's writer lock meanwhile: plan, encode and commit (or a re-wrap) by one
+        run at a time. Two encodes into one folder at once used to interleave part numbers and the
+        manifest, and leave a dataset that no longer restored. The lock is ``flock`` on the
+        folder itself (created if need be: no lock file among the dataset's files), released when
+        the run ends, however it ends, a killed process included. A second run waits for it,
+        after calling ``on_wait`` (to say so)."""
+        import fcntl
+        import os
+
+        while True:
+            created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:  # the holder before may have removed the folder (a failed first encode)
+                    current = os.stat(self.folder).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    try:
+                        yield
+                    finally:
+                        if created:  # a run that wrote nothing leaves no folder behind
+                            try:
+                                self.folder.rmdir()
+                            except OSError:
+                                pass
+                    return
+            finally:
+                os.close(fd)  # releases the lock
 
     def part_paths(self, part: int) -> tuple[Path, Path]:
         return (self.folder / "latent" / f"part-{part:05d}.parquet",
