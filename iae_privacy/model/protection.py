@@ -258,13 +258,17 @@ class Protection:
         boosting (3-fold cross-validated), until it tells the joint groups apart no better than
         always guessing the most common one, plus :data:`TOLERANCE`:
 
-        1. the exact z_public, with Gaussian noise aimed at the columns the attacker reads the
-           groups from: each round raises, by one of :data:`NOISE_LEVELS`, the noise of the columns
-           whose permutation importance to the attacker is at least half the largest (at most
-           :data:`TARGETED_ROUNDS` rounds). A network fitted with protected columns gives them
-           no weight in z_public, so this covers what their correlates carry, at the least cost;
-        2. if that does not get there, moment matching and the distribution transfer, with the
-           least of :data:`NOISE_LEVELS` on every column."""
+        1. the exact z_public, first as it is, then with Gaussian noise aimed at the columns the
+           attacker reads the groups from: each round raises, by one of :data:`NOISE_LEVELS`, the
+           noise of the columns whose permutation importance to the attacker is at least a third
+           of the largest (at most :data:`TARGETED_ROUNDS` rounds). A network fitted with protected
+           columns gives them no weight in z_public, so this covers what their correlates carry;
+        2. unless the exact z_public passed as it is: moment matching and the distribution
+           transfer, with the least of :data:`NOISE_LEVELS` on every column that passes (the
+           largest if none does).
+
+        When both pass, the one gradient boosting reads :data:`READOUT_FEATURES` other features
+        back from best is kept."""
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.inspection import permutation_importance
         from sklearn.model_selection import cross_val_score
@@ -300,7 +304,7 @@ class Protection:
                 break
             most = importance.max()
             steps[importance >= (most / 3 if most > 0 else most)] += 1
-        if not passed or np.any(passed[0][1]):  # the exact z_public itself hides them: nothing to compare
+        if not passed or np.any(passed[0][1]):  # unless the exact z_public passed as it is: nothing beats that
             protection.transfer = True
             for level in NOISE_LEVELS:
                 protection.noise = np.full(k, level)
