@@ -472,3 +472,38 @@ def test_the_workspace_server_is_started_once_and_used_by_later_commands(tmp_pat
     finally:
         stopped = iae("server", "stop")
     assert "stopped" in stopped.stdout and iae("server", "status").returncode == 1
+
+
+def test_check_verifies_an_encoded_dataset_and_names_each_problem(tmp_path, monkeypatch, capsys):
+    from iae_privacy.codec import CodecConfig
+    from iae_privacy.dataset.store import EncodedDataset
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.model.registry import transform_key
+    from iae_privacy.network.train import TrainConfig
+    from iae_privacy.samples import write_synthetic_patients
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    keyring = Workspace(tmp_path).keyring()
+    landing = tmp_path / "landing"
+    for seed in (1, 2):
+        write_synthetic_patients(landing / f"p{seed}.parquet", 1_500, seed=seed)
+    model, _ = fit_model(landing / "p1.parquet", transform_key(keyring, "p", 1), CodecConfig(), TrainConfig(epochs=0))
+    dataset = EncodedDataset(tmp_path / "enc")
+    records = [dataset.encode_source(s, part, model, "p", 1, keyring, "patients", digest, 500)
+               for s, digest, part in dataset.plan(sorted(landing.glob("*.parquet")), keyring, "patients", "p", 1)]
+    dataset.commit(records, keyring, "patients", "p", 1)
+
+    result = run("check", str(tmp_path / "enc"), home=tmp_path)
+    assert result.exit_code == 0 and "2 part(s) and 3,000 rows verified" in result.output, result.output
+    vault = tmp_path / "enc" / records[1].vault
+    data = bytearray(vault.read_bytes())
+    data[-40] ^= 1  # inside the last vault segment
+    vault.write_bytes(bytes(data))
+    (tmp_path / "enc" / "latent" / "notes.txt").write_text("not a part")
+    result = run("check", str(tmp_path / "enc"), home=tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "part 2:" in result.output and "differs from the manifest" in result.output
+    assert "notes.txt is not in the manifest" in result.output and "part 1:" not in result.output
+    code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "check", str(tmp_path / "nothing"))
+    assert code == 2 and "not an encoded dataset" in out and "Traceback" not in out
