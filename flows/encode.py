@@ -118,6 +118,20 @@ def commit_parts(records: list[PartRecord], out: str, model: str, version: int, 
     return len(manifest.parts), sum(p.rows for p in manifest.parts)
 
 
+@task(**SAFE_TASK)
+@no_data_in_errors
+def check_dataset(out: str, home: str) -> int:
+    """``iae-privacy check`` after a scheduled encode: fail the run, naming each problem, if the
+    dataset does not verify (signature, hashes, every vault segment). Returns the parts checked."""
+    _, keyring = open_workspace(home)
+    dataset = EncodedDataset(out)
+    problems = dataset.check(keyring)
+    if problems:
+        named = [f"{'part ' + str(part) if part else 'folder'}: {problem}" for part, problem in problems]
+        raise IaeError(f"{out} does not verify after this encode: " + "; ".join(named))
+    return len(dataset.read_manifest(keyring).parts)
+
+
 def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
                runner: str = "local", dask_address: str | None = None, skip_unreadable: bool = False) -> EncodeResult:
     """Run :func:`encode_flow` on the local thread pool or on a Dask cluster (``runner="dask"``:
@@ -139,9 +153,10 @@ def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str 
 @flow(name="iae-encode")
 @no_data_in_errors
 def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
-                skip_unreadable: bool = False) -> EncodeResult:
+                skip_unreadable: bool = False, check: bool = False) -> EncodeResult:
     """Encode SOURCE (a file or a folder of Parquet files) with MODEL into the dataset folder OUT;
-    with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged."""
+    with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged;
+    with CHECK (``serve``), the dataset is verified after a run that added parts."""
     dataset = dataset or Path(out).name
     logger = get_run_logger()
     # one run at a time per dataset, from the plan to the commit (a manual encode beside serve)
@@ -151,4 +166,6 @@ def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str
                                   [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset)
         records = [f.result() for f in futures]
         parts, rows = commit_parts(records, out, plan.model, plan.version, home, dataset)
+        if check and records:
+            check_dataset(out, home)
     return EncodeResult(len(records), sum(r.rows for r in records), plan.sources - len(records), parts, rows)

@@ -28,7 +28,7 @@ def build_deployments(landing: str, model: str, out: str, home: str, cron: str =
         name=f"encode-{Path(out).name}", cron=cron, concurrency_limit=1,
         parameters={"source": str(Path(landing).resolve()), "model": model.split(":")[0],
                     "out": str(Path(out).resolve()), "home": home, "dataset": dataset or Path(out).name,
-                    "skip_unreadable": True},
+                    "skip_unreadable": True, "check": True},
         description="Encode every new Parquet file in the landing folder (each exactly once).",
         tags=["iae-privacy", "encode"])]
     if retrain_cron:

@@ -49,7 +49,7 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     with pytest.raises(IaeError, match="day3.parquet: not a readable Parquet file"):
         encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
     second = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home,
-                         skip_unreadable=True)
+                         skip_unreadable=True, check=True)  # as serve runs it: verified after the commit
     assert (second.encoded_parts, second.skipped_sources, second.rows) == (1, 1, 6_500)
     (landing / "day3.parquet").unlink()
     (landing / "day4.parquet").rmdir()
@@ -162,7 +162,7 @@ def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect
     encode, retrain = asyncio.run(read())
     assert encode.parameters == {"source": str((tmp_path / "landing").resolve()), "model": "pat",
                                  "out": str((tmp_path / "enc").resolve()), "home": str(tmp_path.resolve()),
-                                 "dataset": "enc", "skip_unreadable": True}
+                                 "dataset": "enc", "skip_unreadable": True, "check": True}
     assert encode.schedules[0].schedule.cron == "0 * * * *"
     assert retrain.schedules[0].schedule.cron == "0 3 * * 0" and retrain.parameters["model"] == "pat"
     assert all(isinstance(v, (str, bool)) for d in (encode, retrain) for v in d.parameters.values())
