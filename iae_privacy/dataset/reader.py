@@ -33,6 +33,17 @@ if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or 
 __all__ = ["Reader", "write_restored", "RESTORED_ROW_GROUP"]
 
 
+def _vault_of(record: PartRecord, dataset: str) -> Callable[[dict], None]:
+    """The check of a vault part's header, before any key is used: it must be this dataset's
+    vault for this part (a part swapped in from elsewhere is refused)."""
+
+    def check(doc: dict) -> None:
+        if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
+            raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
+
+    return check
+
+
 class Reader(ManifestFile):
     """Decoding: whole datasets (what the flows call), some rows of some columns, one part; and
     the integrity check."""
@@ -62,14 +73,9 @@ class Reader(ManifestFile):
                 if pq.ParquetFile(self.folder / record.latent).metadata.num_rows != record.rows:
                     raise StoreError(f"latent part {record.latent} does not hold the {record.rows:,} rows the "
                                      "manifest says")
-
-                def header(doc: dict, r: PartRecord = record) -> None:
-                    if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != \
-                            (manifest.dataset, r.part):
-                        raise StoreError(f"vault part {r.vault} belongs to another dataset or part: swapped")
-
                 _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
-                                                  vault_key_aad, keyring, "vault part", header)
+                                                  vault_key_aad, keyring, "vault part",
+                                                  _vault_of(record, manifest.dataset))
                 rows = [pa.ipc.open_stream(segment).read_next_batch().num_rows for segment in segments]
                 if len(rows) != record.batches or (record.batch_rows and rows != record.batch_rows) or \
                         sum(rows) != record.rows:
@@ -176,10 +182,6 @@ class Reader(ManifestFile):
             raise StoreError(f"latent part {record.latent} has {latent_file.num_row_groups} row groups, "
                              f"the manifest says {record.batches}")
 
-        def check(doc: dict) -> None:
-            if doc.get("kind") != "vault" or (doc.get("dataset"), doc.get("part")) != (dataset, record.part):
-                raise StoreError(f"vault part {record.vault} belongs to another dataset or part: swapped")
-
         # what decoding reads of a format-1 latent part: row ids, passthrough and z_public (not the
         # tokens). Selecting by name cannot pull in anything else: a name also selects the nested
         # fields it prefixes, and the columns left out (tokens) are flat strings with none.
@@ -187,7 +189,7 @@ class Reader(ManifestFile):
         needed = None if latent_file is None else latent_file.schema_arrow.names[: 1 + passthrough_n] + \
             [public_name(j) for j in range(model.network.config.public_dims)]
         _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
-                                       vault_key_aad, keyring, "vault part", check)
+                                       vault_key_aad, keyring, "vault part", _vault_of(record, dataset))
         last = record.batches - 1 if take is None else max(take, default=-1)
         group = -1
         for group, segment in enumerate(segments):
