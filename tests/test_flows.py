@@ -72,6 +72,15 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     with pytest.raises(AccessRefused, match="already used"):
         run_decode(str(tmp_path / "enc"), str(request), str(tmp_path / "again"), home)
 
+    # a scheduled run (check=True) that adds a part verifies the whole dataset, and fails on a part
+    # altered since: the run's error names it
+    latent = tmp_path / "enc" / "latent" / "part-00001.parquet"
+    latent.write_bytes(latent.read_bytes()[:-20] + bytes(20))
+    write_synthetic_patients(landing / "day5.parquet", 300, seed=5)
+    with pytest.raises(IaeError, match="does not verify after this encode: part 1: latent part .* differs"):
+        encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home, skip_unreadable=True,
+                    check=True)
+
 
 def test_the_library_never_imports_prefect():
     code = ("import sys, importlib, pkgutil, iae_privacy\n"
