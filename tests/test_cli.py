@@ -507,3 +507,31 @@ def test_check_verifies_an_encoded_dataset_and_names_each_problem(tmp_path, monk
     assert "notes.txt is not in the manifest" in result.output and "part 1:" not in result.output
     code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "check", str(tmp_path / "nothing"))
     assert code == 2 and "not an encoded dataset" in out and "Traceback" not in out
+
+
+def test_audit_show_filters_by_principal_dataset_and_time_and_writes_json_lines(tmp_path, monkeypatch, capsys):
+    import json
+
+    from iae_privacy.access.control import AccessControl
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    workspace = Workspace.at(tmp_path)
+    access = AccessControl(workspace, workspace.keyring())
+    access.audit.append("decode", "granted", principal="ana", dataset="wages", rows=1, purpose="ticket 12")
+    access.audit.append("decode", "refused", principal="bo", dataset="wages", reason="no role")
+    access.audit.append("decode", "granted", principal="ana", dataset="patients", rows=3, purpose="ticket 13")
+
+    def lines(*options: str) -> list[dict]:
+        result = run("audit", "show", "--json", "--last", "0", *options, home=tmp_path)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.output.splitlines()]
+
+    assert [(e["principal"], e["dataset"]) for e in lines("--principal", "ana")] == [("ana", "wages"),
+                                                                                     ("ana", "patients")]
+    assert [e["principal"] for e in lines("--dataset", "wages")] == ["ana", "bo"]
+    assert [e["purpose"] for e in lines("--principal", "ana", "--dataset", "patients")] == ["ticket 13"]
+    assert len(lines()) >= 4 and lines("--since", "2999-01-01") == []
+    assert len(lines("--since", "2000-01-01", "--principal", "bo")) == 1
+    code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "show", "--since", "last week")
+    assert code == 2 and "--since 'last week'" in out and "Traceback" not in out

@@ -91,11 +91,51 @@ def audit_verify_command(ctx: typer.Context) -> None:
 @audit_app.command("show")
 def audit_show_command(
     ctx: typer.Context,
-    last: Annotated[int, typer.Option(help="How many of the latest entries to show (0: all).")] = 20,
+    last: Annotated[int, typer.Option(help="How many of the latest matching entries to show (0: all).")] = 20,
+    principal: Annotated[Optional[str], typer.Option(help="Only this principal's entries.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Only the entries about this dataset (its name).")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        help="Only entries at or after this time, UTC unless it says otherwise: 2026-11-01 or 2026-11-01T09:30.")]
+    = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Every field of each entry, one JSON object per line, nothing cut: for scripts.")] = False,
 ) -> None:
-    """List audit entries readably (run 'audit verify' to know they are genuine)."""
-    entries = session(ctx).access().audit.entries()
-    table = Table(title=f"audit log: {len(entries)} entries")
+    """List audit entries readably (run 'audit verify' to know they are genuine), or as JSON lines.
+
+        iae-privacy audit show --principal ana --dataset wages --since 2026-11-01
+        iae-privacy audit show --last 0 --json | jq 'select(.outcome == "refused")'
+    """
+    import datetime
+    import json
+
+    start = None
+    if since is not None:
+        try:
+            start = datetime.datetime.fromisoformat(since)
+        except ValueError:
+            raise IaeError(f"--since {since!r}: expected a date or time such as 2026-11-01 or 2026-11-01T09:30") \
+                from None
+        start = start if start.tzinfo else start.replace(tzinfo=datetime.timezone.utc)
+
+    def wanted(entry: dict) -> bool:
+        if principal is not None and entry.get("principal") != principal:
+            return False
+        if dataset is not None and entry.get("dataset") != dataset:
+            return False
+        if start is not None:
+            try:
+                return datetime.datetime.fromisoformat(str(entry.get("time", ""))) >= start
+            except ValueError:
+                return False
+        return True
+
+    everything = session(ctx).access().audit.entries()
+    entries = [entry for entry in everything if wanted(entry)]
+    if as_json:
+        for entry in entries[-last:] if last else entries:
+            typer.echo(json.dumps(entry, sort_keys=True, ensure_ascii=True))
+        return
+    table = Table(title=f"audit log: {len(entries)} of {len(everything)} entries")
     for heading in ("#", "time (UTC)", "event", "outcome", "who", "dataset", "rows", "what / why"):
         table.add_column(heading, no_wrap=heading in ("#", "time (UTC)"))
     for entry in entries[-last:] if last else entries:
