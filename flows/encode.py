@@ -127,8 +127,7 @@ def check_dataset(out: str, home: str) -> int:
     dataset = EncodedDataset(out)
     problems = dataset.check(keyring)
     if problems:
-        named = [f"{'part ' + str(part) if part else 'folder'}: {problem}" for part, problem in problems]
-        raise IaeError(f"{out} does not verify after this encode: " + "; ".join(named))
+        raise IaeError(f"{out} does not verify after this encode: " + "; ".join(problems))
     return len(dataset.read_manifest(keyring).parts)
 
 

@@ -500,6 +500,9 @@ def test_two_encodes_into_one_dataset_at_once_take_turns_and_leave_it_restorable
     waited, started = [], time.monotonic()
     with EncodedDataset(folder).exclusive(lambda: waited.append(True)):
         assert waited and time.monotonic() - started > 0.5 and holder.wait() == 0  # it had it first
+    with EncodedDataset(tmp_path / "new").exclusive():
+        assert (tmp_path / "new").is_dir()
+    assert not (tmp_path / "new").exists()  # a run that wrote nothing leaves no folder behind
     # two threads encoding the same landing folder into one dataset: each source encoded once
     errors = []
 

@@ -293,16 +293,15 @@ def check_command(
 
     keyring = session(ctx).keyring()
     dataset = EncodedDataset(encoded)
-    total = sum(p.rows for p in dataset.read_manifest(keyring).parts)
-    checked: list[int] = []
+    parts = dataset.read_manifest(keyring).parts  # what the bar counts; check reads and verifies it again
+    total = sum(p.rows for p in parts)
     with progress(f"checking {encoded}", max(total, 1)) as advance:
-        problems = dataset.check(keyring, lambda record: (checked.append(record.rows), advance(record.rows)))
-    for part, problem in problems:
-        console.print(f"[red]{'part ' + str(part) if part else 'folder'}:[/] {problem}", highlight=False,
-                      soft_wrap=True)
+        problems = dataset.check(keyring, lambda record: advance(record.rows))
+    for problem in problems:
+        console.print(problem, style="red", highlight=False, soft_wrap=True)
     if problems:
         console.print(f"{encoded}: {len(problems)} problem(s) found; do not hand it over or restore from it "
                       "before they are understood", highlight=False)
         raise typer.Exit(1)
-    console.print(f"{encoded}: manifest signature, {len(checked)} part(s) and {sum(checked):,} rows verified "
+    console.print(f"{encoded}: manifest signature, {len(parts)} part(s) and {total:,} rows verified "
                   "(hashes, vault headers, every vault segment)", highlight=False, soft_wrap=True)

@@ -48,25 +48,25 @@ class Reader(ManifestFile):
     """Decoding: whole datasets (what the flows call), some rows of some columns, one part; and
     the integrity check."""
 
-    def check(self, keyring: Keyring, on_part: Callable[[PartRecord], None] | None = None) -> list[tuple[int, str]]:
+    def check(self, keyring: Keyring, on_part: Callable[[PartRecord], None] | None = None) -> list[str]:
         """Verify the dataset without restoring anything: the manifest's signature (a
         :class:`StoreError` when it fails), then per part its two files' hashes, its vault's
         header (this dataset, this part), every vault segment's authentication, and the batches
-        and rows against the manifest. Nothing is written or removed. Returns (part, problem) for
-        each part that fails, and each file in ``latent/`` or ``vault/`` the manifest does not
-        list (part 0); an empty list when all is well."""
+        and rows against the manifest. Nothing is written or removed. Returns one line per problem,
+        "part N: ..." for each part that fails and "folder: ..." for each file in ``latent/`` or
+        ``vault/`` the manifest does not list; an empty list when all is well."""
         from iae_privacy.dataset.layout import LATENT_PART, PART_TMP, VAULT_PART
         from iae_privacy.keys.sealed import SealedFileError
 
         manifest = self.read_manifest(keyring)
-        problems: list[tuple[int, str]] = []
+        problems: list[str] = []
         listed = {p.latent for p in manifest.parts} | {p.vault for p in manifest.parts}
         for sub, pattern in (("latent", LATENT_PART), ("vault", VAULT_PART)):
             for f in sorted((self.folder / sub).glob("*")):
                 if str(f.relative_to(self.folder)) not in listed:
                     what = "left by an interrupted run" if pattern.match(f.name) or PART_TMP.match(f.name) else \
                         "not a part of the dataset"
-                    problems.append((0, f"{f} is not in the manifest ({what})"))
+                    problems.append(f"folder: {f} is not in the manifest ({what})")
         for record in sorted(manifest.parts, key=lambda p: p.part):
             try:
                 self.verify_part(record)
@@ -82,7 +82,7 @@ class Reader(ManifestFile):
                     raise StoreError(f"vault part {record.vault} holds {len(rows)} batches of {sum(rows):,} rows; "
                                      f"the manifest says {record.batches} of {record.rows:,}")
             except (StoreError, SealedFileError, OSError, pa.ArrowException) as exc:
-                problems.append((record.part, str(exc)))
+                problems.append(f"part {record.part}: {exc}")
             if on_part is not None:
                 on_part(record)
         return problems
