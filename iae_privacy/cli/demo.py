@@ -123,13 +123,25 @@ def demo_command(
            "round(avg(z_public_0), 1) AS mean_z0, round(corr(z_public_0, z_public_1), 3) AS corr_z0_z1 FROM patients")
     answer = query_arrow(sql, {"patients": encoded_by_name["patients"]}).to_pylist()[0]
     console.print(f"an analyst's DuckDB query (latent table only, no key): {sql}\n  → {answer}", highlight=False)
-    _demo_one_record(access, encoded_by_name["patients"], latent.column("email")[2].as_py())
+    _demo_one_record(access, encoded_by_name["patients"], _a_unique_token(latent.column("email")))
     report = access.audit.verify()
     console.print(f"audit log {workspace.audit_log}: {report.entries} entries, "
                   + ("chain and checkpoint verified" if report.ok else f"PROBLEMS: {report.problems}"), highlight=False)
     if failures:
         raise IaeError("round trip not bit-identical:\n  " + "\n  ".join(failures))
     console.print(f"demo finished: every dataset restored bit for bit; workspace {workspace.home}")
+
+
+def _a_unique_token(tokens) -> str:
+    """A token that stands for exactly one record: the latent rows are in keyed order, so any fixed
+    row may hold a null or a shared e-mail, whatever the key."""
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(tokens.drop_null())
+    once = counts.filter(pc.equal(counts.field("counts"), 1))
+    if len(once) == 0:
+        raise IaeError("the demo's patients sample has no e-mail that belongs to one record only")
+    return once.field("values")[0].as_py()
 
 
 def _demo_one_record(access, encoded: Path, token: str) -> None:
