@@ -73,7 +73,7 @@ def _reconstruction_r2(codes: np.ndarray, rebuilt: np.ndarray) -> float:
 
 
 def _one_key(path: Path, column: str, target: str, roles: dict) -> dict[str, float]:
-    config = CodecConfig(roles={**roles, target: Role.PASSTHROUGH}, protected=(column,))
+    config = CodecConfig(roles={**roles, target: Role.PASSTHROUGH}, protected=(column,), target=target)
     model, report = fit_model(path, os.urandom(32), config, TrainConfig(max_seconds=SECONDS))
     whole = next(read_batches(path, 50_000))  # the rows the model was fitted on (its sample)
     order = np.random.default_rng(0).permutation(whole.num_rows)  # files are often sorted

@@ -54,6 +54,8 @@ class TrainResult:
     loss: list[tuple[float, float]] = field(default_factory=list)
     protection: dict = field(default_factory=dict)
     """For protected columns: the attacks' figures on held-out rows (iae_privacy.analysts.protection)."""
+    target: dict = field(default_factory=dict)
+    """For a declared analysis target: its favoured predictors and its held-out scores, latent and raw."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class Trained:
 @task(**SAFE_TASK, task_run_name="train {model}")
 @no_data_in_errors
 def train(data: str, model: str, home: str, epochs: int, device: str, public_dims: int | None,
-          config: str | None, seconds: float | None, protect: list[str] | None = None) -> Trained:
+          config: str | None, seconds: float | None, protect: list[str] | None = None,
+          target: str | None = None) -> Trained:
     """Fit the codec and train the keyed network (the version's key: the transform is keyed)."""
     logger = get_run_logger()
     workspace, keyring = open_workspace(home)
@@ -92,6 +95,8 @@ def train(data: str, model: str, home: str, epochs: int, device: str, public_dim
     codec_config = CodecConfig.load(config) if config else CodecConfig()
     if protect:
         codec_config = replace(codec_config, protected=(*codec_config.protected, *protect))
+    if target:
+        codec_config = replace(codec_config, target=target)
     trained, report = fit_model(
         data, transform_key(keyring, model, version), codec_config,
         TrainConfig(epochs=epochs, device=device, max_seconds=seconds), public_dims, on_epoch=on_epoch,
@@ -122,7 +127,7 @@ def verify_and_seal(trained: Trained, data: str, model: str, home: str) -> Train
         model, version, str(path), str(curve), report.device, report.threads, len(report.history), report.best_epoch,
         trained.model.network.config.public_dims, report.mean_r2, report.pca_r2, report.worse_than_pca,
         [FeatureFit(f.name, f.levels, f.exact_match, f.r2) for f in report.features],
-        [(e.train_loss, e.validation_loss) for e in report.history], report.protection)
+        [(e.train_loss, e.validation_loss) for e in report.history], report.protection, report.target)
 
 
 def _key(kind: str, model: str) -> str:
@@ -134,10 +139,10 @@ def _key(kind: str, model: str) -> str:
 @no_data_in_errors
 def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device: str = "auto",
                public_dims: int | None = None, config: str | None = None, seconds: float | None = None,
-               protect: list[str] | None = None) -> TrainResult:
+               protect: list[str] | None = None, target: str | None = None) -> TrainResult:
     """Train and seal a model version from a Parquet file; report per-feature reconstruction and,
     for PROTECT (column names, with any the config declares), what attacks recover of them."""
-    trained = train(data, model, home, epochs, device, public_dims, config, seconds, protect)
+    trained = train(data, model, home, epochs, device, public_dims, config, seconds, protect, target)
     result = verify_and_seal(trained, data, model, home)
     pca = "n/a" if result.pca_r2 is None else f"{result.pca_r2:.3f}"
     create_table_artifact(
@@ -151,7 +156,9 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
     if result.protection:
         create_table_artifact(key=_key("protection", model), table=protection_rows(result.protection),
                               description=f"{result.model}:v{result.version}: what attacks recover of the protected "
-                              "columns from the exact z_public and from the release analysts get (held-out rows)")
+                              "columns from the exact z_public and from the release analysts get (held-out rows)"
+                              + (f"; proxies given no weight in z_public: {', '.join(result.protection['proxies'])}"
+                                 if result.protection.get("proxies") else ""))
     return result
 
 

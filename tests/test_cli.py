@@ -239,6 +239,12 @@ def test_train_protect_mistakes_are_one_line_errors_before_prefect_starts(monkey
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data), "-m", "w",
                           "--config", str(config), "--protect", "region")
     one_line_error(code, text, "'region' is declared passthrough and protected")
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data), "-m", "w",
+                          "--target", "salary")
+    one_line_error(code, text, "--target", "has no column(s) 'salary'")
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "train", str(data), "-m", "w",
+                          "--protect", "wage", "--target", "wage")
+    one_line_error(code, text, "'wage' is both protected and the analysis target")
 
 
 def test_sources_that_cannot_be_encoded_are_named_in_one_line(monkeypatch, capsys, tmp_path):

@@ -58,9 +58,14 @@ def test_the_release_hides_a_group_that_the_latent_gives_away():
 def test_a_protected_column_is_measured_absent_from_the_latent_table_and_restores_exactly(tmp_path):
     keyring = Keyring.init(tmp_path / "keys")
     source = write_synthetic_patients(tmp_path / "p.parquet", 15_000, seed=7)
-    model, report = fit_model(source, transform_key(keyring, "p", 1), CodecConfig(protected=("sex",)),
+    model, report = fit_model(source, transform_key(keyring, "p", 1), CodecConfig(protected=("sex",), target="copay"),
                               TrainConfig(epochs=2))
     (sex,) = report.protection["columns"]
+    assert report.protection["proxies"] == []  # the synthetic columns are independent: nothing stands in for sex
+    # copay is a feature: it gets public columns of its own, so analysts read it from the latent table,
+    # where no other column predicts it (the synthetic columns are independent)
+    assert report.target["column"] == "copay" and report.target["favoured"] == ["copay#null", "copay"]
+    assert report.target["in_latent"] and report.target["latent"] > 0.7 > 0.05 > report.target["raw"]
     assert sex["column"] == "sex" and sex["kind"] == "category"
     assert sex["known_plaintext_released"] <= sex["baseline"] + 0.05
     assert sex["ranking_released"] <= sex["ranking_baseline"] + 0.05
@@ -149,3 +154,75 @@ def test_the_calibrated_release_is_the_exact_latent_when_that_hides_the_groups_a
     assert found <= baseline + 0.05 < column_attack(z[3_500:], group[3_500:], 700, np.random.default_rng(1), True)[0]
     assert np.array_equal(Protection.from_dict(loud.to_dict()).release(z[:50], features[:50]),
                           loud.release(z[:50], features[:50]))
+
+
+def test_a_proxy_of_the_protected_column_is_found_and_given_no_weight_in_z_public():
+    """``fchild`` in RAND: a feature that is the protected column for part of the rows (here: the
+    group among the rows where another flag is set). Fair PCA removes group means, not that; the
+    proxy is found by an attacker on the raw features and gets zero coefficients, so flipping it
+    changes no bit of z_public, while it restores from z_detail."""
+    import torch
+
+    from iae_privacy.model.protection import proxy_features
+    from iae_privacy.network import ExactINN, NetworkConfig
+
+    rng = np.random.default_rng(8)
+    n = 6_000
+    group, flag = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    proxy = group * flag  # the group, for the rows that have the flag
+    x = np.column_stack([group, flag, proxy, rng.integers(0, 50, (n, 3))]).astype(np.int64)
+    assert proxy_features(x, [("g", 0, -1)]) == (2,)
+    assert proxy_features(x[:, [0, 1, 3, 4, 5]], [("g", 0, -1)]) == ()  # nothing left that gives it away
+    config = NetworkConfig(levels=(2, 2, 2, 50, 50, 50), public_dims=3)
+    model = ExactINN.fitted(config, bytes(range(32)), torch.as_tensor(x), ((0, -1),), hidden=(2,)).freeze()
+    flipped = torch.as_tensor(x).clone()
+    flipped[:, 2] = 1 - flipped[:, 2]
+    assert torch.equal(model.encode(torch.as_tensor(x))[:, :3], model.encode(flipped)[:, :3])
+    assert not torch.equal(model.encode(torch.as_tensor(x)), model.encode(flipped))
+    assert torch.equal(model.decode(model.encode(torch.as_tensor(x))), torch.as_tensor(x))
+
+
+def test_a_declared_targets_best_predictor_gets_a_public_column_of_its_own():
+    """With an analysis target, its strongest predictor is one z_public column (the feature itself,
+    up to scale and rounding), not a share of mixtures; without one, no column is."""
+    import torch
+
+    from iae_privacy.analysts.target import favoured_features
+    from iae_privacy.network import ExactINN, NetworkConfig
+
+    rng = np.random.default_rng(9)
+    n = 6_000
+    common = rng.normal(0, 1, n)
+    x = np.column_stack([np.rint(50 + 15 * (common + rng.normal(0, 0.3, (n, 4)).T).T),  # 4 correlated
+                         rng.integers(0, 100, (n, 2))]).clip(0, 99).astype(np.int64)  # 2 independent
+    y = x[:, 5] * 2.0 + rng.normal(0, 5, n)  # the target follows an independent, low-variance feature
+    assert favoured_features(x, y, True, set(), 2) == (5,)
+    assert favoured_features(x, y, True, {5}, 2) == ()  # excluded (protected): nothing else predicts it
+    assert favoured_features(x, rng.normal(0, 1, n), True, set(), 2) == ()  # nothing predicts noise
+    config = NetworkConfig(levels=(100,) * 6, public_dims=2)
+
+    def best_match(favoured: tuple[int, ...]) -> float:
+        model = ExactINN.fitted(config, bytes(range(32)), torch.as_tensor(x), favoured=favoured).freeze()
+        z = model.encode(torch.as_tensor(x))[:, :2].numpy().astype(np.float64)
+        return max(abs(np.corrcoef(z[:, j], x[:, 5])[0, 1]) for j in range(2))
+
+    assert best_match((5,)) > 0.999 > 0.9 > best_match(())
+
+
+def test_the_analysis_target_is_declared_in_the_config_and_conflicts_are_refused(tmp_path):
+    config = tmp_path / "d.toml"
+    config.write_text('[columns]\nrace = "protected"\n[analysis]\ntarget = "wage"\n')
+    assert CodecConfig.load(config).target == "wage"
+    config.write_text('[analysis]\ntarget = "wage"\nlabel = "y"\n')
+    with pytest.raises(ConfigError, match=r"d\.toml: unknown key\(s\) in \[analysis\]: \['label'\]"):
+        CodecConfig.load(config)
+    with pytest.raises(ConfigError, match="'race' is both protected and the analysis target"):
+        CodecConfig(protected=("race",), target="race")
+    with pytest.raises(ConfigError, match="'id' is declared an identifier"):
+        CodecConfig(roles={"id": Role.IDENTIFIER}, target="id")
+    table = pq.read_table(write_synthetic_patients(tmp_path / "p.parquet", 300, seed=1))
+    with pytest.raises(IaeError, match="the data does not have"):
+        TableCodec.fit(table, CodecConfig(target="salary"))
+    with pytest.raises(ConfigError, match="the analysis target 'email' is an identifier"):
+        TableCodec.fit(table, CodecConfig(target="email"))
+    assert TableCodec.from_dict(TableCodec.fit(table, CodecConfig(target="copay")).to_dict()).config.target == "copay"

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from iae_privacy.analysts import attacks
 from iae_privacy.analysts.baselines import BASELINES
+from iae_privacy.analysts.target import target_score, target_values
 from iae_privacy.codec import CodecConfig, Role, TableCodec
 from iae_privacy.errors import IaeError
 from iae_privacy.keys import crypto
@@ -115,35 +116,6 @@ def default_ks(features: int) -> tuple[int, ...]:
     """About five k from 1 to all but one feature."""
     return tuple(sorted({1, max(1, features // 4), max(1, features // 2), max(1, 3 * features // 4),
                          max(1, features - 1)}))
-
-
-def target_values(column: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
-    """(values, is_regression) with nulls as NaN / a category of their own."""
-    import pyarrow.compute as pc
-
-    type_ = column.type
-    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
-        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), True
-    if pa.types.is_dictionary(type_):
-        column = pc.cast(column, type_.value_type)
-    values = np.asarray([str(v) for v in column.to_pylist()])
-    return np.unique(values, return_inverse=True)[1], False
-
-
-def _utility(x: np.ndarray, y: np.ndarray, regression: bool) -> float:
-    """Held-out R² (regression) or accuracy (classification) of gradient boosting, on a 50/50 split."""
-    from sklearn.ensemble import (
-        HistGradientBoostingClassifier,
-        HistGradientBoostingRegressor,
-    )
-
-    keep = ~np.isnan(y) if regression else np.ones(len(y), bool)
-    x, y = x[keep], y[keep]
-    half = len(x) // 2
-    model = HistGradientBoostingRegressor(random_state=0) if regression else \
-        HistGradientBoostingClassifier(random_state=0)
-    model.fit(x[:half], y[:half])
-    return float(model.score(x[half:], y[half:]))
 
 
 def _baseline_utility(y: np.ndarray, regression: bool) -> float:
@@ -268,8 +240,8 @@ def _measure(label: str, k: int, codec: TableCodec, raw: np.ndarray, latent: np.
     """Utility (NaN when ``y`` is None: the target is inside z) and every attack, for one model."""
     names, levels = codec.feature_names, np.asarray(codec.feature_levels)
     step(f"{label}: utility")
-    u_latent = _utility(latent, y, regression) if y is not None else float("nan")
-    u_raw = _utility(raw.astype(np.float64), y, regression) if y is not None else float("nan")
+    u_latent = target_score(latent, y, regression) if y is not None else float("nan")
+    u_raw = target_score(raw.astype(np.float64), y, regression) if y is not None else float("nan")
     step(f"{label}: attacks")
     # the largest leak gets each feature's own learner (what the per-feature table, the QI recovery
     # and the threat model report); the smaller ones one joint learner, to keep the sweep quick

@@ -101,6 +101,10 @@ def train_command(
         help="Comma-separated columns the latent table must not give away (with any the config marks "
         "\"protected\"): analysts get z_public released so that these cannot be told apart, and the report "
         "says what attacks still recover.")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="The column analysts will model (or [analysis] target in the config): its best predictors get "
+        "z_public columns of their own, and the report compares the latent table's score for it with the raw "
+        "features'.")] = None,
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
 
@@ -113,23 +117,23 @@ def train_command(
 
     source_rows(data)  # a clear error for a missing or unreadable file, before Prefect starts
     resolve_device(device)  # and for a GPU this machine does not have
-    if protect:  # and for a protected column the file lacks or the config declares otherwise
+    if protect or target:  # and for a column the file lacks or the config declares otherwise
         import dataclasses
 
         import pyarrow.parquet as pq
 
-        wanted = split_list(protect)
-        missing = [c for c in wanted if c not in pq.read_schema(data).names]
+        wanted = split_list(protect) if protect else []
+        missing = [c for c in [*wanted, *([target] if target else [])] if c not in pq.read_schema(data).names]
         if missing:
-            raise IaeError(f"--protect: {data} has no column(s) {', '.join(map(repr, missing))}")
+            raise IaeError(f"--protect/--target: {data} has no column(s) {', '.join(map(repr, missing))}")
         declared = config_for(data, config)
-        dataclasses.replace(declared, protected=(*declared.protected, *wanted))
+        dataclasses.replace(declared, protected=(*declared.protected, *wanted), target=target or declared.target)
     workspace = session(ctx).workspace()
     session(ctx).keyring()  # fail early, with the keyring's own message
     with flow_progress():
         result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
                             public_dims=public_dims, config=config_path(data, config), seconds=seconds,
-                            protect=list(split_list(protect)) if protect else None)
+                            protect=list(split_list(protect)) if protect else None, target=target)
     table = Table(title=f"{model}:v{result.version}: what z_public ({result.public_dims} columns) "
                   "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
@@ -163,6 +167,16 @@ def train_command(
                       f"R2 {utility['readout_r2_released']:.2f} (from the exact z_public "
                       f"{utility['readout_r2_exact']:.2f}). The per-feature table above is the exact z_public's; "
                       "analysts' latent tables hold the release", highlight=False)
+        if result.protection.get("proxies"):
+            console.print("proxies of the protected columns, given no weight in z_public (they restore from the "
+                          f"vault): {', '.join(result.protection['proxies'])}", highlight=False)
+    if result.target:
+        t = result.target
+        console.print(f"analysis target {t['column']}: gradient boosting predicts it from the latent table analysts "
+                      f"get with {t['score']} {t['latent']:.3f}, from the raw features (less the protected ones"
+                      + (" and the target itself, which z_public carries" if t.get("in_latent") else "")
+                      + f") {t['raw']:.3f}; given z_public columns of their own: "
+                      f"{', '.join(t['favoured']) or 'none (nothing predicts it well)'}", highlight=False)
 
 
 @app.command("encode")

@@ -117,6 +117,9 @@ class CodecConfig:
 
         [tokens]
         patient_id = "patient"   # a join domain: every column naming it, in any dataset, shares tokens
+
+        [analysis]
+        target = "wage"          # what analysts will model: its best predictors get public axes of their own
     """
 
     roles: dict[str, Role] = field(default_factory=dict)
@@ -129,9 +132,22 @@ class CodecConfig:
     protected: tuple[str, ...] = ()
     """Feature columns whose values analysts' latent table must not reveal (``"protected"`` in
     ``[columns]``, or ``train --protect``): see :mod:`iae_privacy.model.protection`."""
+    target: str | None = None
+    """The declared analysis target (``[analysis] target``, or ``train --target``): a passthrough
+    or feature column analysts will model. Its best predictors each get a z_public column of their
+    own (:func:`iae_privacy.model.pipeline.favoured_features`), and the train report states how well
+    the latent table predicts it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protected", tuple(dict.fromkeys(self.protected)))
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
+            raise ConfigError(f"analysis.target must be a column name, got {self.target!r}")
+        if self.target in self.protected:
+            raise ConfigError(f"column {self.target!r} is both protected and the analysis target: analysts "
+                              "cannot model a column the latent table must not give away. Choose one")
+        if self.target is not None and self.roles.get(self.target) is Role.IDENTIFIER:
+            raise ConfigError(f"the analysis target {self.target!r} is declared an identifier: analysts get only "
+                              "its tokens, which no model can learn from. Declare it passthrough or feature")
         for column in self.protected:
             if column in self.roles and self.roles[column] is not Role.FEATURE:
                 raise ConfigError(f"column {column!r} is declared {self.roles[column].value} and protected: a "
@@ -166,9 +182,13 @@ class CodecConfig:
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        unknown = set(doc) - {"columns", "codec", "tokens"}
+        unknown = set(doc) - {"columns", "codec", "tokens", "analysis"}
         if unknown:
-            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec], [tokens]")
+            raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; expected [columns], [codec], [tokens], "
+                              "[analysis]")
+        analysis = dict(doc.get("analysis", {}))
+        if set(analysis) - {"target"}:
+            raise ConfigError(f"{path}: unknown key(s) in [analysis]: {sorted(set(analysis) - {'target'})}")
         roles, protected = {}, []
         for column, value in doc.get("columns", {}).items():
             if value == "protected":
@@ -189,7 +209,8 @@ class CodecConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{path}: codec.{key} must be an integer")
         try:
-            return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), protected=tuple(protected), **codec)
+            return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), protected=tuple(protected),
+                       target=analysis.get("target"), **codec)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 

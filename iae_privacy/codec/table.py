@@ -174,7 +174,7 @@ class TableCodec:
         source = read_batches(data) if isinstance(data, (str, Path)) else data
         table = _as_table(source, config.sample_rows)
         names = table.schema.names
-        unknown = sorted((set(config.roles) | set(config.protected)) - set(names))
+        unknown = sorted((set(config.roles) | set(config.protected) | {config.target} - {None}) - set(names))
         if unknown:
             raise IaeError(f"config names column(s) {unknown} that the data does not have")
         specs = []
@@ -185,6 +185,11 @@ class TableCodec:
             if decision.role is Role.FEATURE:
                 feature = feature_column(network_kind(column.type), index, name, column, config)
             specs.append(ColumnSpec(index, name, decision.role, decision.reason, feature))
+        target = next((spec for spec in specs if spec.name == config.target), None)
+        if target is not None and target.role is Role.IDENTIFIER:
+            raise ConfigError(f"the analysis target {target.name!r} is an identifier ({target.reason}): analysts "
+                              "get only its tokens, which no model can learn from. Declare it passthrough or "
+                              "feature in [columns]")
         for column in config.join_domains:
             role = next((spec.role for spec in specs if spec.name == column), None)
             if role is not Role.IDENTIFIER:
@@ -315,7 +320,8 @@ class TableCodec:
             "config": {"levels": self.config.levels, "max_categories": self.config.max_categories,
                        "sample_rows": self.config.sample_rows,
                        **({"join_domains": dict(self.config.join_domains)} if self.config.join_domains else {}),
-                       **({"protected": list(self.config.protected)} if self.config.protected else {})},
+                       **({"protected": list(self.config.protected)} if self.config.protected else {}),
+                       **({"target": self.config.target} if self.config.target else {})},
             "fit_rows": self.fit_rows,
             "columns": [
                 {"name": c.name, "role": c.role.value, "reason": c.reason,

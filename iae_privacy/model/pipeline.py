@@ -15,7 +15,7 @@ import torch
 
 from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec, read_batches
 from iae_privacy.errors import IaeError
-from iae_privacy.model.protection import Protection, protected_features
+from iae_privacy.model.protection import Protection, protected_features, proxy_features
 from iae_privacy.network import ExactINN, NetworkConfig
 from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport, learner_threads, train
 
@@ -73,9 +73,12 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     """Fit the codec on ``path``, then train the keyed network on its features (a sample of up to
     ``codec_config.sample_rows`` rows)."""
     codec = TableCodec.fit(path, codec_config)
-    rows, features = 0, []
+    target = codec.config.target
+    rows, features, targets = 0, [], []
     for batch in read_batches(path):
         features.append(codec.encode(batch, source=str(path)).features)
+        if target is not None:
+            targets.append(batch.column(target))
         rows += batch.num_rows
         if rows >= codec.config.sample_rows:
             break
@@ -86,19 +89,55 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
     protected = protected_features(codec)
+    theirs = {f for _, f, null in protected for f in (f, null) if f >= 0}
+    favoured, hidden, y = (), (), None
+    if protected:
+        with learner_threads():
+            hidden = proxy_features(x, protected)
+    if target is not None:
+        from iae_privacy.analysts.target import favoured_features, target_values  # sklearn, only with a target
+
+        y, regression = target_values(pa.chunked_array(targets).slice(0, len(x)))
+        own = [j for j, name in enumerate(codec.feature_names) if name.split("#")[0] == target]
+        with learner_threads():
+            favoured = tuple(own) if own else favoured_features(x, y, regression, theirs | set(hidden),
+                                                                  max(1, network.public_dims // 4))
     model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows,
-                          tuple((f, null) for _, f, null in protected))
-    if not protected:
+                          tuple((f, null) for _, f, null in protected), favoured, hidden)
+    if not protected and target is None:
         return Model(codec, model), report
     # fitted on most of the sample, measured on the rest, picked at random (files are often sorted
     # by something, maybe the protected column itself)
     order = np.random.default_rng(0).permutation(len(x))
     held, fit = order[: min(max(len(x) * 3 // 10, 1), 20_000)], order[min(max(len(x) * 3 // 10, 1), 20_000):]
     z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
-    from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
-
+    protection = None
     with learner_threads():
-        protection = Protection.fit_calibrated(z[fit], x[fit], protected)
-        report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
-                                    codec.feature_names)
+        if protected:
+            from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
+
+            protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured)
+            report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
+                                        codec.feature_names)
+            report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
+        if target is not None:
+            report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs,
+                                           z[held] if protection is None else protection.release(z[held], x[held]))
     return Model(codec, model, protection), report
+
+
+def _target_report(codec: TableCodec, target: str, favoured: tuple[int, ...], y: np.ndarray, regression: bool,
+                   codes: np.ndarray, excluded: set[int], latent: np.ndarray) -> dict:
+    """The train report's target section: how well gradient boosting predicts the declared target
+    from what analysts get, and from the raw features less the protected ones (held-out rows). A
+    target that is itself a feature (``in_latent``) is compared with the other raw features:
+    analysts read it from z_public."""
+    from iae_privacy.analysts.target import target_score
+
+    inside = [j for j, name in enumerate(codec.feature_names) if name.split("#")[0] == target]
+    others = [j for j in range(codes.shape[1]) if j not in excluded and j not in inside]
+    return {"column": target, "kind": "number" if regression else "category",
+            "score": "R2" if regression else "accuracy",
+            "favoured": [codec.feature_names[j] for j in favoured], "in_latent": bool(inside),
+            "latent": target_score(np.asarray(latent, dtype=np.float64), y, regression),
+            "raw": target_score(codes[:, others].astype(np.float64), y, regression) if others else float("nan")}

@@ -54,7 +54,7 @@ import numpy as np
 
 from iae_privacy.errors import ConfigError
 
-__all__ = ["Protection", "protected_features", "SHRINK", "DECIMALS", "MAX_GROUPS", "MAX_JOINT_GROUPS"]
+__all__ = ["Protection", "protected_features", "proxy_features", "SHRINK", "DECIMALS", "MAX_GROUPS", "MAX_JOINT_GROUPS"]
 
 MAX_GROUPS = 16
 """Groups per protected column: its distinct codes when there are at most this many, else this
@@ -80,6 +80,11 @@ READOUT_FEATURES = 8
 MIN_QUANTILE_ROWS = 50
 """A group with fewer training rows keeps its moment-matched values (no quantile repair)."""
 DECIMALS = 2
+MAX_PROXIES = 4
+"""Proxies of the protected columns (:func:`proxy_features`) given no weight in z_public, at most."""
+PROXY_IMPORTANCE = 0.05
+"""Accuracy a gradient-boosting attacker must lose when a feature is permuted for the feature to
+be a proxy of the protected columns: one feature that alone moves the attacker this much."""
 """Decimals of a released value (the exact z_public columns are integers)."""
 
 
@@ -107,6 +112,46 @@ def protected_features(codec) -> list[tuple[str, int, int]]:
         null_bit = codec.columns[[c.name for c in codec.columns].index(name)].feature.width == 2
         found.append((name, offsets[name] + int(null_bit), offsets[name] if null_bit else -1))
     return found
+
+
+def proxy_features(features: np.ndarray, columns: list[tuple[str, int, int]], most: int = MAX_PROXIES,
+                   seed: int = 0) -> tuple[int, ...]:
+    """The features that give the protected columns away on their own terms, most telling first:
+    gradient boosting predicts the protected columns' joint groups from the other features (half of
+    up to :data:`CALIBRATION_ROWS` random rows fitted, half scored); while it beats always guessing
+    the most common group by more than :data:`TOLERANCE`, the feature whose permutation costs it
+    the most accuracy, if that is at least :data:`PROXY_IMPORTANCE`, is a proxy and is left out of
+    the next round (at most ``most``).
+
+    A network fitted with proxies gives them exactly no weight in z_public, as it does the
+    protected columns themselves: a feature such as ``fchild`` (female and a child) is the
+    protected column for a third of the rows, and no noise hides it without drowning everything
+    it is mixed with. A proxy still restores bit for bit, from z_detail."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.inspection import permutation_importance
+
+    if not columns or most < 1:
+        return ()
+    rows = np.random.default_rng(seed).permutation(len(features))[:CALIBRATION_ROWS]
+    codes = features[rows].astype(np.float64)
+    groups = Protection.grouping(codes, columns).groups(codes)
+    half = len(rows) // 2
+    if half < 50 or len(np.unique(groups[:half])) < 2:
+        return ()
+    share = np.unique(groups[half:], return_counts=True)[1].max() / (len(rows) - half)
+    left = [j for j in range(codes.shape[1]) if j not in {f for _, f, null in columns for f in (f, null)}]
+    found: list[int] = []
+    while len(found) < most and left:
+        attacker = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+        attacker.fit(codes[:half][:, left], groups[:half])
+        if attacker.score(codes[half:][:, left], groups[half:]) <= share + TOLERANCE:
+            break
+        importance = permutation_importance(attacker, codes[half:][:, left], groups[half:], n_repeats=3,
+                                            random_state=seed).importances_mean
+        if importance.max() < PROXY_IMPORTANCE:
+            break
+        found.append(left.pop(int(np.argmax(importance))))
+    return tuple(found)
 
 
 def _sqrt_pair(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,10 +236,9 @@ class Protection:
     # -- fitting --------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, z_public: np.ndarray, features: np.ndarray, columns: list[tuple[str, int, int]]) -> Protection:
-        """Fitted on training rows: ``z_public`` (n, k) and their network feature codes."""
-        z = _dithered(z_public)
-        k = z.shape[1]
+    def grouping(cls, features: np.ndarray, columns: list[tuple[str, int, int]], k: int = 1) -> Protection:
+        """A protection that only knows the protected columns' groups (:meth:`groups`), their cut
+        points fitted on ``features``; its maps are the identity until :meth:`fit` fits them."""
         edges = []
         most = max(2, min(MAX_GROUPS, int(round(MAX_JOINT_GROUPS ** (1 / max(len(columns), 1))))))
         for _, f, null in columns:
@@ -207,9 +251,16 @@ class Protection:
             else:
                 cuts = np.unique(np.quantile(codes, np.linspace(0, 1, most + 1)[1:-1]))
             edges.append([float(c) for c in cuts])
-        protection = cls([c for c, _, _ in columns], [f for _, f, _ in columns], [n for _, _, n in columns], edges,
-                         np.zeros(k), np.zeros((1, k)),
-                         np.eye(k)[None], np.eye(k)[None], np.zeros((1, 1, k, QUANTILES)), np.zeros((1, k, QUANTILES)))
+        return cls([c for c, _, _ in columns], [f for _, f, _ in columns], [n for _, _, n in columns], edges,
+                   np.zeros(k), np.zeros((1, k)),
+                   np.eye(k)[None], np.eye(k)[None], np.zeros((1, 1, k, QUANTILES)), np.zeros((1, k, QUANTILES)))
+
+    @classmethod
+    def fit(cls, z_public: np.ndarray, features: np.ndarray, columns: list[tuple[str, int, int]]) -> Protection:
+        """Fitted on training rows: ``z_public`` (n, k) and their network feature codes."""
+        z = _dithered(z_public)
+        k = z.shape[1]
+        protection = cls.grouping(features, columns, k)
         groups = protection.groups(features)
         count = protection.group_count
         mean = z.mean(axis=0)
@@ -252,7 +303,7 @@ class Protection:
 
     @classmethod
     def fit_calibrated(cls, z_public: np.ndarray, features: np.ndarray,
-                       columns: list[tuple[str, int, int]]) -> Protection:
+                       columns: list[tuple[str, int, int]], favoured: tuple[int, ...] = ()) -> Protection:
         """:meth:`fit` on 70 % of the rows (in the order given: shuffle them first), then the
         release calibrated on the other 30 % (up to :data:`CALIBRATION_ROWS`) against gradient
         boosting (3-fold cross-validated), until it tells the joint groups apart no better than
@@ -268,7 +319,8 @@ class Protection:
            largest if none does).
 
         When both pass, the one gradient boosting reads :data:`READOUT_FEATURES` other features
-        back from best is kept."""
+        back from best is kept: the ``favoured`` ones first (a declared target's predictors), then
+        the others in order."""
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.inspection import permutation_importance
         from sklearn.model_selection import cross_val_score
@@ -314,8 +366,9 @@ class Protection:
         if len(passed) > 1:  # both hide the groups: the one the other features are read from best
             from iae_privacy.analysts.protection import readout_r2  # sklearn, as above
 
-            others = np.setdiff1d(np.arange(codes.shape[1]), [f for f in protection.features + protection.nulls
-                                                                if f >= 0])[:READOUT_FEATURES]
+            theirs = {f for f in protection.features + protection.nulls if f >= 0}
+            others = [j for j in dict.fromkeys([*favoured, *range(codes.shape[1])]) if j not in theirs]
+            others = others[:READOUT_FEATURES]
             scores = []
             for protection.transfer, protection.noise in passed:
                 scores.append(readout_r2(protection.release(z, codes), codes[:, others].astype(np.float64),

@@ -360,7 +360,8 @@ class ExactINN(nn.Module):
     @classmethod
     @torch.no_grad()
     def fitted(cls, config: NetworkConfig, key: bytes, x: torch.Tensor,
-               protected: tuple[tuple[int, int], ...] = ()) -> ExactINN:
+               protected: tuple[tuple[int, int], ...] = (), favoured: tuple[int, ...] = (),
+               hidden: tuple[int, ...] = ()) -> ExactINN:
         r"""A network fitted to the principal components of ``x`` (feature codes), ready to train.
 
         Architecture 2. With :math:`h` the upscaled features, :math:`W = (V_k R)^\top D_\sigma^{-1}`
@@ -381,6 +382,15 @@ class ExactINN(nn.Module):
         alone, has the same mean in every group, and carries nothing a linear model could use to
         tell them apart (while k leaves room: k <= the number of other features).
 
+        With ``favoured`` features (the best predictors of a declared analysis target, chosen by
+        :func:`iae_privacy.model.pipeline.favoured_features`), each of the first k - 1 of them is a
+        public axis of its own, the feature itself (less its group-mean directions, with protected
+        columns), and the other axes are the principal axes of what they leave: an analyst's model
+        of the target reads its predictors from one column each, not from mixtures of many, and
+        the release's noise (``model/protection.py``) can spare them when they do not give the
+        protected groups away. ``hidden`` features (proxies of the protected columns,
+        :func:`iae_privacy.model.protection.proxy_features`) get zero coefficients too.
+
         All are shears, exactly invertible once rounded. ``z_public`` then carries what PCA-k
         carries, in columns trees read better, and decoding with ``z_detail = 0`` is PCA-k's
         reconstruction; training adds the
@@ -390,7 +400,7 @@ class ExactINN(nn.Module):
         model = cls(config, key)
         if config.architecture != 2:
             return model
-        lifts = model._principal_lifts(x.to(torch.float64), protected)
+        lifts = model._principal_lifts(x.to(torch.float64), protected, favoured, hidden)
         if lifts is not None:
             weights, bits = lifts
             model = cls(replace(config, lift_bits=bits), key)
@@ -401,7 +411,8 @@ class ExactINN(nn.Module):
         model._scale_shifts(x.to(torch.float64))
         return model
 
-    def _principal_lifts(self, x: torch.Tensor, protected: tuple[tuple[int, int], ...] = ()
+    def _principal_lifts(self, x: torch.Tensor, protected: tuple[tuple[int, int], ...] = (),
+                         favoured: tuple[int, ...] = (), hidden: tuple[int, ...] = ()
                          ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
         """The lifting steps' weights fitted to ``x`` (see :meth:`fitted`) and their clamps' bits;
         None when there is nothing to fit (one side empty, or one row)."""
@@ -415,16 +426,24 @@ class ExactINN(nn.Module):
         spread = np.where(spread > 0, spread, 1.0)
         standardised = (values - mean) / spread
         covariance = np.cov(standardised.T).reshape(d, d)
+        away = np.eye(d)
         if protected:
-            away = np.eye(d) - _group_directions(standardised, x.numpy(), protected)
+            away = away - _group_directions(standardised, x.numpy(), protected)
             covariance = away @ covariance @ away
+        own = [f for pair in protected for f in pair if f >= 0] + [f for f in hidden if 0 <= f < d]
+        chosen = away[:, [f for f in dict.fromkeys(favoured) if f not in own and 0 <= f < d][: k - 1]]
+        chosen = chosen[:, np.linalg.norm(chosen, axis=0) > 1e-6]  # a feature all in the group directions
+        if chosen.shape[1]:  # the favoured features' own axes; the principal axes of what they leave
+            chosen = chosen / np.linalg.norm(chosen, axis=0)
+            basis = np.linalg.qr(chosen)[0]
+            leave = np.eye(d) - basis @ basis.T
+            covariance = leave @ covariance @ leave
         _, vectors = np.linalg.eigh(covariance)
-        # the top-k principal axes, varimax-rotated: the same subspace (what it reconstructs is
+        # the top principal axes, varimax-rotated: the same subspace (what it reconstructs is
         # PCA-k's), with each column leaning on few features, which analysts' models (trees above
         # all) read far better (gradient-boosting read-out 0.04-0.07 higher on the sample tables)
-        axes = vectors[:, ::-1][:, :k]
-        w = (axes @ varimax(axes) / spread[:, None]).T
-        own = [f for pair in protected for f in pair if f >= 0]
+        axes = vectors[:, ::-1][:, : k - chosen.shape[1]]
+        w = (np.c_[chosen, axes @ varimax(axes)] / spread[:, None]).T
         if own and k <= d - len(own):
             # exactly nothing of the protected features themselves: no carrier, no weight, so the
             # rounded shifts (and z_public) are functions of the other features alone
