@@ -245,13 +245,39 @@ def test_a_tampered_manifest_is_refused(world, copy, tmp_path):
     assert_refused(world, request, tmp_path / "o.parquet", "fails its signature", encoded=copy)
 
 
-def test_a_manifest_changed_since_the_request_was_made_is_refused(world, copy, tmp_path):
-    request = world.request(rows=[world.id(1, 0)], encoded=copy)
+def test_a_part_withdrawn_or_rewritten_since_the_request_was_made_is_refused(world, copy, tmp_path):
+    request = world.request(rows=[world.id(1, 0)], encoded=copy)  # pins parts 1 and 2
     dataset = EncodedDataset(copy)
     manifest = dataset.read_manifest(world.keyring)
-    manifest.parts = manifest.parts[:1]  # e.g. a part withdrawn, the manifest properly re-signed
+    full = list(manifest.parts)
+    manifest.parts = full[:1]  # e.g. a part withdrawn, the manifest properly re-signed
     dataset.write_manifest(manifest, world.keyring)
-    assert_refused(world, request, tmp_path / "o.parquet", "changed since the request was made", encoded=copy)
+    assert_refused(world, request, tmp_path / "o.parquet", "removed or rewritten since it was made", encoded=copy)
+    manifest.parts = full
+    dataset.write_manifest(manifest, world.keyring)
+    second = world.request(rows=[world.id(1, 0)], encoded=copy)
+    manifest.parts = [full[0], dataclasses.replace(full[1], batches=full[1].batches + 1)]  # a record rewritten
+    dataset.write_manifest(manifest, world.keyring)
+    assert_refused(world, second, tmp_path / "o.parquet", "removed or rewritten since it was made", encoded=copy)
+
+
+def test_a_request_survives_parts_added_after_it_and_restores_only_the_parts_it_pinned(world, copy, tmp_path):
+    """A scheduled encode that commits a part no longer invalidates outstanding requests (issue 17)."""
+    dataset = EncodedDataset(copy)
+    manifest = dataset.read_manifest(world.keyring)
+    full = list(manifest.parts)
+    manifest.parts = full[:1]  # the dataset before its second part was encoded
+    dataset.write_manifest(manifest, world.keyring)
+    whole, one = world.request(encoded=copy), world.request(rows=[world.id(1, 7)], encoded=copy)
+    later = world.request(rows=[world.id(2, 0)], encoded=copy)  # a row of a part the request cannot cover
+    manifest.parts = full  # then the scheduled encode commits part 2
+    dataset.write_manifest(manifest, world.keyring)
+    out = tmp_path / "whole.parquet"
+    assert restore(world, whole, out, encoded=copy) == 5_000  # part 1, the one pinned, whole
+    assert first_difference(pq.read_table(world.sources[0]), pq.read_table(out)) is None
+    assert restore(world, one, tmp_path / "one.parquet", encoded=copy) == 1
+    assert first_difference(source_rows(world, [world.id(1, 7)]), pq.read_table(tmp_path / "one.parquet")) is None
+    assert_refused(world, later, tmp_path / "later.parquet", "is not in", encoded=copy)
 
 
 @pytest.mark.parametrize("damage", ["latent byte", "vault byte", "vaults swapped", "latent missing", "vault missing"])
@@ -381,7 +407,7 @@ def test_a_dataset_that_changes_between_authorisation_and_restore_is_not_restore
     manifest.parts = manifest.parts[:1]  # meanwhile the manifest changes, properly re-signed
     dataset.write_manifest(manifest, world.keyring)
     out = tmp_path / "restored"
-    with pytest.raises(IaeError, match="changed between the authorisation and the restore"):
+    with pytest.raises(IaeError, match="removed or rewritten since it was made"):
         world.access.restore(grant, out)
     assert not out.exists()
     failed = world.access.audit.entries()[-1]

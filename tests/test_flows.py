@@ -43,6 +43,9 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     assert len(encoding) > 1 and encoding[-1] == ("encoding part 1", 4_000, 4_000, "rows")
     assert [r[1] for r in encoding] == sorted(r[1] for r in encoding)
 
+    early = tmp_path / "early-request.json"  # made before the next scheduled encode adds a part
+    early.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
+
     write_synthetic_patients(landing / "day2.parquet", 2_500, seed=2)
     (landing / "day3.parquet").write_bytes(b"PAR1 still being copied")  # a scheduled run skips it, says so
     (landing / "day4.parquet").mkdir()
@@ -53,6 +56,12 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     assert (second.encoded_parts, second.skipped_sources, second.rows) == (1, 1, 6_500)
     (landing / "day3.parquet").unlink()
     (landing / "day4.parquet").rmdir()
+
+    # the request made before part 2 still works, and restores the part it pinned
+    kept = decode_flow(encoded=str(tmp_path / "enc"), request=str(early), out=str(tmp_path / "early.parquet"),
+                       home=home)
+    assert kept.restored_rows == 4_000
+    assert first_difference(pq.read_table(landing / "day1.parquet"), pq.read_table(tmp_path / "early.parquet")) is None
 
     request = tmp_path / "request.json"
     request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))

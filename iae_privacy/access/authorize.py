@@ -6,6 +6,7 @@ Every refusal is an :class:`AccessRefused` with the reason, recorded in the audi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from iae_privacy.keys import crypto
 if TYPE_CHECKING:
     pass
 
-__all__ = ["Authorizer", "Grant", "CLOCK_SKEW"]
+__all__ = ["Authorizer", "Grant", "CLOCK_SKEW", "pinned_manifest"]
 
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far ahead of this machine's clock a request's creation time may be."""
@@ -49,7 +50,30 @@ class Grant:
     synthesize: bool = False
     """Synthetic records (``rows`` of them) instead of a restore."""
     manifest_sha256: str = ""
-    """The signed manifest the grant was checked against: the restore refuses any other."""
+    """A version-1 request's: the signed manifest the grant was checked against; the restore
+    refuses any other."""
+    parts: tuple[int, ...] | None = None
+    """A version-2 request's pinned parts: the restore reads these alone, and refuses unless the
+    signed manifest still lists them unchanged (:attr:`parts_sha256`)."""
+    parts_sha256: str = ""
+
+
+def pinned_manifest(manifest: Manifest, dataset: str, manifest_sha256: str, parts: tuple[int, ...] | None,
+                    parts_sha256: str, folder: Path) -> Manifest:
+    """``manifest`` (signature checked) narrowed to the pinned ``parts``, when it still lists them
+    unchanged; a version-1 pin (``parts`` None) needs the whole manifest unchanged. An
+    :class:`IaeError` otherwise."""
+    if manifest.dataset != dataset:
+        raise IaeError(f"the request names dataset {dataset!r}; {folder} holds {manifest.dataset!r}")
+    if parts is None:
+        if hashlib.sha256(manifest.body()).hexdigest() != manifest_sha256:
+            raise IaeError(f"{folder} changed since the request was made: make a new request")
+        return manifest
+    listed = {p.part for p in manifest.parts}
+    if not set(parts) <= listed or manifest.pin(parts) != parts_sha256:
+        raise IaeError(f"part(s) of {folder} that the request covers were removed or rewritten since it was "
+                       "made: make a new request")
+    return dataclasses.replace(manifest, parts=[p for p in manifest.parts if p.part in set(parts)])
 
 
 class Authorizer(PolicyStore):
@@ -136,18 +160,17 @@ class Authorizer(PolicyStore):
                                       **{k: v for k, v in facts.items() if k != "nonce"})
         self.hold(entry["seq"])
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
-                     request.nonce, request.synthesize is not None, request.manifest_sha256)
+                     request.nonce, request.synthesize is not None, request.manifest_sha256, request.parts,
+                     request.parts_sha256)
 
     def _manifest(self, dataset: EncodedDataset, request: DecodeRequest) -> Manifest:
+        """The signed manifest, narrowed to the parts the request pins (version 2)."""
         try:
             manifest = dataset.read_manifest(self.keyring)
+            return pinned_manifest(manifest, request.dataset, request.manifest_sha256, request.parts,
+                                   request.parts_sha256, dataset.folder)
         except IaeError as exc:
             raise AccessRefused(str(exc)) from None
-        if (hashlib.sha256(manifest.body()).hexdigest() != request.manifest_sha256
-                or manifest.dataset != request.dataset):
-            raise AccessRefused(f"the request names another dataset, or {dataset.folder} changed since the request "
-                                "was made: make a new request")
-        return manifest
 
     @staticmethod
     def _columns(dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest, role: AccessRole,

@@ -1,8 +1,10 @@
 """Decode requests, the requester's side: what a principal asks to restore, signed with their key.
 
-A request names the dataset (by the hash of its signed manifest), the columns and rows, the
-purpose, an expiry and a nonce; it is canonical JSON, so no byte of it can change and still
-verify, and it works once (the audit log refuses a nonce granted before).
+A request names the dataset and pins the parts it covers (their numbers and a hash of their
+manifest records: parts a scheduled encode adds later are not covered, and do not invalidate it),
+the columns and rows, the purpose, an expiry and a nonce; it is canonical JSON, so no byte of it
+can change and still verify, and it works once (the audit log refuses a nonce granted before).
+Requests of version 1 pinned the whole manifest (any new part invalidated them); they are still read.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DecodeRequest:
     principal: str
     dataset: str
     manifest_sha256: str
+    """Version 1: the hash of the whole manifest body; "" in version 2 (:attr:`parts`)."""
     columns: tuple[str, ...] | None
     rows: tuple[int, ...] | None
     where_token: tuple[str, str] | None
@@ -47,14 +50,19 @@ class DecodeRequest:
     nonce: str
     synthesize: int | None = None
     """Instead of restoring: this many synthetic records sampled from the dataset's model."""
+    parts: tuple[int, ...] | None = None
+    """Version 2: the parts the request covers, those of the dataset when it was made."""
+    parts_sha256: str = ""
+    """Version 2: :meth:`iae_privacy.dataset.manifest.Manifest.pin` of :attr:`parts`."""
 
     @property
     def whole(self) -> bool:
         return self.rows is None and self.where_token is None and self.synthesize is None
 
     def document(self) -> dict[str, Any]:
-        return {"format": REQUEST_FORMAT, "version": 1, "principal": self.principal, "dataset": self.dataset,
-                "manifest_sha256": self.manifest_sha256,
+        pinned = ({"version": 1, "manifest_sha256": self.manifest_sha256} if self.parts is None else
+                  {"version": 2, "parts": list(self.parts), "parts_sha256": self.parts_sha256})
+        return {"format": REQUEST_FORMAT, **pinned, "principal": self.principal, "dataset": self.dataset,
                 "columns": None if self.columns is None else list(self.columns),
                 "rows": None if self.rows is None else list(self.rows),
                 "where_token": None if self.where_token is None else
@@ -64,15 +72,16 @@ class DecodeRequest:
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> DecodeRequest:
-        if doc["format"] != REQUEST_FORMAT or doc["version"] != 1:
+        if doc["format"] != REQUEST_FORMAT or doc["version"] not in (1, 2):
             raise ValueError("format")
-        where = doc["where_token"]
-        request = cls(str(doc["principal"]), str(doc["dataset"]), str(doc["manifest_sha256"]),
+        where, old = doc["where_token"], doc["version"] == 1
+        request = cls(str(doc["principal"]), str(doc["dataset"]), str(doc["manifest_sha256"]) if old else "",
                       None if doc["columns"] is None else tuple(str(c) for c in doc["columns"]),
                       None if doc["rows"] is None else tuple(int(r) for r in doc["rows"]),
                       None if where is None else (str(where["column"]), str(where["token"])),
                       str(doc["purpose"]), str(doc["created"]), str(doc["expires"]), str(doc["nonce"]),
-                      None if doc["synthesize"] is None else int(doc["synthesize"]))
+                      None if doc["synthesize"] is None else int(doc["synthesize"]),
+                      None if old else tuple(int(p) for p in doc["parts"]), "" if old else str(doc["parts_sha256"]))
         if request.document() != doc:
             raise ValueError("not canonical")
         if timestamp(request.expires) <= timestamp(request.created):
@@ -83,6 +92,8 @@ class DecodeRequest:
             raise ValueError("no column")
         if request.rows is not None and not request.rows:
             raise ValueError("no row")
+        if request.parts is not None and not request.parts:
+            raise ValueError("no part")
         if request.synthesize is not None and (request.synthesize < 1 or request.columns is not None
                                                or request.rows is not None or request.where_token is not None):
             raise ValueError("synthesize")
@@ -116,8 +127,9 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
                  purpose: str = "", ttl_seconds: int = 3600, synthesize: int | None = None) -> bytes:
     """A signed request file for the encoded dataset ``encoded``, signed with ``private_key`` (PEM).
 
-    Needs no keyring: the dataset is named by the hash of its manifest as it is now (the decode
-    checks that manifest's signature and that it still has this hash)."""
+    Needs no keyring: the request pins the dataset's parts as its manifest lists them now (the
+    decode checks that manifest's signature and that these parts are still there, unchanged; parts
+    added since are not restored)."""
     check_name(principal, "principal")
     if rows is not None and where_token is not None:
         raise IaeError("give rows or a token to match, not both")
@@ -130,7 +142,9 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
     if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None
                                    or columns is not None):
         raise IaeError("a synthesis request names a positive number of rows, and no rows, token or columns")
-    dataset, manifest_sha256 = EncodedDataset(encoded).manifest_identity()
+    dataset, parts, parts_sha256 = EncodedDataset(encoded).manifest_pin()
+    if not parts:
+        raise IaeError(f"{encoded} has no encoded parts yet: nothing to request")
     try:
         check_private(private_key, folder=False, what="private key")
         pem = private_key.read_bytes()
@@ -139,11 +153,11 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
     except OSError as exc:
         raise IaeError(f"private key {private_key} cannot be read ({exc.strerror})") from None
     now = utc_now()
-    request = DecodeRequest(principal, dataset, manifest_sha256, None if columns is None else tuple(columns),
+    request = DecodeRequest(principal, dataset, "", None if columns is None else tuple(columns),
                             None if rows is None else tuple(sorted(set(rows))), where_token, purpose,
                             now.isoformat(timespec="seconds"),
                             (now + datetime.timedelta(seconds=ttl_seconds)).isoformat(timespec="seconds"),
-                            os.urandom(16).hex(), synthesize)
+                            os.urandom(16).hex(), synthesize, parts, parts_sha256)
     try:
         signature, _ = crypto.sign(pem, canonical(request.document()))
     except crypto.InvalidSigningKey as exc:

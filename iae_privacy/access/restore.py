@@ -6,14 +6,13 @@ behind on failure.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from iae_privacy.access.audit import AuditError, AuditLog
-from iae_privacy.access.authorize import Grant
+from iae_privacy.access.authorize import Grant, pinned_manifest
 from iae_privacy.dataset.store import EncodedDataset
 from iae_privacy.documents import canonical, parse_json
 from iae_privacy.errors import IaeError
@@ -50,11 +49,10 @@ class Restorer:
         marker = self.hold(grant.audit_seq, out)
         try:
             try:
-                manifest = dataset.read_manifest(self.keyring)
-                if hashlib.sha256(manifest.body()).hexdigest() != grant.manifest_sha256:
-                    # e.g. a scheduled encode committed a part in between: the grant covers what was checked
-                    raise IaeError(f"{dataset.folder} changed between the authorisation and the restore: "
-                                   "make a new request")
+                # the grant covers the parts checked at the authorisation: the same, unchanged, alone
+                # (a scheduled encode may have committed a part in between)
+                manifest = pinned_manifest(dataset.read_manifest(self.keyring), grant.dataset, grant.manifest_sha256,
+                                           grant.parts, grant.parts_sha256, dataset.folder)
                 loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
                 if grant.synthesize:
                     from iae_privacy.analysts.synthesize import (
@@ -63,7 +61,7 @@ class Restorer:
 
                     rows = synthesize_records(dataset, manifest, loaded, self.keyring, grant.rows, out, on_rows)
                 elif grant.located is None and grant.columns is None:
-                    rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows)
+                    rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows, manifest)
                 else:
                     if out.suffix != ".parquet":
                         raise IaeError(f"{out}: a restore of some rows or columns goes to one .parquet file")

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
@@ -23,7 +23,7 @@ from iae_privacy.keys.keyring import Keyring, Purpose
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     pass
 
-__all__ = ["CURRENT_FORMAT", "MANIFEST_FORMAT", "PartRecord", "Manifest", "Scheme", "ManifestFile"]
+__all__ = ["CURRENT_FORMAT", "MANIFEST_FORMAT", "PartRecord", "Manifest", "Scheme", "ManifestFile", "pin_digest"]
 
 MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
 
@@ -80,6 +80,11 @@ class PartRecord:
         return cls(**{fields.get(k, k): v for k, v in doc.items()})
 
 
+def pin_digest(records: list[dict]) -> str:
+    """SHA-256 of part records (their manifest documents), in part order."""
+    return hashlib.sha256(canonical(sorted(records, key=lambda p: int(p["part"])), ascii=True)).hexdigest()
+
+
 @dataclass
 class Manifest:
     dataset: str
@@ -88,6 +93,12 @@ class Manifest:
     parts: list[PartRecord] = field(default_factory=list)
     updated: str = ""
     version: int = CURRENT_FORMAT
+
+    def pin(self, parts: Iterable[int] | None = None) -> str:
+        """SHA-256 of the records of ``parts`` (default: all), as the manifest writes them: what a
+        decode request pins. Parts added later leave it unchanged; any change to these parts does not."""
+        wanted = None if parts is None else set(parts)
+        return pin_digest([p.document(self.version) for p in self.parts if wanted is None or p.part in wanted])
 
     def body(self) -> bytes:
         doc = {"format": MANIFEST_FORMAT, "version": self.version, "dataset": self.dataset, "model": self.model,
@@ -182,6 +193,18 @@ class ManifestFile(DatasetFolder):
             raise StoreError(f"{self.manifest_path} fails its signature: it was altered, or signed by "
                              "another keyring")
         return manifest
+
+    def manifest_pin(self) -> tuple[str, tuple[int, ...], str]:
+        """(dataset name, its part numbers, :meth:`Manifest.pin` of them) as the file says, without
+        checking its signature: what a request pins (the decode checks the signature, and that
+        these parts are still there, unchanged)."""
+        b, _, _ = self._manifest_document()
+        try:
+            records = [dict(p) for p in b["parts"]]
+            parts = tuple(sorted(int(p["part"]) for p in records))
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.manifest_path} is damaged (its parts cannot be read)") from None
+        return str(b.get("dataset")), parts, pin_digest(records)
 
     def manifest_identity(self) -> tuple[str, str]:
         """(dataset name, SHA-256 of the manifest's body) as the file says, without checking its

@@ -97,14 +97,15 @@ class Reader(ManifestFile):
         return [out / f"part-{record.part:05d}-{Path(scheme.source(record)).name}" for record in records]
 
     def decode_all(self, model: Model, keyring: Keyring, out: Path,
-                   on_rows: Callable[[int, int], None] | None = None) -> int:
+                   on_rows: Callable[[int, int], None] | None = None, manifest: Manifest | None = None) -> int:
         """Restore every part, after checking the manifest's signature and every part's hash.
 
         One part restores to ``out`` when it ends in ``.parquet``; otherwise ``out`` is a folder with
         one file per part. Written atomically with owner-only permissions; returns the rows restored.
-        ``on_rows(done, total)`` is called after each batch (for progress).
+        ``on_rows(done, total)`` is called after each batch (for progress). ``manifest``: the signed
+        manifest already read and checked, narrowed to the parts to restore (a request's pin).
         """
-        manifest = self.read_manifest(keyring)
+        manifest = manifest or self.read_manifest(keyring)
         if not manifest.parts:
             raise StoreError(f"{self.folder} has no encoded parts")
         for record in manifest.parts:
