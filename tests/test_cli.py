@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -555,3 +557,74 @@ def test_audit_show_filters_by_principal_dataset_and_time_and_writes_json_lines(
     assert len(lines("--since", "2000-01-01", "--principal", "bo")) == 1
     code, out = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "show", "--since", "last week")
     assert code == 2 and "--since 'last week'" in out and "Traceback" not in out
+
+
+def test_who_saw_this_record_a_known_value_to_its_token_and_row_ids_then_the_audit_by_row_id(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """Issue 17, item 5: 'iae-privacy token' turns a known e-mail into its token and row ids
+    (audited, never the value); grants record the row ids they cover; 'audit show --row-id/--token'
+    then lists who was granted that record, whole-dataset grants included."""
+    import collections
+    import json
+
+    from iae_privacy.access.control import AccessControl, AccessRole, make_request
+    from iae_privacy.codec import CodecConfig
+    from iae_privacy.dataset.store import EncodedDataset
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.model.registry import transform_key
+    from iae_privacy.network.train import TrainConfig
+    from iae_privacy.samples import write_synthetic_patients
+    from iae_privacy.workspace import Workspace
+
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    workspace = Workspace.at(tmp_path)
+    keyring = workspace.keyring()
+    source = write_synthetic_patients(tmp_path / "landing" / "p.parquet", 1_500, seed=4)
+    model, report = fit_model(source, transform_key(keyring, "p", 1), CodecConfig(), TrainConfig(epochs=0))
+    workspace.models.save(model, "p", 1, keyring, report)
+    dataset = EncodedDataset(tmp_path / "enc")
+    records = [dataset.encode_source(s, part, model, "p", 1, keyring, "patients", digest)
+               for s, digest, part in dataset.plan([source], keyring, "patients", "p", 1)]
+    dataset.commit(records, keyring, "patients", "p", 1)
+    emails = pq.read_table(source, columns=["email"]).column("email").to_pylist()
+    counts = collections.Counter(emails)
+    known, other = [e for e in emails if e is not None and counts[e] == 1][:2]
+
+    result = runner.invoke(app, ["--home", str(tmp_path), "token", str(tmp_path / "enc"), "email", "-", "--json"],
+                           input=known + "\n", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    looked_up = json.loads(result.output)
+    (row_id,) = looked_up["row_ids"]
+    latent = pq.read_table(tmp_path / "enc" / "latent", columns=["row_id", "email"])
+    assert latent.filter(pa.compute.equal(latent.column("row_id"), row_id)).column("email")[0].as_py() == \
+        looked_up["token"]
+    other_id = json.loads(run("token", str(tmp_path / "enc"), "email", other, "--json", home=tmp_path).output)[
+        "row_ids"][0]
+
+    access = AccessControl(workspace, keyring)
+    access.set_role("clerk", AccessRole(("patients",), ("full_name",), 5, False))
+    clerk_key = access.add_principal("clerk", "clerk")
+    admin_key = workspace.home / "principals" / "admin.key"
+    for who, key, scope in (("clerk", clerk_key, {"where_token": ("email", looked_up["token"])}),
+                            ("clerk", clerk_key, {"rows": [other_id]}),
+                            ("admin", admin_key, {})):
+        columns = None if who == "admin" else ["full_name"]
+        access.authorize(tmp_path / "enc", make_request(tmp_path / "enc", who, key, columns=columns, purpose=who,
+                                                        **scope))
+
+    def lines(*options: str) -> list[dict]:
+        shown = run("audit", "show", "--json", "--last", "0", *options, home=tmp_path)
+        assert shown.exit_code == 0, shown.output
+        return [json.loads(line) for line in shown.output.splitlines()]
+
+    granted = [(e["principal"], e.get("scope")) for e in lines("--row-id", str(row_id)) if e["outcome"] == "granted"]
+    assert granted == [("clerk", "token"), ("admin", "whole")]
+    assert [(e["principal"], e.get("scope")) for e in lines("--row-id", str(other_id))
+            if e["outcome"] == "granted"] == [("clerk", "rows"), ("admin", "whole")]
+    by_token = lines("--token", looked_up["token"])
+    assert [(e["event"], e["outcome"]) for e in by_token] == [("token", "looked-up"), ("decode", "granted")]
+    assert by_token[0]["rows"] == 1 and by_token[0]["operator"]  # the local account that looked it up
+    assert known not in (tmp_path / "audit" / "audit.log").read_text()  # the value itself is never written
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "token", str(tmp_path / "enc"), "visits",
+                          "3")
+    one_line_error(code, text, "no identifier column 'visits'", "email")

@@ -56,6 +56,16 @@ class AuditReport:
         return not self.problems
 
 
+def operator() -> str:
+    """The local account running this process (its uid where it has no name)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 class AuditLog:
     """The log at ``path`` with its checkpoint at ``checkpoint``, MAC'd with the keyring's audit key."""
 
@@ -307,7 +317,9 @@ class AuditLog:
             self._starting = False
 
     def append(self, event: str, outcome: str, **fields: Any) -> dict[str, Any]:
-        """Append an entry (``fields``: names, counts, tokens, hashes, never data values)."""
+        """Append an entry (``fields``: names, counts, tokens, hashes, never data values), with the
+        local account that made it (``operator``): who changed the policy or the keys, who ran a decode."""
+        fields.setdefault("operator", operator())
         with self._locked():
             seq, prev, _ = self._tail()
             entry = self._append_locked(seq, prev, event, outcome, fields)

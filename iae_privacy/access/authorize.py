@@ -18,6 +18,7 @@ import numpy as np
 from iae_privacy.access.audit import AuditError, NonceUsedError
 from iae_privacy.access.policy import AccessRole, PolicyStore
 from iae_privacy.access.requests import DecodeRequest
+from iae_privacy.dataset.manifest import Scheme
 from iae_privacy.dataset.store import EncodedDataset, Manifest
 from iae_privacy.documents import canonical, utc_now
 from iae_privacy.errors import AccessRefused, IaeError
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Authorizer", "Grant", "CLOCK_SKEW", "pinned_manifest"]
 
+AUDITED_ROW_IDS = 10_000
+"""A grant of at most this many rows (by row id or token) records their row ids in its audit entry,
+so that the log answers "who saw this record"; a larger one records the count (and its scope)."""
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 """How far ahead of this machine's clock a request's creation time may be."""
 
@@ -96,6 +100,38 @@ class Authorizer(PolicyStore):
                 raise AccessRefused(str(exc)) from None
             raise
 
+    def look_up_token(self, encoded: str | Path, column: str, value: str) -> tuple[str, np.ndarray]:
+        """(token, row ids) of ``value`` (as text, cast to the column's type) in identifier column
+        ``column`` of the encoded dataset: how a keyring holder turns a known e-mail or patient id
+        into what the latent table and the audit log hold. Audited (dataset, column, the token and
+        how many rows, never the value)."""
+        import pyarrow as pa
+
+        dataset = EncodedDataset(encoded)
+        manifest = dataset.read_manifest(self.keyring)
+        loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
+        codec = loaded.model.codec
+        spec = next((c for c in codec.columns if c.name == column), None)
+        if spec is None or spec.role.value != "identifier":
+            tokens = ", ".join(c.name for c in codec.columns if c.role.value == "identifier") or "none"
+            raise IaeError(f"dataset {manifest.dataset!r} has no identifier column {column!r} "
+                           f"(identifier columns: {tokens})")
+        kind = codec.schema.field(column).type
+        plain = kind.value_type if pa.types.is_dictionary(kind) else kind
+        try:
+            cell = pa.array([value], pa.string()).cast(plain)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise IaeError(f"the value given is not a valid {plain} for column {column!r}") from None
+        if plain != kind:
+            cell = cell.dictionary_encode().cast(kind)
+        (tokenizer,) = Scheme(self.keyring, manifest.version).tokenizers(manifest.dataset, [column],
+                                                                         codec.config.join_domains)
+        token = tokenizer.tokens(cell)[0].as_py()
+        ids = dataset.token_row_ids(manifest, column, token)
+        self.audit.append("token", "looked-up", dataset=manifest.dataset, token_column=column, token=token,
+                          rows=int(len(ids)))
+        return token, ids
+
     def _record_refusal(self, facts: dict[str, Any], reason: str) -> None:
         try:
             self.audit.append("decode", "refused", **facts, reason=reason)
@@ -142,8 +178,11 @@ class Authorizer(PolicyStore):
         columns = self._columns(dataset, manifest, request, role, principal.role)
         if request.whole and not role.whole_dataset:
             raise AccessRefused(f"role {principal.role!r} may not restore a whole dataset; name rows or a token")
-        located, rows = (None, request.synthesize) if request.synthesize else self._rows(dataset, manifest, request)
+        located, rows, ids = (None, request.synthesize, None) if request.synthesize else \
+            self._rows(dataset, manifest, request)
         facts["rows"] = rows
+        if ids is not None and len(ids) <= AUDITED_ROW_IDS:  # who saw this record: audit show --row-id
+            facts["row_ids"] = [int(i) for i in ids]
         if rows == 0:
             raise AccessRefused("no row matches the request")
         if role.max_rows is not None and rows > role.max_rows:
@@ -191,10 +230,12 @@ class Authorizer(PolicyStore):
             return None
         return tuple(i for i, name in enumerate(names) if name in set(request.columns))
 
-    def _rows(self, dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest) -> tuple[Any, int]:
+    def _rows(self, dataset: EncodedDataset, manifest: Manifest, request: DecodeRequest
+              ) -> tuple[Any, int, np.ndarray | None]:
+        """(where the rows are, how many, their row ids: None for a whole dataset)."""
         try:
             if request.whole:
-                return None, sum(p.rows for p in manifest.parts)
+                return None, sum(p.rows for p in manifest.parts), None
             ids = np.asarray(request.rows, dtype=np.int64) if request.rows is not None else \
                 dataset.token_row_ids(manifest, *request.where_token)
             located = dataset.locate(manifest, ids, self.keyring)
@@ -202,4 +243,4 @@ class Authorizer(PolicyStore):
             raise AccessRefused(str(exc)) from None
         except OverflowError:
             raise AccessRefused("a row id is out of range") from None
-        return located, sum(len(r) for groups in located.values() for r in groups.values())
+        return located, sum(len(r) for groups in located.values() for r in groups.values()), np.unique(ids)

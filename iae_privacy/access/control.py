@@ -8,8 +8,9 @@ This module is where a decode is authorised, and the only way to one:
   a row limit per request and whether whole-dataset restores are allowed. It is MAC'd with the
   policy subkey and changed only through iae-privacy, which audits every change: a policy edited
   by hand is refused;
-* a **decode request** is signed by its principal and names the dataset (by the hash of its
-  signed manifest), the columns and rows, the purpose, an expiry and a nonce. It works once;
+* a **decode request** is signed by its principal and names the dataset and the parts it covers
+  (with a hash of their signed manifest records), the columns and rows, the purpose, an expiry
+  and a nonce. It works once;
 * :meth:`AccessControl.authorize` (:mod:`.authorize`) checks all of that, writes the audit entry (no entry, no
   restore) and returns a :class:`Grant`; only :meth:`AccessControl.restore` (:mod:`.restore`) then opens the model
   and the vault, and restores exactly what the grant covers.

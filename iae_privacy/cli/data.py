@@ -224,8 +224,9 @@ def request_command(
     synthesize: Annotated[Optional[int], typer.Option(
         help="Ask for this many synthetic records from the dataset's model instead of a restore.")] = None,
 ) -> None:
-    """Write a signed decode request: who, which dataset (by its manifest's hash), which columns and
-    rows, why, until when. It works once, through 'iae-privacy decode --request'.
+    """Write a signed decode request: who, which dataset (and the parts it has now: parts encoded
+    later do not invalidate it), which columns and rows, why, until when. It works once, through
+    'iae-privacy decode --request'.
 
     Without --rows or --where-token the request is for the whole dataset (if your role allows it).
     """
@@ -249,6 +250,38 @@ def request_command(
 
     write_private(out, data)
     console.print(f"request written to {out}; valid for {ttl}, once")
+
+
+@app.command("token")
+def token_command(
+    ctx: typer.Context,
+    encoded: Annotated[Path, typer.Argument(help="The encoded dataset folder.")],
+    column: Annotated[str, typer.Argument(help="An identifier column of the dataset (e.g. email).")],
+    value: Annotated[str, typer.Argument(
+        help="The value whose token you want, as text; - reads it from standard input (out of shell history).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: token and row ids.")] = False,
+) -> None:
+    """The token of a known value (an e-mail, a patient id) in an identifier column, and the row ids
+    that hold it: what the latent table, decode requests and the audit log use instead of the value.
+    Needs the keyring; audited (the token and a row count, never the value).
+
+        iae-privacy token encoded/patients email - < known-address.txt
+        iae-privacy audit show --token TOKEN        # who restored that person's record, by token
+        iae-privacy audit show --row-id ROW_ID      # ... or by row id, whole-dataset restores included
+    """
+    import json
+    import sys
+
+    if value == "-":
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise IaeError("no value given (an empty argument, or nothing on standard input)")
+    token, ids = session(ctx).access().look_up_token(encoded, column, value)
+    if as_json:
+        typer.echo(json.dumps({"column": column, "token": token, "row_ids": [int(i) for i in ids]}))
+        return
+    console.print(f"token {token} ({column}); {len(ids)} row(s): "
+                  + (", ".join(str(int(i)) for i in ids) or "none in this dataset"), highlight=False, soft_wrap=True)
 
 
 @app.command("decode")

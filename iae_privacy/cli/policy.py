@@ -97,12 +97,18 @@ def audit_show_command(
     since: Annotated[Optional[str], typer.Option(
         help="Only entries at or after this time, UTC unless it says otherwise: 2026-11-01 or 2026-11-01T09:30.")]
     = None,
+    token: Annotated[Optional[str], typer.Option(
+        help="Only entries about this token (a request by token; 'iae-privacy token' looks one up).")] = None,
+    row_id: Annotated[Optional[int], typer.Option(
+        help="Only entries that covered this row id: grants by row id or token that named it, and "
+        "whole-dataset grants (which cover every row).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Every field of each entry, one JSON object per line, nothing cut: for scripts.")] = False,
 ) -> None:
     """List audit entries readably (run 'audit verify' to know they are genuine), or as JSON lines.
 
         iae-privacy audit show --principal ana --dataset wages --since 2026-11-01
+        iae-privacy audit show --dataset patients --row-id 81234567 --since 2026-11-01   # who saw this record
         iae-privacy audit show --last 0 --json | jq 'select(.outcome == "refused")'
     """
     import datetime
@@ -121,6 +127,10 @@ def audit_show_command(
         if principal is not None and entry.get("principal") != principal:
             return False
         if dataset is not None and entry.get("dataset") != dataset:
+            return False
+        if token is not None and entry.get("token") != token:
+            return False
+        if row_id is not None and not (row_id in (entry.get("row_ids") or ()) or entry.get("scope") == "whole"):
             return False
         if start is not None:
             try:
@@ -143,7 +153,8 @@ def audit_show_command(
                 if entry.get(k) is not None]
         why = str(entry.get("reason") or entry.get("purpose") or "")
         cells = (str(entry.get("seq")), str(entry.get("time", ""))[:19].replace("T", " "), str(entry.get("event")),
-                 str(entry.get("outcome", "")), str(entry.get("principal") or ""), str(entry.get("dataset") or ""),
+                 str(entry.get("outcome", "")), str(entry.get("principal") or entry.get("operator") or ""),
+                 str(entry.get("dataset") or ""),
                  str(entry.get("rows", "")), "; ".join(what + [why] if why else what))
         table.add_row(*(Text(printable(cell)) for cell in cells))  # Text: no markup is interpreted either
     console.print(table)
