@@ -628,3 +628,27 @@ def test_who_saw_this_record_a_known_value_to_its_token_and_row_ids_then_the_aud
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "token", str(tmp_path / "enc"), "visits",
                           "3")
     one_line_error(code, text, "no identifier column 'visits'", "email")
+
+
+def test_results_come_as_json_for_scripts_and_piped_output_is_never_cut(tmp_path, data_dir):
+    """Issue 17, item 6: --json where a command prints results; piped tables keep every character."""
+    import json
+
+    home = tmp_path / ("a-workspace-whose-path-is-much-longer-than-eighty-columns-" + "x" * 60)
+    assert run("keys", "init", home=home).exit_code == 0
+    policy = json.loads(run("policy", "show", "--json", home=home).output)
+    assert policy["roles"]["admin"]["whole_dataset"] is True and policy["principals"]["admin"]["role"] == "admin"
+    status = json.loads(run("keys", "status", "--json", home=home).output)
+    assert status["current"] == 1 and status["versions"][0]["status"] == "active"
+    assert json.loads(run("models", "--json", home=home).output) == []
+    profile = json.loads(run("profile", str(data_dir / "rand_hie.parquet"), "--json").output)
+    roles = {c["column"]: c["role"] for c in profile}
+    assert roles["zper"] == "identifier" and roles["female"] == "feature"  # rand_hie.toml beside it is read
+    assert f"keyring {home / 'keys'}\n" in run("keys", "status", home=home).output
+    from iae_privacy.access.control import AccessControl
+    from iae_privacy.workspace import Workspace
+
+    workspace = Workspace.at(home)
+    purpose = "ticket 4711: " + "a purpose long enough that an 80-column table would wrap or cut it " * 2
+    AccessControl(workspace, workspace.keyring()).audit.append("decode", "granted", principal="ana", purpose=purpose)
+    assert purpose.strip() in run("audit", "show", home=home).output  # a table, piped: CliRunner is no terminal

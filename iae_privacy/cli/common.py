@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -26,11 +26,25 @@ if TYPE_CHECKING:
     from iae_privacy.keys.keyring import Keyring
     from iae_privacy.workspace import Workspace
 
-__all__ = ["console", "err_console", "printable", "Session", "session", "ask_passphrase", "REPO_DATA",
-           "ConfigOption", "config_path", "config_for", "source_rows", "progress", "flow_progress", "split_list"]
+__all__ = ["console", "err_console", "JsonOption", "print_json", "printable", "Session", "session",
+           "ask_passphrase", "REPO_DATA", "ConfigOption", "config_path", "config_for", "source_rows", "progress",
+           "flow_progress", "split_list"]
 
+PIPED_WIDTH = 4096
+"""Columns of output when standard output is not a terminal: wide enough that nothing is cut."""
 console = Console()
+if not console.is_terminal:  # piped or redirected: never cut a path or a cell at 80 columns
+    console.width = PIPED_WIDTH
 err_console = Console(stderr=True, soft_wrap=True)  # errors stay one line, for logs and grep
+JsonOption = Annotated[bool, typer.Option("--json", help="The result as JSON on standard output, nothing cut: "
+                                          "for scripts.")]
+
+
+def print_json(value: Any) -> None:
+    """``value`` as one line of JSON on standard output (keys sorted, ASCII)."""
+    import json
+
+    typer.echo(json.dumps(value, sort_keys=True, ensure_ascii=True))
 REPO_DATA = Path(__file__).resolve().parent.parent.parent / "data"
 
 

@@ -12,10 +12,12 @@ from rich.table import Table
 from iae_privacy.cli.app import app
 from iae_privacy.cli.common import (
     ConfigOption,
+    JsonOption,
     config_for,
     config_path,
     console,
     flow_progress,
+    print_json,
     progress,
     session,
     source_rows,
@@ -31,14 +33,31 @@ def profile_command(
     data: Annotated[Path, typer.Argument(help="A Parquet file.")],
     config: ConfigOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the fitted profile (JSON) here.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Show how each column of DATA would be treated: its role, why, and its network features.
 
     Roles: feature (through the network), identifier (keyed token; value sealed in the vault),
     passthrough (declared non-sensitive; copied), vault (a type the network cannot take; sealed whole).
-    Override any of them in a config file:  [columns]  region = "passthrough"
+    Override any of them in a config file (DATA's name with .toml beside it is read by itself, or
+    give --config), for example rand_hie.toml:
+
+        \\[columns]
+        zper = "identifier"     # a person number its name does not give away
+        region = "passthrough"  # declared non-sensitive: analysts get it as it is
+        female = "protected"    # the latent table must not give it away (train --protect)
+        \\[analysis]
+        target = "meddol"       # what analysts will model (train --target)
     """
     codec = TableCodec.fit(data, config_for(data, config))
+    if as_json:  # names, types, roles and reasons only: no category label or bucket edge
+        print_json([{"column": spec.name, "type": str(codec.schema.field(spec.name).type), "role": spec.role.value,
+                     "why": spec.reason,
+                     "features": [] if spec.feature is None else [
+                         {"name": n, "levels": lv}
+                         for n, lv in zip(spec.feature.feature_names, spec.feature.feature_levels)]}
+                    for spec in codec.columns])
+        return
     table = Table(title=f"{data.name}: {len(codec.schema)} columns, fitted on {codec.fit_rows:,} rows")
     for heading in ("column", "type", "role", "why", "features"):
         table.add_column(heading)
@@ -102,7 +121,7 @@ def train_command(
         "\"protected\"): analysts get z_public released so that these cannot be told apart, and the report "
         "says what attacks still recover.")] = None,
     target: Annotated[Optional[str], typer.Option(
-        help="The column analysts will model (or [analysis] target in the config): its best predictors get "
+        help="The column analysts will model (or \\[analysis] target in the config): its best predictors get "
         "z_public columns of their own, and the report compares the latent table's score for it with the raw "
         "features'.")] = None,
 ) -> None:
@@ -312,9 +331,13 @@ def decode_command(
 
 
 @app.command("models")
-def models_command(ctx: typer.Context) -> None:
+def models_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the sealed models in the workspace (reads headers only: no key needed)."""
     rows = session(ctx).workspace().models.headers()
+    if as_json:
+        print_json([{"model": h.model, "version": h.model_version, "sealed": h.created, "key_version": h.key_version,
+                     "file": str(path)} for path, h in rows])
+        return
     table = Table(title="models")
     for heading in ("model", "version", "sealed", "key version", "file"):
         table.add_column(heading)
@@ -327,6 +350,7 @@ def models_command(ctx: typer.Context) -> None:
 def check_command(
     ctx: typer.Context,
     encoded: Annotated[Path, typer.Argument(help="An encoded dataset folder (the --out of encode).")],
+    as_json: JsonOption = False,
 ) -> None:
     """Verify an encoded dataset without restoring anything: the manifest's signature, every part's
     hashes, each vault part's header, every vault segment's authentication, the batches and rows
@@ -344,6 +368,12 @@ def check_command(
     total = sum(p.rows for p in parts)
     with progress(f"checking {encoded}", max(total, 1)) as advance:
         problems = dataset.check(keyring, lambda record: advance(record.rows))
+    if as_json:
+        print_json({"dataset": str(encoded), "parts": len(parts), "rows": total, "ok": not problems,
+                    "problems": problems})
+        if problems:
+            raise typer.Exit(1)
+        return
     for problem in problems:
         console.print(problem, style="red", highlight=False, soft_wrap=True)
     if problems:

@@ -11,9 +11,11 @@ from rich.table import Table
 
 from iae_privacy.cli.app import keys_app
 from iae_privacy.cli.common import (
+    JsonOption,
     ask_passphrase,
     console,
     err_console,
+    print_json,
     session,
 )
 from iae_privacy.errors import IaeError
@@ -103,7 +105,7 @@ def _missing_hint(missing: list[Path]) -> str:
 
 
 @keys_app.command("status")
-def keys_status_command(ctx: typer.Context, datasets: DatasetsOption = None) -> None:
+def keys_status_command(ctx: typer.Context, datasets: DatasetsOption = None, as_json: JsonOption = False) -> None:
     """Show the key versions, what each still protects, and warnings (datasets that cannot be found
     are named: what they hold is not counted)."""
     import os
@@ -113,7 +115,7 @@ def keys_status_command(ctx: typer.Context, datasets: DatasetsOption = None) -> 
     workspace = session(ctx).workspace()
     keyring = session(ctx).keyring()
     protected, missing = _protected_by_version(workspace, datasets)
-    table = Table(title=f"keyring {keyring.folder}")
+    table = Table(title="key versions")
     for heading in ("version", "status", "created", "source", "passphrase", "protects"):
         table.add_column(heading)
     warnings = [_missing_hint(missing)] if missing else []
@@ -129,6 +131,13 @@ def keys_status_command(ctx: typer.Context, datasets: DatasetsOption = None) -> 
         elif v.number != keyring.current and count:
             warnings.append(f"{count} sealed file(s) are still under key version {v.number}; "
                             "'keys rotate' re-wraps everything under a new current version")
+    if as_json:
+        print_json({"keyring": str(keyring.folder), "current": keyring.current, "warnings": warnings,
+                    "versions": [{"version": v.number, "status": v.status, "created": v.created,
+                                  "passphrase": bool(v.passphrase), "sealed_files": protected.get(v.number, 0)}
+                                 for v in keyring.versions]})
+        return
+    console.print(f"keyring {keyring.folder}", soft_wrap=True, highlight=False)  # a title wraps with the table
     console.print(table)
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

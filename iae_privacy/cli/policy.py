@@ -10,8 +10,10 @@ from rich.text import Text
 
 from iae_privacy.cli.app import audit_app, policy_app
 from iae_privacy.cli.common import (
+    JsonOption,
     console,
     err_console,
+    print_json,
     printable,
     session,
     split_list,
@@ -20,9 +22,15 @@ from iae_privacy.errors import IaeError
 
 
 @policy_app.command("show")
-def policy_show_command(ctx: typer.Context) -> None:
+def policy_show_command(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the roles (datasets, columns, row limit, whole-dataset restores) and the principals."""
     policy = session(ctx).access().policy()
+    if as_json:
+        print_json({"roles": {name: {"datasets": list(r.datasets), "columns": list(r.columns), "max_rows": r.max_rows,
+                                     "whole_dataset": r.whole_dataset} for name, r in policy.roles.items()},
+                    "principals": {name: {"role": p.role, "added": p.added, "public_key": p.public_key}
+                                   for name, p in policy.principals.items()}})
+        return
     roles = Table(title="roles")
     for heading in ("role", "datasets", "columns", "max rows per request", "whole dataset"):
         roles.add_column(heading)
