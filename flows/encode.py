@@ -112,8 +112,12 @@ def encode_part(source: str, digest: str, part: int, out: str, model: str, versi
 def commit_parts(records: list[PartRecord], out: str, model: str, version: int, home: str,
                  dataset: str) -> tuple[int, int]:
     """Add the parts to the signed manifest; (parts, rows) the dataset now holds."""
+    from iae_privacy.dataset.dictionary import dictionary_text
+
     workspace, keyring = open_workspace(home)
-    manifest = EncodedDataset(out).commit(records, keyring, dataset, model, version)
+    encoded = EncodedDataset(out)
+    manifest = encoded.commit(records, keyring, dataset, model, version)
+    encoded.write_dictionary(dictionary_text(dataset, workspace.models.load(f"{model}:v{version}", keyring)))
     workspace.register_dataset(out)  # so that key rotation reaches its vault parts
     return len(manifest.parts), sum(p.rows for p in manifest.parts)
 

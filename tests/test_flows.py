@@ -43,6 +43,15 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     assert len(encoding) > 1 and encoding[-1] == ("encoding part 1", 4_000, 4_000, "rows")
     assert [r[1] for r in encoding] == sorted(r[1] for r in encoding)
 
+    # the analysts' share explains itself: a data dictionary beside the parts, names and figures only
+    dictionary = (tmp_path / "enc" / "latent" / "DICTIONARY.md").read_text()
+    assert "| `email` | a 32-hex keyed token" in dictionary and "`z_public_0` .." in dictionary
+    assert "## What z_public carries about each source column" in dictionary and "`notes`" in dictionary
+    source = pq.read_table(landing / "day1.parquet")
+    assert str(landing) not in dictionary and str(tmp_path) not in dictionary
+    assert not any(v in dictionary for v in source.column("email").drop_null().to_pylist()[:200])
+    assert not any(v in dictionary for v in source.column("diagnosis_code").dictionary.to_pylist())
+
     early = tmp_path / "early-request.json"  # made before the next scheduled encode adds a part
     early.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
 

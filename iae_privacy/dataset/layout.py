@@ -42,7 +42,10 @@ ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
 LATENT_PART = re.compile(r"^part-\d{5,}\.parquet$")
 VAULT_PART = re.compile(r"^part-\d{5,}\.vault$")
-PART_TMP = re.compile(r"^\.part-\d{5,}\.(parquet|vault)(\..*)?\.tmp$")
+PART_TMP = re.compile(r"^\.(part-\d{5,}\.(parquet|vault)|DICTIONARY\.md)(\..*)?\.tmp$")
+DICTIONARY_NAME = "DICTIONARY.md"
+"""The analysts' data dictionary in ``latent/`` (:mod:`iae_privacy.dataset.dictionary`): the one file
+there that is not a part."""
 """Temporaries of a part write (files.atomic_file) that a killed run left behind."""
 VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
 """Metadata a vault segment adds beside the codec's: how many z_detail and detail columns it has."""
@@ -137,7 +140,8 @@ class DatasetFolder:
         strays, foreign = [], []
         for sub, pattern in (("latent", LATENT_PART), ("vault", VAULT_PART)):
             for f in sorted((self.folder / sub).glob("*")):
-                if str(f.relative_to(self.folder)) in listed and f.is_file() and not f.is_symlink():
+                if ((str(f.relative_to(self.folder)) in listed or (sub, f.name) == ("latent", DICTIONARY_NAME))
+                        and f.is_file() and not f.is_symlink()):
                     continue
                 ours = pattern.match(f.name) or PART_TMP.match(f.name)
                 (strays if ours and (f.is_symlink() or f.is_file()) else foreign).append(f)
@@ -148,6 +152,15 @@ class DatasetFolder:
         for f in strays:
             f.unlink()
         return strays
+
+    def write_dictionary(self, text: str) -> Path:
+        """Write the analysts' data dictionary into ``latent/`` (atomically, owner-only like the parts)."""
+        from iae_privacy.files import atomic_file
+
+        path = self.folder / "latent" / DICTIONARY_NAME
+        with atomic_file(path) as f:
+            f.write(text.encode("utf-8"))
+        return path
 
     def _remove_empty_folders(self) -> None:
         """After a failed first encode: leave no empty latent/, vault/ or dataset folder behind."""

@@ -55,7 +55,7 @@ class Reader(ManifestFile):
         and rows against the manifest. Nothing is written or removed. Returns one line per problem,
         "part N: ..." for each part that fails and "folder: ..." for each file in ``latent/`` or
         ``vault/`` the manifest does not list; an empty list when all is well."""
-        from iae_privacy.dataset.layout import LATENT_PART, PART_TMP, VAULT_PART
+        from iae_privacy.dataset.layout import DICTIONARY_NAME, LATENT_PART, PART_TMP, VAULT_PART
         from iae_privacy.keys.sealed import SealedFileError
 
         manifest = self.read_manifest(keyring)
@@ -63,7 +63,7 @@ class Reader(ManifestFile):
         listed = {p.latent for p in manifest.parts} | {p.vault for p in manifest.parts}
         for sub, pattern in (("latent", LATENT_PART), ("vault", VAULT_PART)):
             for f in sorted((self.folder / sub).glob("*")):
-                if str(f.relative_to(self.folder)) not in listed:
+                if str(f.relative_to(self.folder)) not in listed and (sub, f.name) != ("latent", DICTIONARY_NAME):
                     what = "left by an interrupted run" if pattern.match(f.name) or PART_TMP.match(f.name) else \
                         "not a part of the dataset"
                     problems.append(f"folder: {f} is not in the manifest ({what})")
