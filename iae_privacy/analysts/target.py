@@ -44,11 +44,16 @@ def _learner(regression: bool):
         random_state=0)
 
 
-def target_score(x: np.ndarray, y: np.ndarray, regression: bool) -> float:
+def target_score(x: np.ndarray, y: np.ndarray, regression: bool, folds: int = 0) -> float:
     """Held-out R² (regression) or accuracy (classification) of gradient boosting, on a 50/50 split
-    (rows in the order given: shuffle them first); rows whose target is NaN are left out."""
+    (rows in the order given: shuffle them first), or the mean over ``folds`` cross-validation folds;
+    rows whose target is NaN are left out."""
     keep = ~np.isnan(y) if regression else np.ones(len(y), bool)
     x, y = x[keep], y[keep]
+    if folds:
+        from sklearn.model_selection import cross_val_score
+
+        return float(cross_val_score(_learner(regression), x, y, cv=folds).mean())
     half = len(x) // 2
     return float(_learner(regression).fit(x[:half], y[:half]).score(x[half:], y[half:]))
 
