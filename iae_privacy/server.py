@@ -111,7 +111,8 @@ class WorkspaceServer:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if k not in (ENV_PASSPHRASE, "PREFECT_API_URL")}
-        env.update(PREFECT_HOME=str(self.folder / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.update(PREFECT_HOME=str(self.folder / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   DO_NOT_TRACK="1")
         with open(self.log, "ab") as log:
             process = subprocess.Popen([program, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

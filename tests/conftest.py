@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from test servers
+os.environ.setdefault("DO_NOT_TRACK", "1")  # nor from the SDK (it reads this, not the server setting)
 
 ROOT = Path(__file__).resolve().parent.parent
 

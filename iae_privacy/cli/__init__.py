@@ -24,6 +24,8 @@ def main() -> None:
 
     # Prefect's embedded server would phone home; nothing of ours needs it (set before Prefect loads)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # and its SDK would too, after printing a first-run notice: DO_NOT_TRACK is the switch it reads
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # its temporary server gets 20 s to start by default, which a busy 2-core machine can miss
     os.environ.setdefault(PREFECT_STARTUP, str(PREFECT_STARTUP_SECONDS))
     from iae_privacy.errors import DEBUG, withheld
