@@ -652,3 +652,16 @@ def test_results_come_as_json_for_scripts_and_piped_output_is_never_cut(tmp_path
     purpose = "ticket 4711: " + "a purpose long enough that an 80-column table would wrap or cut it " * 2
     AccessControl(workspace, workspace.keyring()).audit.append("decode", "granted", principal="ana", purpose=purpose)
     assert purpose.strip() in run("audit", "show", home=home).output  # a table, piped: CliRunner is no terminal
+
+
+def test_prefects_sdk_telemetry_is_off_for_every_command(monkeypatch, capsys):
+    """PREFECT_SERVER_ANALYTICS_ENABLED reaches Prefect's server only; its SDK reads DO_NOT_TRACK
+    (and printed a first-run telemetry notice without it)."""
+    import os
+
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    code, _ = run_main(monkeypatch, capsys, "--help")
+    assert code == 0 and os.environ["DO_NOT_TRACK"] == "1"
+    from prefect._internal.analytics.enabled import is_telemetry_enabled
+
+    assert not is_telemetry_enabled()
