@@ -48,13 +48,14 @@ def authorize(encoded: str, request: str, home: str) -> Grant | State:
 
 @task(**SAFE_TASK)
 @no_data_in_errors
-def restore(grant: Grant, out: str, home: str) -> int | State:
+def restore(grant: Grant, out: str, home: str, with_row_id: bool = False) -> int | State:
     """Rows restored; or a Failed state holding why the restore failed (already in the audit log)."""
     logger = get_run_logger()
     report = progress_logger("restoring", grant.rows, logger)
     try:
         workspace, keyring = open_workspace(home)
-        rows = AccessControl(workspace, keyring).restore(grant, Path(out), on_rows=lambda done, total: report(done))
+        rows = AccessControl(workspace, keyring).restore(grant, Path(out), on_rows=lambda done, total: report(done),
+                                                         with_row_id=with_row_id)
     except IaeError as exc:
         return failed(exc, "restore failed")
     logger.info("restored %d rows", rows)
@@ -63,13 +64,15 @@ def restore(grant: Grant, out: str, home: str) -> int | State:
 
 @flow(name="iae-decode")
 @no_data_in_errors
-def decode_flow(encoded: str, request: str, out: str, home: str = ".") -> DecodeResult | State:
-    """Restore from the encoded dataset ENCODED what the signed REQUEST file allows, to OUT."""
+def decode_flow(encoded: str, request: str, out: str, home: str = ".", with_row_id: bool = False
+                ) -> DecodeResult | State:
+    """Restore from the encoded dataset ENCODED what the signed REQUEST file allows, to OUT
+    (WITH_ROW_ID: plus each row's latent row_id as a last column)."""
     granted = authorize(encoded, request, home, return_state=True)
     if granted.is_failed():
         return _again(granted)
     grant = granted.result()
-    restored = restore(grant, out, home, return_state=True)
+    restored = restore(grant, out, home, with_row_id, return_state=True)
     if restored.is_failed():
         return _again(restored)
     return DecodeResult(restored.result(), grant.audit_seq, grant.synthesize)
@@ -81,7 +84,8 @@ def _again(state: State) -> State:
     return Failed(message=state.message, data=exc)
 
 
-def run_decode(encoded: str, request: str, out: str, home: str = ".") -> DecodeResult:
+def run_decode(encoded: str, request: str, out: str, home: str = ".", with_row_id: bool = False) -> DecodeResult:
     """Run :func:`decode_flow`; a refusal raises its :class:`~iae_privacy.errors.AccessRefused`, a
     failed restore its :class:`IaeError`, each with the reason."""
-    return decode_flow(encoded=encoded, request=request, out=out, home=home, return_state=True).result()
+    return decode_flow(encoded=encoded, request=request, out=out, home=home, with_row_id=with_row_id,
+                       return_state=True).result()

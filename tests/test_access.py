@@ -584,3 +584,25 @@ def test_analysts_sql_can_neither_write_nor_read_files_nor_see_paths(world, copy
     assert rows == 8_000
     with pytest.raises(IaeError, match=r"latent/export is not a part of the encoded dataset"):
         EncodedDataset(copy).plan(world.sources, world.keyring, DATASET, "p", 1)
+
+
+def test_with_row_id_a_restore_names_each_rows_latent_row_id(world, tmp_path):
+    """Issue 17, item 8: a multi-row restore matched back to its request; the default stays the
+    source, bit for bit."""
+    import numpy as np
+
+    wanted = [world.id(2, 5), world.id(1, 3), world.id(1, 4_000)]
+    grant = world.access.authorize(world.encoded, world.request(rows=wanted))
+    out = tmp_path / "rows.parquet"
+    assert world.access.restore(grant, out, with_row_id=True) == 3
+    got = pq.read_table(out)
+    assert got.column_names[-1] == "row_id" and got.schema.field("row_id").type == "int64"
+    ids = got.column("row_id").to_pylist()
+    assert sorted(ids) == sorted(wanted) and ids == [world.id(1, 3), world.id(1, 4_000), world.id(2, 5)]
+    assert first_difference(source_rows(world, ids), got.drop_columns(["row_id"])) is None
+    whole = tmp_path / "whole.parquet"
+    world.access.restore(world.access.authorize(world.encoded, world.request()), whole, with_row_id=True)
+    restored = pq.read_table(whole)
+    latent = pq.read_table(world.encoded / "latent", columns=["row_id"]).column("row_id").to_numpy()
+    assert np.array_equal(np.sort(restored.column("row_id").to_numpy()), np.sort(latent))
+    assert restored.num_rows == 8_000 and len(np.unique(restored.column("row_id").to_numpy())) == 8_000

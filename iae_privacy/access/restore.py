@@ -35,7 +35,8 @@ class Restorer:
     keyring: Keyring
     audit: AuditLog
 
-    def restore(self, grant: Grant, out: Path, on_rows: Callable[[int, int], None] | None = None) -> int:
+    def restore(self, grant: Grant, out: Path, on_rows: Callable[[int, int], None] | None = None,
+                with_row_id: bool = False) -> int:
         """Open the model and the vault and restore what ``grant`` covers to ``out`` (owner-only).
 
         A whole dataset with every column restores part by part with each part's content checked
@@ -44,6 +45,7 @@ class Restorer:
         does a restore whose outcome cannot be recorded. While it runs, a marker under
         ``audit/running/`` is held locked: if the process dies, the next decode records the grant
         as interrupted and removes the temporary output (:meth:`recover_interrupted`).
+        ``with_row_id``: one .parquet file with each row's latent ``row_id`` as a last column.
         """
         dataset = EncodedDataset(grant.encoded)
         marker = self.hold(grant.audit_seq, out)
@@ -60,13 +62,14 @@ class Restorer:
                     )
 
                     rows = synthesize_records(dataset, manifest, loaded, self.keyring, grant.rows, out, on_rows)
-                elif grant.located is None and grant.columns is None:
+                elif grant.located is None and grant.columns is None and not with_row_id:
                     rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows, manifest)
                 else:
                     if out.suffix != ".parquet":
                         raise IaeError(f"{out}: a restore of some rows or columns goes to one .parquet file")
                     rows = dataset.decode_rows(manifest, loaded.model, self.keyring, out, grant.located,
-                                               None if grant.columns is None else list(grant.columns), on_rows)
+                                               None if grant.columns is None else list(grant.columns), on_rows,
+                                               with_row_id)
             except BaseException as exc:
                 # an IaeError's message names files and keys, never values; anything else is named by type
                 reason = str(exc) if isinstance(exc, IaeError) else f"interrupted by {type(exc).__name__}"

@@ -310,6 +310,9 @@ def decode_command(
     request: Annotated[Path, typer.Option(help="A signed request file (from 'iae-privacy request').")],
     out: Annotated[Path, typer.Option(
         help="RESTORED.parquet; a folder for a whole dataset of several parts.")],
+    with_row_id: Annotated[bool, typer.Option(
+        "--with-row-id", help="Add each row's row_id (as in the latent table) as a last column, to match the "
+        "rows to a request; one .parquet file. Without it the restore is the source, bit for bit.")] = False,
 ) -> None:
     """Restore original records, bit for bit, as a signed request allows.
 
@@ -325,7 +328,8 @@ def decode_command(
     workspace = session(ctx).workspace()
     session(ctx).keyring()
     with flow_progress():
-        result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home))
+        result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home),
+                            with_row_id=with_row_id)
     what = "synthetic records written" if result.synthetic else "rows restored"
     console.print(f"{result.restored_rows:,} {what} to {out} (audit entry {result.audit_entry})")
 

@@ -15,6 +15,7 @@ from iae_privacy.codec import Role
 from iae_privacy.dataset.layout import (
     COMPLETE,
     DICTIONARY_PAGE_LIMIT,
+    ROW_ID,
     VAULT_MAGIC,
     latent_batch,
     public_name,
@@ -22,6 +23,7 @@ from iae_privacy.dataset.layout import (
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
+from iae_privacy.dataset.rowids import PART_SHIFT, RowIds
 from iae_privacy.errors import StoreError
 from iae_privacy.files import atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
@@ -146,13 +148,29 @@ class Reader(ManifestFile):
 
     def decode_rows(self, manifest: Manifest, model: Model, keyring: Keyring, out: Path,
                     located: dict[int, dict[int, np.ndarray]] | None, columns: list[int] | None,
-                    on_rows: Callable[[int, int], None] | None = None) -> int:
+                    on_rows: Callable[[int, int], None] | None = None, with_row_id: bool = False) -> int:
         """Restore some rows (``located``, from :meth:`locate`; None: all) and some columns (source
         positions; None: all) of the dataset to one Parquet file ``out``, owner-only, atomically.
 
         Check the parts involved with :meth:`verify_part` first. Rows come in source order (part,
-        then row).
+        then row). ``with_row_id``: a last column ``row_id``, each row's id in the latent table (to
+        match a multi-row restore to the request that named them); the restore is then the source's
+        columns plus that one, no longer the source file's exact schema.
         """
+        ids = RowIds(keyring, manifest.dataset) if manifest.version >= 2 else None
+        if with_row_id and ROW_ID in model.codec.schema.names:
+            raise StoreError(f"the source already has a column {ROW_ID!r}: restore without --with-row-id")
+
+        def row_ids(record: PartRecord, take: dict[int, np.ndarray] | None) -> Iterator[np.ndarray]:
+            """The row ids of each batch decode_part yields for ``record`` and ``take``, in order."""
+            sizes = record.batch_rows or [pq.ParquetFile(self.folder / record.latent).metadata.row_group(g).num_rows
+                                          for g in range(record.batches)]
+            starts = np.cumsum([0] + list(sizes))
+            for group in (range(record.batches) if take is None else sorted(take)):
+                rows = starts[group] + (np.arange(sizes[group]) if take is None else np.asarray(take[group]))
+                yield ids.ids(record.part, rows) if ids is not None else \
+                    (np.int64(record.part) << np.int64(PART_SHIFT)) | rows.astype(np.int64)
+
         records = sorted((p for p in manifest.parts if located is None or p.part in located), key=lambda p: p.part)
         total = sum(p.rows for p in records) if located is None else \
             sum(len(rows) for groups in located.values() for rows in groups.values())
@@ -161,11 +179,16 @@ class Reader(ManifestFile):
             done = 0
             for record in records:
                 take = None if located is None else located[record.part]
+                numbers = row_ids(record, take) if with_row_id else None
                 for batch in self.decode_part(record, model, keyring, manifest.dataset, take):
                     done += batch.num_rows
                     if on_rows is not None:
                         on_rows(done, total)
-                    yield batch if columns is None else batch.select(columns)
+                    batch = batch if columns is None else batch.select(columns)
+                    if numbers is not None:
+                        batch = batch.append_column(pa.field(ROW_ID, pa.int64(), nullable=False),
+                                                    pa.array(next(numbers), pa.int64()))
+                    yield batch
 
         return write_restored(out, batches())
 
