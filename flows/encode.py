@@ -82,11 +82,20 @@ def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_
     """The parts to encode, and how many readable sources there were (paths, digests, counts)."""
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
-    sources, skipped = sources_of(source, skip_unreadable)
     logger = get_run_logger()
+    encoded = EncodedDataset(out)
+    if ":" not in model and encoded.manifest_path.exists():
+        # a dataset holds one model version's parts: NAME means its own version once it has parts,
+        # so a retrain (a newer version) does not break the schedule that feeds it
+        manifest = encoded.read_manifest(keyring)
+        if manifest.model == name and manifest.model_version != version:
+            logger.info("%s keeps model %s:v%d, the version it was encoded with (v%d is newer: encode into a new "
+                        "folder to use it)", out, name, manifest.model_version, version)
+            version = manifest.model_version
+    sources, skipped = sources_of(source, skip_unreadable)
     for reason in skipped:
         logger.warning("skipped %s (tried again next run)", reason)
-    todo = EncodedDataset(out).plan(sources, keyring, dataset, name, version)
+    todo = encoded.plan(sources, keyring, dataset, name, version)
     logger.info("%d source file(s) to encode with %s:v%d", len(todo), name, version)
     return Plan(name, version, [PlannedPart(str(s), digest, part) for s, digest, part in todo], len(sources))
 

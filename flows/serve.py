@@ -21,12 +21,14 @@ from iae_privacy_flows.train import train_flow
 def build_deployments(landing: str, model: str, out: str, home: str, cron: str = "*/15 * * * *",
                       retrain_cron: str | None = None, retrain_data: str | None = None,
                       dataset: str | None = None) -> list[RunnerDeployment]:
-    """The deployments ``serve`` runs: encode LANDING with MODEL into OUT on ``cron``; retrain
-    MODEL from ``retrain_data`` on ``retrain_cron`` when given. Parameters are paths and names."""
+    """The deployments ``serve`` runs: encode LANDING with MODEL (NAME, or NAME:vN pinned) into OUT
+    on ``cron``; retrain MODEL from ``retrain_data`` on ``retrain_cron`` when given. Parameters are
+    paths and names. A retrain adds a version; OUT keeps encoding with the version it was started
+    with (an encoded dataset holds one model version's parts), until a new OUT is served."""
     home = str(Path(home).resolve())
     deployments = [encode_flow.to_deployment(
         name=f"encode-{Path(out).name}", cron=cron, concurrency_limit=1,
-        parameters={"source": str(Path(landing).resolve()), "model": model.split(":")[0],
+        parameters={"source": str(Path(landing).resolve()), "model": model,
                     "out": str(Path(out).resolve()), "home": home, "dataset": dataset or Path(out).name,
                     "skip_unreadable": True, "check": True},
         description="Encode every new Parquet file in the landing folder (each exactly once).",
@@ -37,6 +39,7 @@ def build_deployments(landing: str, model: str, out: str, home: str, cron: str =
         deployments.append(train_flow.to_deployment(
             name=f"retrain-{model.split(':')[0]}", cron=retrain_cron, concurrency_limit=1,
             parameters={"data": str(Path(retrain_data).resolve()), "model": model.split(":")[0], "home": home},
-            description="Train a new model version (new encodes pick the latest version up).",
+            description="Train a new model version (an existing encoded dataset keeps its own version; "
+            "serve a new output folder to encode with the new one).",
             tags=["iae-privacy", "train"]))
     return deployments

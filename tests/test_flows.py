@@ -66,6 +66,15 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     (landing / "day3.parquet").unlink()
     (landing / "day4.parquet").rmdir()
 
+    # a retrain (pat:v2) does not break the schedule: "pat" into this dataset means its own version,
+    # v1; a pinned other version is refused, naming the way out
+    assert train_flow(data=str(landing / "day1.parquet"), model="pat", home=home, epochs=0).version == 2
+    write_synthetic_patients(landing / "day6.parquet", 200, seed=6)
+    third = encode_flow(source=str(landing), model="pat", out=str(tmp_path / "enc"), home=home)
+    assert (third.encoded_parts, third.rows) == (1, 6_700)
+    with pytest.raises(IaeError, match="encoded with model pat:v1; it cannot take parts from pat:v2"):
+        encode_flow(source=str(landing), model="pat:v2", out=str(tmp_path / "enc"), home=home)
+
     # the request made before part 2 still works, and restores the part it pinned
     kept = decode_flow(encoded=str(tmp_path / "enc"), request=str(early), out=str(tmp_path / "early.parquet"),
                        home=home)
@@ -76,8 +85,8 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
     request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
     restored = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "restored"),
                            home=home)
-    assert restored.restored_rows == 6_500
-    for part, name in ((1, "day1"), (2, "day2")):
+    assert restored.restored_rows == 6_700
+    for part, name in ((1, "day1"), (2, "day2"), (3, "day6")):
         got = pq.read_table(tmp_path / "restored" / f"part-{part:05d}-{name}.parquet")
         assert first_difference(pq.read_table(landing / f"{name}.parquet"), got) is None
 
@@ -176,6 +185,8 @@ def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect
 
     from iae_privacy_flows.serve import build_deployments
 
+    pinned = build_deployments(str(tmp_path / "landing"), "pat:v2", str(tmp_path / "enc"), str(tmp_path))
+    assert pinned[0].parameters["model"] == "pat:v2"  # serve can pin a version
     deployments = build_deployments(str(tmp_path / "landing"), "pat", str(tmp_path / "enc"), str(tmp_path),
                                     cron="0 * * * *", retrain_cron="0 3 * * 0",
                                     retrain_data=str(tmp_path / "train.parquet"))

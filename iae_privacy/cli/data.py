@@ -202,7 +202,9 @@ def train_command(
 def encode_command(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="A Parquet file, or a folder of them.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="NAME (latest version) or NAME:vN.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "NAME or NAME:vN. NAME is its latest version for a new --out, and the version an existing --out was "
+        "encoded with (a retrain does not break it; use a new --out for the new version)."))],
     out: Annotated[Path, typer.Option(help="The encoded dataset folder (created or extended).")],
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask).")] = "local",
     dask_address: Annotated[Optional[str], typer.Option(

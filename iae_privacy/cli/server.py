@@ -20,7 +20,9 @@ from iae_privacy.errors import IaeError
 def serve_command(
     ctx: typer.Context,
     landing: Annotated[Path, typer.Argument(help="The landing folder new Parquet files arrive in.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name (its latest version is used).")],
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "NAME: its latest version for a new dataset, the dataset's own version once it has parts; or "
+        "NAME:vN, pinned."))],
     out: Annotated[Path, typer.Option(help="The encoded dataset folder the landing folder feeds.")],
     cron: Annotated[str, typer.Option(help="When to encode new files (cron, server time zone).")] = "*/15 * * * *",
     retrain_cron: Annotated[Optional[str], typer.Option(help="When to retrain, if at all (cron).")] = None,
