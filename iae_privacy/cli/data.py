@@ -280,7 +280,7 @@ def token_command(
     column: Annotated[str, typer.Argument(help="An identifier column of the dataset (e.g. email).")],
     value: Annotated[str, typer.Argument(
         help="The value whose token you want, as text; - reads it from standard input (out of shell history).")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: token and row ids.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The token of a known value (an e-mail, a patient id) in an identifier column, and the row ids
     that hold it: what the latent table, decode requests and the audit log use instead of the value.
@@ -290,7 +290,6 @@ def token_command(
         iae-privacy audit show --token TOKEN        # who restored that person's record, by token
         iae-privacy audit show --row-id ROW_ID      # ... or by row id, whole-dataset restores included
     """
-    import json
     import sys
 
     if value == "-":
@@ -299,7 +298,7 @@ def token_command(
         raise IaeError("no value given (an empty argument, or nothing on standard input)")
     token, ids = session(ctx).access().look_up_token(encoded, column, value)
     if as_json:
-        typer.echo(json.dumps({"column": column, "token": token, "row_ids": [int(i) for i in ids]}))
+        print_json({"column": column, "token": token, "row_ids": [int(i) for i in ids]})
         return
     console.print(f"token {token} ({column}); {len(ids)} row(s): "
                   + (", ".join(str(int(i)) for i in ids) or "none in this dataset"), highlight=False, soft_wrap=True)
