@@ -154,6 +154,21 @@ def proxy_features(features: np.ndarray, columns: list[tuple[str, int, int]], mo
     return tuple(found)
 
 
+def _carriers(z: np.ndarray, features: np.ndarray, favoured: tuple[int, ...]) -> np.ndarray:
+    """(k,) bool: the z_public columns that carry a favoured feature (a declared target's
+    predictor, given a column of its own): correlation 0.9 or more with its codes."""
+    spare = np.zeros(z.shape[1], dtype=bool)
+    for f in favoured:
+        codes = features[:, f].astype(np.float64)
+        if codes.std() == 0:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.nan_to_num(np.abs([np.corrcoef(z[:, j], codes)[0, 1] for j in range(z.shape[1])]))
+        if r.max() >= 0.9:
+            spare[int(np.argmax(r))] = True
+    return spare
+
+
 def _sqrt_pair(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cov^(1/2), cov^(-1/2)) of a symmetric positive definite matrix."""
     values, vectors = np.linalg.eigh(cov)
@@ -313,7 +328,9 @@ class Protection:
            attacker reads the groups from: each round raises, by one of :data:`NOISE_LEVELS`, the
            noise of the columns whose permutation importance to the attacker is at least a third
            of the largest (at most :data:`TARGETED_ROUNDS` rounds). A network fitted with protected
-           columns gives them no weight in z_public, so this covers what their correlates carry;
+           columns gives them no weight in z_public, so this covers what their correlates carry.
+           Columns that carry a ``favoured`` feature (the declared target's predictors) get noise
+           only once no other column can take more (then up to twice as many rounds);
         2. unless the exact z_public passed as it is: moment matching and the distribution
            transfer, with the least of :data:`NOISE_LEVELS` on every column that passes (the
            largest if none does).
@@ -342,7 +359,8 @@ class Protection:
         steps = np.zeros(k, dtype=np.int64)
         passed = []
         protection.transfer = False
-        for _ in range(TARGETED_ROUNDS):
+        spare = _carriers(z, codes, favoured)
+        for _ in range(TARGETED_ROUNDS * (2 if spare.any() else 1)):
             protection.noise = np.asarray(NOISE_LEVELS)[steps]
             if hidden():
                 passed.append((False, protection.noise))
@@ -352,6 +370,8 @@ class Protection:
             importance = permutation_importance(fitted, released[half:], groups[half:], n_repeats=3,
                                                 random_state=0).importances_mean
             importance = np.where(steps < top, importance, -np.inf)
+            if spare.any() and np.isfinite(importance[~spare]).any():
+                importance[spare] = -np.inf  # the target's own columns last: noise the others first
             if not np.isfinite(importance).any():
                 break
             most = importance.max()
