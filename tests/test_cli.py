@@ -92,16 +92,21 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     assert run(*role, home=tmp_path).exit_code == 0
     assert "principal 'ana'" in run("keys", "add-principal", "ana", "--role", "analyst", home=tmp_path).output
     assert "analyst" in run("policy", "show", home=tmp_path).output
-    assert run("train", str(source), "--model", "hi", "--epochs", "1", home=tmp_path).exit_code == 0
+    import json
+
+    trained = json.loads(run("train", str(source), "--model", "hi", "--epochs", "1", "--json", home=tmp_path).stdout)
+    assert (trained["model"], trained["version"], trained["epochs"]) == ("hi", 1, 1) and trained["features"]
     encoded = tmp_path / "enc"
-    assert run("encode", str(source), "--model", "hi", "--out", str(encoded), home=tmp_path).exit_code == 0
+    encoding = json.loads(run("encode", str(source), "--model", "hi", "--out", str(encoded), "--json",
+                              home=tmp_path).stdout)
+    assert (encoding["encoded_parts"], encoding["rows"], encoding["out"]) == (1, 8_802, str(encoded))
 
     request, out = tmp_path / "r.json", tmp_path / "two.parquet"
     ids = pq.read_table(encoded / "latent" / "part-00001.parquet", columns=["row_id"]).column("row_id").to_pylist()[:2]
     assert run("request", str(encoded), "--as", "ana", "--rows", f"{ids[0]},{ids[1]}", "--columns",
                "health,region", "--purpose", "check", "--out", str(request), home=tmp_path).exit_code == 0
-    result = run("decode", str(encoded), "--request", str(request), "--out", str(out), home=tmp_path)
-    assert result.exit_code == 0 and "2 rows restored" in result.output, result.output
+    result = run("decode", str(encoded), "--request", str(request), "--out", str(out), "--json", home=tmp_path)
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 2, result.output
     from iae_privacy.dataset.rowids import RowIds
     from iae_privacy.keys.keyring import Keyring
 

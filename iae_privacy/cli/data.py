@@ -124,6 +124,7 @@ def train_command(
         help="The column analysts will model (or \\[analysis] target in the config): its best predictors get "
         "z_public columns of their own, and the report compares the latent table's score for it with the raw "
         "features'.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
 
@@ -153,6 +154,11 @@ def train_command(
         result = train_flow(data=str(data), model=model, home=str(workspace.home), epochs=epochs, device=device,
                             public_dims=public_dims, config=config_path(data, config), seconds=seconds,
                             protect=list(split_list(protect)) if protect else None, target=target)
+    if as_json:  # the whole train report: names, counts and measured figures, never a value
+        import dataclasses
+
+        print_json(dataclasses.asdict(result))
+        return
     table = Table(title=f"{model}:v{result.version}: what z_public ({result.public_dims} columns) "
                   "alone gives back")
     for heading in ("feature", "levels", "exact match", "R2"):
@@ -209,6 +215,7 @@ def encode_command(
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask).")] = "local",
     dask_address: Annotated[Optional[str], typer.Option(
         help="Scheduler address of a running Dask cluster; default a temporary local one.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Encode SOURCE into an encoded dataset: latent/ for analysts, vault/ sealed, manifest.json signed.
 
@@ -223,6 +230,11 @@ def encode_command(
     with flow_progress():
         result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
                             dask_address=dask_address)
+    if as_json:
+        import dataclasses
+
+        print_json({"out": str(out), **dataclasses.asdict(result)})
+        return
     console.print(f"encoded {result.encoded_rows:,} rows in {result.encoded_parts} new part(s), "
                   f"skipped {result.skipped_sources} source(s) already encoded; {out} now holds "
                   f"{result.parts} part(s), {result.rows:,} rows")
@@ -314,6 +326,7 @@ def decode_command(
     with_row_id: Annotated[bool, typer.Option(
         "--with-row-id", help="Add each row's row_id (as in the latent table) as a last column, to match the "
         "rows to a request; one .parquet file. Without it the restore is the source, bit for bit.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Restore original records, bit for bit, as a signed request allows.
 
@@ -331,6 +344,10 @@ def decode_command(
     with flow_progress():
         result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home),
                             with_row_id=with_row_id)
+    if as_json:
+        print_json({"out": str(out), "rows": result.restored_rows, "audit_entry": result.audit_entry,
+                    "synthetic": result.synthetic})
+        return
     what = "synthetic records written" if result.synthetic else "rows restored"
     console.print(f"{result.restored_rows:,} {what} to {out} (audit entry {result.audit_entry})")
 
