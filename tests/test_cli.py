@@ -124,6 +124,25 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     assert "refused" in run("audit", "show", home=tmp_path).output
     assert "audit log intact" in run("audit", "verify", home=tmp_path).output
 
+    # issue 17 through the CLI: a request made now survives the next encode; a retrain (hi:v2) does
+    # not break the dataset's schedule (NAME keeps meaning the dataset's own version); --with-row-id
+    early = tmp_path / "early.json"
+    assert run("request", str(encoded), "--as", "admin", "--out", str(early), home=tmp_path).exit_code == 0
+    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=tmp_path).exit_code == 0  # hi:v2
+    later = tmp_path / "landing-later.parquet"
+    pq.write_table(pq.read_table(source).slice(0, 500), later)
+    encoding = json.loads(run("encode", str(later), "--model", "hi", "--out", str(encoded), "--json",
+                              home=tmp_path).stdout)
+    assert (encoding["encoded_parts"], encoding["parts"], encoding["rows"]) == (1, 2, 9_302)
+    result = run("decode", str(encoded), "--request", str(early), "--out", str(tmp_path / "early.parquet"),
+                 "--with-row-id", "--json", home=tmp_path)
+    assert json.loads(result.stdout)["rows"] == 8_802, result.output  # the part it pinned, whole
+    restored = pq.read_table(tmp_path / "early.parquet")
+    assert restored.column_names[-1] == "row_id"
+    assert first_difference(pq.read_table(source), restored.drop_columns(["row_id"])) is None
+    assert sorted(restored.column("row_id").to_pylist()) == sorted(
+        pq.read_table(encoded / "latent" / "part-00001.parquet", columns=["row_id"]).column("row_id").to_pylist())
+
     log = tmp_path / "audit" / "audit.log"
     log.write_text(log.read_text().replace('"purpose":"check"', '"purpose":"other"', 1))
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "audit", "verify")
