@@ -226,3 +226,6 @@ def test_the_analysis_target_is_declared_in_the_config_and_conflicts_are_refused
     with pytest.raises(ConfigError, match="the analysis target 'email' is an identifier"):
         TableCodec.fit(table, CodecConfig(target="email"))
     assert TableCodec.from_dict(TableCodec.fit(table, CodecConfig(target="copay")).to_dict()).config.target == "copay"
+    source = write_synthetic_patients(tmp_path / "q.parquet", 600, seed=2)
+    with pytest.raises(IaeError, match="the analysis target 'admitted_at' is neither a number nor a category"):
+        fit_model(source, bytes(32), CodecConfig(target="admitted_at"), TrainConfig(epochs=0))

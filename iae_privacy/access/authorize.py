@@ -18,6 +18,7 @@ import numpy as np
 from iae_privacy.access.audit import AuditError, NonceUsedError
 from iae_privacy.access.policy import AccessRole, PolicyStore
 from iae_privacy.access.requests import DecodeRequest
+from iae_privacy.codec import Role
 from iae_privacy.dataset.manifest import Scheme
 from iae_privacy.dataset.store import EncodedDataset, Manifest
 from iae_privacy.documents import canonical, utc_now
@@ -112,8 +113,8 @@ class Authorizer(PolicyStore):
         loaded = self.workspace.models.load(f"{manifest.model}:v{manifest.model_version}", self.keyring)
         codec = loaded.model.codec
         spec = next((c for c in codec.columns if c.name == column), None)
-        if spec is None or spec.role.value != "identifier":
-            tokens = ", ".join(c.name for c in codec.columns if c.role.value == "identifier") or "none"
+        if spec is None or spec.role is not Role.IDENTIFIER:
+            tokens = ", ".join(c.name for c in codec.columns if c.role is Role.IDENTIFIER) or "none"
             raise IaeError(f"dataset {manifest.dataset!r} has no identifier column {column!r} "
                            f"(identifier columns: {tokens})")
         kind = codec.schema.field(column).type

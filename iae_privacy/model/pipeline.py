@@ -98,6 +98,10 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
         from iae_privacy.analysts.target import favoured_features, target_values  # sklearn, only with a target
 
         y, regression = target_values(pa.chunked_array(targets).slice(0, len(x)))
+        if not regression and len(np.unique(y)) > MAX_TARGET_CLASSES:
+            raise IaeError(f"{path}: the analysis target {target!r} is neither a number nor a category of at most "
+                           f"{MAX_TARGET_CLASSES} values ({len(np.unique(y)):,} distinct in the sample): declare a "
+                           "column analysts will predict")
         own = [j for j, name in enumerate(codec.feature_names) if name.split("#")[0] == target]
         with learner_threads():
             favoured = tuple(own) if own else favoured_features(x, y, regression, theirs | set(hidden),
@@ -128,6 +132,8 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     return Model(codec, model, protection), report
 
 
+MAX_TARGET_CLASSES = 200
+"""Distinct values a non-numeric analysis target may have (a category to predict, not an id or a time)."""
 CHOICE_ROWS = 6_000
 """Random sample rows on which :func:`_best_favoured` scores each choice (others fit the axes)."""
 
