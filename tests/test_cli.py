@@ -689,3 +689,48 @@ def test_prefects_sdk_telemetry_is_off_for_every_command(monkeypatch, capsys):
     from prefect._internal.analytics.enabled import is_telemetry_enabled
 
     assert not is_telemetry_enabled()
+
+
+@pytest.mark.slow
+def test_two_encode_commands_into_one_dataset_at_once_leave_it_restorable(tmp_path, data_dir, prefect_harness):
+    """Issue 17, item 1, through the CLI: two `iae-privacy encode` processes started together on the
+    same landing folder and --out (a manual encode beside a schedule) take turns; each source is
+    encoded once and the dataset verifies and restores bit for bit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    source = data_dir / "health_insurance.parquet"
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=tmp_path).exit_code == 0
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    table = pq.read_table(source)
+    for i in range(3):
+        pq.write_table(table.slice(i * 2_000, 2_000), landing / f"day{i}.parquet")
+    env = {**os.environ, "IAE_HOME": str(tmp_path), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()", "encode", str(landing), "--model", "hi",
+           "--out", str(tmp_path / "enc"), "--json"]
+    runs = [subprocess.Popen(cli, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], [err[-2_000:] for _, err in results]
+    done = [json.loads(out) for out, _ in results]
+    assert sum(d["encoded_parts"] for d in done) == 3 and all(d["parts"] == 3 for d in done), done  # each once
+    assert "| `z_public_0` .." in (tmp_path / "enc" / "latent" / "DICTIONARY.md").read_text()  # the analysts' guide
+    checked = run("check", str(tmp_path / "enc"), "--json", home=tmp_path)  # the dictionary is no stray
+    assert json.loads(checked.stdout) == {"dataset": str(tmp_path / "enc"), "parts": 3, "rows": 6_000, "ok": True,
+                                          "problems": []}
+    request = tmp_path / "all.json"
+    assert run("request", str(tmp_path / "enc"), "--as", "admin", "--out", str(request), home=tmp_path).exit_code == 0
+    assert run("decode", str(tmp_path / "enc"), "--request", str(request), "--out", str(tmp_path / "restored"),
+               home=tmp_path).exit_code == 0
+    from iae_privacy.arrow.exactness import first_difference
+
+    for restored in sorted((tmp_path / "restored").glob("*.parquet")):
+        name = restored.name.split("-", 2)[2]  # part-0000N-dayI.parquet
+        assert first_difference(pq.read_table(landing / name), pq.read_table(restored)) is None
+    assert len(list((tmp_path / "restored").glob("*.parquet"))) == 3

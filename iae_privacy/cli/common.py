@@ -136,7 +136,8 @@ def _bars() -> Progress:
 
 @contextmanager
 def progress(description: str, total: int) -> Iterator:
-    """A rich progress bar in a terminal; a few plain lines when output goes to a file or CI."""
+    """A rich progress bar in a terminal; a few plain lines on standard error when output goes to a
+    file or CI (standard output carries the results, --json ones included)."""
     if console.is_terminal:
         with _bars() as bar:
             task = bar.add_task(description, total=total, unit="rows")
@@ -148,7 +149,7 @@ def progress(description: str, total: int) -> Iterator:
         nonlocal done, next_report
         done += rows
         if done >= next_report * total or done == total:
-            console.print(f"{description}: {done:,}/{total:,} rows", highlight=False)
+            err_console.print(f"{description}: {done:,}/{total:,} rows", highlight=False)  # stdout: results
             next_report += 0.25
 
     yield advance
