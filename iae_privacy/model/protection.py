@@ -80,12 +80,12 @@ READOUT_FEATURES = 8
 MIN_QUANTILE_ROWS = 50
 """A group with fewer training rows keeps its moment-matched values (no quantile repair)."""
 DECIMALS = 2
+"""Decimals of a released value (the exact z_public columns are integers)."""
 MAX_PROXIES = 4
 """Proxies of the protected columns (:func:`proxy_features`) given no weight in z_public, at most."""
 PROXY_IMPORTANCE = 0.05
 """Accuracy a gradient-boosting attacker must lose when a feature is permuted for the feature to
 be a proxy of the protected columns: one feature that alone moves the attacker this much."""
-"""Decimals of a released value (the exact z_public columns are integers)."""
 
 
 def protected_features(codec) -> list[tuple[str, int, int]]:
