@@ -135,7 +135,7 @@ class CodecConfig:
     target: str | None = None
     """The declared analysis target (``[analysis] target``, or ``train --target``): a passthrough
     or feature column analysts will model. Its best predictors each get a z_public column of their
-    own (:func:`iae_privacy.model.pipeline.favoured_features`), and the train report states how well
+    own (:func:`iae_privacy.analysts.target.favoured_features`), and the train report states how well
     the latent table predicts it."""
 
     def __post_init__(self) -> None:

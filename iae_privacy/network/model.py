@@ -383,7 +383,7 @@ class ExactINN(nn.Module):
         tell them apart (while k leaves room: k <= the number of other features).
 
         With ``favoured`` features (the best predictors of a declared analysis target, chosen by
-        :func:`iae_privacy.model.pipeline.favoured_features`), each of the first k - 1 of them is a
+        :func:`iae_privacy.analysts.target.favoured_features`), each of the first k - 1 of them is a
         public axis of its own, the feature itself (less its group-mean directions, with protected
         columns), and the other axes are the principal axes of what they leave: an analyst's model
         of the target reads its predictors from one column each, not from mixtures of many, and
