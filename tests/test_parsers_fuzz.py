@@ -107,7 +107,8 @@ def test_manifests_are_read_or_refused(workspace, data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("manifest")
     (folder / "manifest.json").write_bytes(data.draw(hostile(genuine)))
     dataset = EncodedDataset(folder)
-    for read in (lambda: dataset.read_manifest(keyring), dataset.manifest_identity, dataset.listed_latent_parts):
+    for read in (lambda: dataset.read_manifest(keyring), dataset.manifest_identity, dataset.manifest_pin,
+                 dataset.listed_latent_parts):
         try:
             read()
         except StoreError:

@@ -117,18 +117,17 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     order = np.random.default_rng(0).permutation(len(x))
     held, fit = order[: min(max(len(x) * 3 // 10, 1), 20_000)], order[min(max(len(x) * 3 // 10, 1), 20_000):]
     z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
-    protection = None
+    protection, released = None, z[held]  # what analysts get of the held-out rows
     with learner_threads():
         if protected:
             from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
 
             protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured)
-            report.protection = measure(z[held], protection.release(z[held], x[held]), x[held], protected,
-                                        codec.feature_names)
+            released = protection.release(z[held], x[held])
+            report.protection = measure(z[held], released, x[held], protected, codec.feature_names)
             report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
         if target is not None:
-            report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs,
-                                           z[held] if protection is None else protection.release(z[held], x[held]))
+            report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs, released)
     return Model(codec, model, protection), report
 
 
