@@ -90,3 +90,49 @@ def test_tokens_of_any_column_are_hmacs_of_its_cells(keyring, data):
         expected = [None if c is None else hmac.new(key, c, hashlib.sha256).digest()[:TOKEN_BYTES].hex()
                     for c in to_cells(column)]
         assert tokenizer.tokens(column).to_pylist() == expected, field.type
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_packed_cells_are_the_cells_of_any_column_sliced_anywhere(data):
+    from iae_privacy.arrow.cells import packed_cells
+
+    schema = data.draw(arrow_schema())
+    table = data.draw(table_for(schema, max_rows=15))
+    start = data.draw(st.integers(0, table.num_rows))
+    for column in table.slice(start).columns:  # a slice keeps the parent's buffers and an offset
+        cells = to_cells(column)
+        valid, packed, bounds = packed_cells(column)
+        blob = bytes(packed)
+        assert valid.tolist() == [c is not None for c in cells]
+        assert [blob[a:b] for a, b in zip(bounds[:-1], bounds[1:])] == [c for c in cells if c is not None]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_batch_loop_and_the_standard_library_give_the_same_tokens(keyring, monkeypatch, compiled):
+    import hashlib
+    import hmac
+    from pathlib import Path
+
+    import numpy as np
+
+    from iae_privacy.keys import crypto
+
+    if compiled:
+        # where OpenSSL's headers are, the install builds the batch loop: a failed build is a bug
+        if Path("/usr/include/openssl/sha.h").exists():
+            assert crypto.BATCH_HMAC
+        if not crypto.BATCH_HMAC:
+            pytest.skip("the batch loop is not built on this machine")
+    else:
+        monkeypatch.setattr(crypto, "_hmacbatch", None)
+        monkeypatch.setattr(crypto, "BATCH_HMAC", False)  # and equal values grouped first
+    values = pa.array(["", "a", None, "ab" * 40, "名前", "x" * 64, "y" * 200, "a", None]
+                      + [str(i % 300) for i in range(500)])
+    key = Tokenizer(keyring)._key(values.type)
+    expected = [None if v is None else hmac.new(key, v.encode(), hashlib.sha256).digest()[:TOKEN_BYTES].hex()
+                for v in values.to_pylist()]
+    assert Tokenizer(keyring).tokens(values).to_pylist() == expected
+    for long_key in (b"k" * 64, b"k" * 65, b"k" * 200):  # HMAC hashes keys longer than a block first
+        digest = crypto.hmac_sha256_packed(long_key, b"abcdef", np.array([0, 2, 6]), 32)
+        assert digest == b"".join(hmac.new(long_key, m, hashlib.sha256).digest() for m in (b"ab", b"cdef"))

@@ -19,7 +19,7 @@ from iae_privacy.codec.columns import array_from_ipc, array_to_ipc
 from iae_privacy.codec.ordered import validity_buffer
 from iae_privacy.codec.roles import dense_values
 
-__all__ = ["to_cells", "from_cells", "family", "fixed_width"]
+__all__ = ["to_cells", "packed_cells", "from_cells", "family", "fixed_width"]
 
 _VARIABLE = {pa.types.is_string: np.int32, pa.types.is_binary: np.int32,
              pa.types.is_large_string: np.int64, pa.types.is_large_binary: np.int64}
@@ -77,6 +77,38 @@ def to_cells(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
     if valid is not None:
         cells = [c if ok else None for c, ok in zip(cells, valid.tolist())]
     return cells
+
+
+def packed_cells(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, bytes | pa.Buffer, np.ndarray]:
+    """The cells of :func:`to_cells` without a Python object per value: which rows are valid, and
+    the valid rows' bytes laid end to end with their int64 bounds (``len(valid cells) + 1``), so
+    that cell i is ``data[bounds[i]:bounds[i + 1]]``. Strings, binaries and fixed-width values use
+    Arrow's own buffers; other types go through :func:`to_cells`."""
+    import pyarrow.compute as pc
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    array = dense_values(array)
+    if pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type):
+        array = array.cast(pa.large_binary())
+    n = len(array)
+    valid = np.ones(n, dtype=bool) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
+    present = pc.drop_null(array) if array.null_count else array
+    m = len(present)
+    offsets_dtype = _variable_offsets(present.type)
+    width = fixed_width(present.type)
+    if m and offsets_dtype is not None:
+        bounds = np.frombuffer(present.buffers()[1], dtype=offsets_dtype)[present.offset : present.offset + m + 1]
+        data = present.buffers()[2] if present.buffers()[2] is not None else b""
+        return valid, data, bounds.astype(np.int64)
+    if m and width is not None:
+        start = present.offset * width
+        data = present.buffers()[1][start : start + m * width]
+        return valid, data, np.arange(m + 1, dtype=np.int64) * width
+    cells = [c for c in to_cells(present) if c is not None]
+    bounds = np.zeros(len(cells) + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in cells], out=bounds[1:])
+    return valid, b"".join(cells), bounds
 
 
 def from_cells(cells: list[bytes | None], type_: pa.DataType) -> pa.Array:

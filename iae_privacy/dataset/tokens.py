@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy.arrow.cells import family, to_cells
+from iae_privacy.arrow.cells import family, packed_cells
 from iae_privacy.codec.ordered import validity_buffer
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
@@ -21,7 +21,6 @@ from iae_privacy.keys.keyring import Keyring, Purpose
 __all__ = ["TOKEN_BYTES", "Tokenizer", "token_domain"]
 
 TOKEN_BYTES = 16
-_HEX = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype=np.uint8).reshape(256, 2)
 
 
 def token_domain(dataset: str, column: str, join_domains: dict[str, str] | None = None) -> str:
@@ -58,27 +57,25 @@ class Tokenizer:
     def tokens(self, array: pa.Array | pa.ChunkedArray) -> pa.Array:
         """A string array of tokens, null where ``array`` is null.
 
-        Each distinct value is hashed once (identifiers such as names repeat), then spread back.
+        Every value is hashed where the batch loop is built (0.1-0.2 us a value: grouping equal
+        values first cost more than it saved); else each distinct value once, then spread back.
         """
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
-        if pa.types.is_dictionary(array.type) or not _hashable_by_arrow(array.type):
+        if crypto.BATCH_HMAC or pa.types.is_dictionary(array.type) or not _hashable_by_arrow(array.type):
             return self._tokens(array)
         distinct = array.dictionary_encode()
         return self._tokens(distinct.dictionary).take(distinct.indices)
 
     def _tokens(self, array: pa.Array) -> pa.Array:
-        cells = to_cells(array)
-        n = len(cells)
-        present = [c for c in cells if c is not None]
-        digests = crypto.hmac_sha256_many(self._key(array.type), present, TOKEN_BYTES)
-        hex_chars = _HEX[np.frombuffer(digests, dtype=np.uint8)].reshape(-1)
-        valid = np.fromiter((c is not None for c in cells), dtype=bool, count=n)
+        valid, data, bounds = packed_cells(array)
+        n = len(valid)
+        hex_chars = crypto.hmac_sha256_packed(self._key(array.type), data, bounds, TOKEN_BYTES, hex=True)
         # null rows take no characters: the data buffer is the present rows' tokens in order
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(valid * (2 * TOKEN_BYTES), out=offsets[1:])
         return pa.Array.from_buffers(pa.string(), n, [validity_buffer(valid), pa.py_buffer(offsets),
-                                                      pa.py_buffer(hex_chars.tobytes())],
+                                                      pa.py_buffer(hex_chars)],
                                      null_count=int(n - valid.sum()))
 
 
