@@ -12,6 +12,7 @@ killed mid-write leaves a ``.NAME.*.tmp`` that :func:`remove_stale_temporaries` 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -39,6 +40,41 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class HashingWriter:
+    """A writable file that hashes (SHA-256) every byte it passes on: a file's digest without
+    reading it back. ``pq.ParquetWriter`` and ``pa.ipc`` writers take it as a Python file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._digest = hashlib.sha256()
+        self._position = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self._digest.update(view)
+        self._position += view.nbytes
+        return self._f.write(view)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def close(self) -> None:
+        """The underlying file stays open: its owner (``atomic_file``) syncs and closes it."""
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -57,8 +57,10 @@ def test_high_cardinality_strings_are_identifiers_whatever_their_name():
 
 def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     path = tmp_path / "dataset.toml"
-    path.write_text('[columns]\nregion = "passthrough"\nage = "identifier"\n\n[codec]\nlevels = 8\n')
+    path.write_text('[columns]\nregion = "passthrough"\nage = "identifier"\n\n[codec]\nlevels = 8\n'
+                    'vault_compression = "none"\n')
     config = CodecConfig.load(path)
+    assert config.vault_compression == "none" and CodecConfig().vault_compression == "lz4"
     codec = TableCodec.fit(FIT, config)
     assert codec.names_with_role(Role.PASSTHROUGH) == ["region"]
     assert codec.names_with_role(Role.IDENTIFIER) == ["patient_id", "age"]
@@ -73,6 +75,8 @@ def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     ("[codec]\nlevels = 1\n", "codec.levels must be between"),
     ("[codec]\nlevel = 10\n", "unknown key(s) in [codec]"),
     ("[codec]\nlevels = 'many'\n", "codec.levels must be an integer"),
+    ("[codec]\nvault_compression = 'gzip'\n", "codec.vault_compression must be one of lz4, zstd, none"),
+    ("[codec]\nvault_compression = 1\n", "codec.vault_compression must be a string"),
     ("[columns\n", "not valid TOML"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):
@@ -120,6 +124,9 @@ def test_profile_round_trips_through_json_unchanged():
     again = TableCodec.from_json(codec.to_json())
     assert again.to_dict() == codec.to_dict()
     assert again.schema.equals(codec.schema, check_metadata=True)
+    zstd = TableCodec.fit(FIT, CodecConfig(levels=16, vault_compression="zstd"))
+    assert TableCodec.from_json(zstd.to_json()).config.vault_compression == "zstd"
+    assert "vault_compression" not in codec.to_dict()["config"]  # the default: profiles as before
 
 
 def test_profile_of_another_version_is_refused():

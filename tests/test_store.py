@@ -527,3 +527,51 @@ def test_two_encodes_into_one_dataset_at_once_take_turns_and_leave_it_restorable
     manifest = dataset.read_manifest(keyring)
     assert len(manifest.parts) == len(list(sources.glob("*.parquet")))
     dataset.decode_all(model, keyring, tmp_path / "restored")  # restorable: it checks every part
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+def test_vault_segments_are_compressed_as_the_config_says_and_restore_bit_for_bit(setup, tmp_path, compression):
+    import copy
+    import dataclasses
+
+    from iae_privacy.dataset.layout import file_sha256, vault_sha256
+
+    _, keyring, sources, model = setup
+    model = copy.copy(model)
+    model.codec = copy.copy(model.codec)
+    model.codec.config = dataclasses.replace(model.codec.config, vault_compression=compression)
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    for record in records:  # the digests computed while writing are those of the files
+        assert record.latent_sha256 == file_sha256(tmp_path / "enc" / record.latent)
+        assert record.vault_sha256 == vault_sha256(tmp_path / "enc" / record.vault)
+    assert dataset.decode_all(model, keyring, tmp_path / "restored") == 14_000
+    for record, name in zip(records, ("a", "b")):
+        restored = tmp_path / "restored" / f"part-{record.part:05d}-{name}.parquet"
+        assert first_difference(pq.read_table(sources / f"{name}.parquet"), pq.read_table(restored)) is None
+    sizes = {"lz4": 0.6, "zstd": 0.5, "none": 1.0}  # of the uncompressed vault, at most
+    uncompressed = sum(len(s) for s in _vault_segments(tmp_path / "enc", keyring, records, decompress=True))
+    stored = sum(len(s) for s in _vault_segments(tmp_path / "enc", keyring, records, decompress=False))
+    assert stored <= sizes[compression] * uncompressed
+    if compression == "none":
+        assert stored == uncompressed
+
+
+def _vault_segments(folder, keyring, records, decompress: bool) -> list[bytes]:
+    """Every vault segment as stored (an Arrow IPC stream), or rewritten without compression."""
+    from iae_privacy.dataset.layout import VAULT_MAGIC, vault_key_aad
+    from iae_privacy.keys.keyring import Purpose
+    from iae_privacy.keys.sealed import open_sealed_file
+
+    segments = []
+    for record in records:
+        _, _, stream = open_sealed_file(folder / record.vault, VAULT_MAGIC, Purpose.VAULT, vault_key_aad,
+                                        keyring, "vault part")
+        for segment in stream:
+            if decompress:
+                batch = pa.ipc.open_stream(segment).read_next_batch()
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, batch.schema) as writer:
+                    writer.write_batch(batch)
+                segment = sink.getvalue().to_pybytes()
+            segments.append(segment)
+    return segments

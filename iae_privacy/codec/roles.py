@@ -97,6 +97,7 @@ def network_kind(type_: pa.DataType) -> str | None:
 
 
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VAULT_COMPRESSIONS = ("lz4", "zstd", "none")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class CodecConfig:
         levels = 4096            # coarse levels per numeric column
         max_categories = 256     # more distinct strings than this: an identifier
         sample_rows = 200000     # rows read to fit the codec
+        vault_compression = "lz4"  # vault segments compressed before sealing: lz4, zstd or none
 
         [tokens]
         patient_id = "patient"   # a join domain: every column naming it, in any dataset, shares tokens
@@ -132,6 +134,11 @@ class CodecConfig:
     protected: tuple[str, ...] = ()
     """Feature columns whose values analysts' latent table must not reveal (``"protected"`` in
     ``[columns]``, or ``train --protect``): see :mod:`iae_privacy.model.protection`."""
+    vault_compression: str = "lz4"
+    """How each vault segment (an Arrow IPC stream) is compressed before it is sealed: ``lz4``
+    (fast), ``zstd`` (smaller, slower) or ``none``. Compressing before encrypting makes a
+    segment's sealed length depend on how its rows compress together: ``none`` hides that, at
+    2-4x the vault's size (docs/threat-model.md)."""
     target: str | None = None
     """The declared analysis target (``[analysis] target``, or ``train --target``): a passthrough
     or feature column analysts will model. Its best predictors each get a z_public column of their
@@ -164,6 +171,9 @@ class CodecConfig:
             )
         if self.sample_rows < 1:
             raise ConfigError(f"codec.sample_rows must be positive, got {self.sample_rows}")
+        if self.vault_compression not in VAULT_COMPRESSIONS:
+            raise ConfigError(f"codec.vault_compression must be one of {', '.join(VAULT_COMPRESSIONS)}, "
+                              f"got {self.vault_compression!r}")
         for column, domain in self.join_domains.items():
             if not isinstance(domain, str) or not _DOMAIN.match(domain):
                 raise ConfigError(f"tokens.{column}: a join domain is a name of letters, digits, '_', '.' "
@@ -202,11 +212,15 @@ class CodecConfig:
                     f"{path}: column {column!r} has role {value!r}; expected one of {allowed}"
                 ) from None
         codec = dict(doc.get("codec", {}))
-        unknown = set(codec) - {"levels", "max_categories", "sample_rows"}
+        unknown = set(codec) - {"levels", "max_categories", "sample_rows", "vault_compression"}
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) in [codec]: {sorted(unknown)}")
         for key, value in codec.items():
-            if not isinstance(value, int) or isinstance(value, bool):
+            if key == "vault_compression":
+                if not isinstance(value, str):
+                    raise ConfigError(f"{path}: codec.vault_compression must be a string: "
+                                      f"{', '.join(VAULT_COMPRESSIONS)}")
+            elif not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{path}: codec.{key} must be an integer")
         try:
             return cls(roles=roles, join_domains=dict(doc.get("tokens", {})), protected=tuple(protected),

@@ -321,7 +321,9 @@ class TableCodec:
                        "sample_rows": self.config.sample_rows,
                        **({"join_domains": dict(self.config.join_domains)} if self.config.join_domains else {}),
                        **({"protected": list(self.config.protected)} if self.config.protected else {}),
-                       **({"target": self.config.target} if self.config.target else {})},
+                       **({"target": self.config.target} if self.config.target else {}),
+                       **({"vault_compression": self.config.vault_compression}
+                          if self.config.vault_compression != "lz4" else {})},
             "fit_rows": self.fit_rows,
             "columns": [
                 {"name": c.name, "role": c.role.value, "reason": c.reason,

@@ -226,10 +226,11 @@ def latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
 
 
-def vault_segment(latent: LatentBatch, complete: bool) -> bytes:
+def vault_segment(latent: LatentBatch, complete: bool, compression: str = "none") -> bytes:
     """One batch's vault contents as an Arrow IPC stream: z_detail, codec detail, identifiers;
     ``complete`` (format 2): then z_public and the passthrough columns too, so that the vault
-    alone restores the batch while the latent part's rows are in another order."""
+    alone restores the batch while the latent part's rows are in another order. ``compression``
+    (``lz4``, ``zstd`` or ``none``): Arrow IPC's own body compression, which any reader undoes."""
     e = latent.encoded
     columns = [pa.array(latent.z_detail[:, j]) for j in range(latent.z_detail.shape[1])]
     names = [f"z_detail_{j}" for j in range(latent.z_detail.shape[1])]
@@ -248,7 +249,8 @@ def vault_segment(latent: LatentBatch, complete: bool) -> bytes:
     batch = pa.RecordBatch.from_arrays(columns, names=names, metadata=metadata) if columns else \
         e.detail.select([]).replace_schema_metadata(metadata)
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -15,23 +16,21 @@ from iae_privacy.dataset.layout import (
     DICTIONARY_PAGE_LIMIT,
     ROW_ID,
     VAULT_MAGIC,
-    file_sha256,
     latent_table,
     public_name,
     vault_key_aad,
     vault_segment,
-    vault_sha256,
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
 from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, ShuffledWriter
 from iae_privacy.errors import StoreError
-from iae_privacy.files import atomic_file
+from iae_privacy.files import HashingWriter, atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
 from iae_privacy.keys.sealed import SealedWriter, read_sealed_header, rewrap_sealed
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
-    from iae_privacy.model.pipeline import Model
+    from iae_privacy.model.pipeline import LatentBatch, Model
 
 __all__ = ["Writer"]
 
@@ -107,42 +106,57 @@ class Writer(ManifestFile):
         content = scheme.content()
         done = 0
         try:
-            with atomic_file(latent_path) as latent_sink, \
+            with atomic_file(latent_path) as latent_file, \
                     SealedWriter(vault_path, VAULT_MAGIC, {"kind": "vault", "dataset": dataset, "part": part},
                                  Purpose.VAULT, vault_key_aad({"dataset": dataset, "part": part}), keyring) as vault:
+                latent_sink = HashingWriter(latent_file)  # the part's digest as it is written: no re-read
                 # format 2: latent rows through a bounded-memory shuffle; format 1: in source order
                 writer: pq.ParquetWriter | ShuffledWriter | None = ShuffledWriter(
                     latent_sink, latent_path.parent, latent_path.name, -(-parquet_rows(source) // batch_size),
                     ROW_ID) if shuffled else None
 
-                def write_latent(table: pa.Table) -> None:
+                def write(item: tuple[np.ndarray, LatentBatch]) -> None:
+                    """One batch's tokens, latent rows and sealed vault segment, on the second thread."""
+                    nonlocal writer
+                    ids, latent = item
+                    table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
+                                         model_version, codec.schema.names, shuffled)
+                    if writer is None:
+                        writer = pq.ParquetWriter(latent_sink, table.schema,
+                                                  dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
                     if shuffled:
                         writer.put(table)
                     else:
                         writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                    vault.write(vault_segment(latent, complete=shuffled, compression=codec.config.vault_compression))
 
                 try:
-                    with Behind(write_latent) as behind:
+                    with Behind(write) as behind:
                         for batch in read_batches(source, batch_size):
                             content.update(batch)
                             latent = model.encode(batch, source=str(source))
                             rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
                             ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
-                            table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
-                                                 model_version, codec.schema.names, shuffled)
-                            if writer is None:
-                                writer = pq.ParquetWriter(latent_sink, table.schema,
-                                                          dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
-                            behind.put(table)  # written (or spilled) on a second thread while the next is encoded
-                            vault.write(vault_segment(latent, complete=shuffled))
+                            # tokens, the latent rows and the vault segment on a second thread (the
+                            # token loop, Arrow and AES-GCM release the GIL) while the next is encoded
+                            behind.put((ids, latent))
                             done += batch.num_rows
                             batch_rows.append(batch.num_rows)
                             if on_rows is not None:
                                 on_rows(done)
                     if not batch_rows:
                         raise StoreError(f"{source} has no record batches to encode")
-                    if shuffled:
-                        writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                    # the vault's last segment sealed and the file synced on a second thread while
+                    # the latent rows are written in their keyed order
+                    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iae-vault") as pool:
+                        closing = pool.submit(vault.finish)
+                        try:
+                            if shuffled:
+                                writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                        finally:
+                            vault_error = closing.exception()  # waits; an error of the latent part wins
+                    if vault_error is not None:
+                        raise vault_error
                 finally:
                     if writer is not None:
                         writer.close()
@@ -151,8 +165,8 @@ class Writer(ManifestFile):
             self._remove_empty_folders()
             raise
         return PartRecord(part, scheme.seal_source(str(source)), source_digest, done, len(batch_rows),
-                          str(latent_path.relative_to(self.folder)), file_sha256(latent_path),
-                          str(vault_path.relative_to(self.folder)), vault_sha256(vault_path),
+                          str(latent_path.relative_to(self.folder)), latent_sink.hexdigest(),
+                          str(vault_path.relative_to(self.folder)), vault.content_sha256,
                           content.hexdigest(), batch_rows if shuffled else [], stamp)
 
     def rewrap_all(self, keyring: Keyring) -> int:

@@ -95,30 +95,58 @@ class SealedWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._target = atomic_file(path)
         self._file = self._target.__enter__()
-        self._file.write(magic + _U32.pack(len(self._header)) + self._header + _U32.pack(len(envelope)) + envelope)
+        preamble = magic + _U32.pack(len(self._header)) + self._header
+        self._file.write(preamble + _U32.pack(len(envelope)) + envelope)
+        # what content_sha256 reads back (all but the key envelope), hashed as it is written
+        self._digest = hashlib.sha256(preamble)
         self._pending: bytes | None = None
+        self._done = False
         self.count = 0
         """Segments written so far (sealed or waiting to be)."""
 
     def write(self, segment: bytes) -> None:
         if self._pending is not None:
-            _write_segment(self._file, self._key, self._magic, self._header, self.count - 1, False, self._pending)
+            self._seal(self.count - 1, False, self._pending)
         self._pending = segment
         self.count += 1
+
+    def _seal(self, index: int, last: bool, data: bytes) -> None:
+        block = _sealed_block(self._key, self._magic, self._header, index, last, data)
+        self._file.write(block)
+        self._digest.update(block)
+
+    @property
+    def content_sha256(self) -> str:
+        """:func:`content_sha256` of the finished file, computed while writing it."""
+        if not self._done:
+            raise SealedFileError("the sealed file is not finished")
+        return self._digest.hexdigest()
+
+    def finish(self) -> None:
+        """Seal the last segment and put the file in place (on disk); the block's end then does
+        nothing more. Lets the caller finish this file while it writes another."""
+        if self._done:
+            return
+        last = self._pending if self._pending is not None else b""
+        try:
+            self._seal(max(self.count - 1, 0), True, last)
+        except BaseException as error:
+            self._done = True
+            self._target.__exit__(type(error), error, error.__traceback__)  # removes the temporary
+            raise
+        self.count = max(self.count, 1)
+        self._done = True
+        self._target.__exit__(None, None, None)  # put in place
 
     def __enter__(self) -> SealedWriter:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
         if kind is None:
-            last = self._pending if self._pending is not None else b""
-            try:
-                _write_segment(self._file, self._key, self._magic, self._header, max(self.count - 1, 0), True, last)
-            except BaseException as error:
-                self._target.__exit__(type(error), error, error.__traceback__)  # removes the temporary
-                raise
-            self.count = max(self.count, 1)
-        self._target.__exit__(kind, exc, tb)  # put in place, or removed
+            self.finish()
+        elif not self._done:
+            self._done = True
+            self._target.__exit__(kind, exc, tb)  # removed
         return False
 
 
@@ -131,9 +159,9 @@ def write_sealed(path: Path, magic: bytes, header: dict[str, Any], purpose: Purp
     return sealed.count
 
 
-def _write_segment(f: BinaryIO, key: bytes, magic: bytes, header: bytes, index: int, last: bool, data: bytes) -> None:
+def _sealed_block(key: bytes, magic: bytes, header: bytes, index: int, last: bool, data: bytes) -> bytes:
     sealed = crypto.seal(key, data, _segment_aad(magic, header, index, last))
-    f.write(_U32.pack(len(sealed)) + sealed)
+    return _U32.pack(len(sealed)) + sealed
 
 
 def read_sealed_header(path: Path, magic: bytes, what: str) -> tuple[dict[str, Any], int]:
