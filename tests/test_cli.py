@@ -734,3 +734,30 @@ def test_two_encode_commands_into_one_dataset_at_once_leave_it_restorable(tmp_pa
         name = restored.name.split("-", 2)[2]  # part-0000N-dayI.parquet
         assert first_difference(pq.read_table(landing / name), pq.read_table(restored)) is None
     assert len(list((tmp_path / "restored").glob("*.parquet"))) == 3
+
+
+@pytest.mark.slow
+def test_a_dask_encode_without_a_server_starts_one_temporary_server_not_one_per_worker(tmp_path, data_dir):
+    """Issue 16: each Dask worker used to start a temporary Prefect server of its own (10k rows:
+    104 s, most of it servers starting); the workers now report to the run's own."""
+    import os
+    import subprocess
+    import sys
+
+    source = data_dir / "health_insurance.parquet"
+    assert run("keys", "init", home=tmp_path).exit_code == 0
+    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=tmp_path).exit_code == 0
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    table = pq.read_table(source)
+    for i in range(2):
+        pq.write_table(table.slice(i * 1_000, 1_000), landing / f"day{i}.parquet")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["IAE_HOME"] = str(tmp_path)
+    cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()", "encode", str(landing), "--model", "hi",
+           "--out", str(tmp_path / "enc"), "--runner", "dask"]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    assert "encoded 2,000 rows in 2 new part(s)" in done.stdout
+    log = done.stdout + done.stderr
+    assert log.count("Starting temporary server") == 1, log[-3_000:]

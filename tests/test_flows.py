@@ -156,7 +156,6 @@ def test_prefect_home_holds_no_sample_values_and_no_key_bytes(tmp_path):
 
 @pytest.mark.slow
 def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harness):
-    from distributed import LocalCluster
 
     from iae_privacy_flows.encode import run_encode
     from iae_privacy_flows.train import train_flow
@@ -168,14 +167,31 @@ def test_encode_on_a_dask_cluster_matches_the_local_run(tmp_path, prefect_harnes
     home = str(tmp_path)
     train_flow(data=str(landing / "day0.parquet"), model="pat", home=home, epochs=1)
     local = run_encode(str(landing), "pat", str(tmp_path / "local"), home, dataset="patients")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        distributed = run_encode(str(landing), "pat", str(tmp_path / "dask"), home, dataset="patients",
-                                 runner="dask", dask_address=cluster.scheduler_address)
+    # the temporary cluster run_encode starts: its workers must report to this run's API (the
+    # harness's), not start temporary servers of their own, whose task runs the harness never sees
+    distributed = run_encode(str(landing), "pat", str(tmp_path / "dask"), home, dataset="patients", runner="dask")
     assert local == distributed and local.encoded_parts == 3
+    assert _encode_part_runs_of_the_last_flow_run() == 3
     for part in (1, 2, 3):
         a = pq.read_table(tmp_path / "local" / "latent" / f"part-{part:05d}.parquet")
         b = pq.read_table(tmp_path / "dask" / "latent" / f"part-{part:05d}.parquet")
         assert a.equals(b) and a.schema.equals(b.schema, check_metadata=True)
+
+
+def _encode_part_runs_of_the_last_flow_run() -> int:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def count() -> int:
+        async with get_client() as client:
+            last = (await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1))[0]
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[last.id])))
+            return sum(r.name.startswith("encode part") for r in runs)
+
+    return asyncio.run(count())
 
 
 def test_serve_registers_scheduled_deployments_with_paths_only(tmp_path, prefect_harness):
