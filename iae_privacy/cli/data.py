@@ -46,6 +46,8 @@ def profile_command(
         zper = "identifier"     # a person number its name does not give away
         region = "passthrough"  # declared non-sensitive: analysts get it as it is
         female = "protected"    # the latent table must not give it away (train --protect)
+        \\[codec]
+        vault_compression = "lz4"  # before sealing: lz4 (default), zstd, or none (hides lengths)
         \\[analysis]
         target = "meddol"       # what analysts will model (train --target)
     """

@@ -138,7 +138,8 @@ class CodecConfig:
     """How each vault segment (an Arrow IPC stream) is compressed before it is sealed: ``lz4``
     (fast), ``zstd`` (smaller, slower) or ``none``. Compressing before encrypting makes a
     segment's sealed length depend on how its rows compress together: ``none`` hides that, at
-    2-4x the vault's size (docs/threat-model.md)."""
+    2-4x the vault's size (docs/threat-model.md). Part of the codec profile: fixed when the model
+    is trained."""
     target: str | None = None
     """The declared analysis target (``[analysis] target``, or ``train --target``): a passthrough
     or feature column analysts will model. Its best predictors each get a z_public column of their
