@@ -414,6 +414,29 @@ def test_a_dataset_that_changes_between_authorisation_and_restore_is_not_restore
     assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
 
 
+@pytest.mark.parametrize("damage", ["vault byte", "vaults swapped"])
+def test_a_vault_damaged_after_the_authorisation_fails_the_restore_and_leaves_nothing(world, copy, tmp_path,
+                                                                                      damage):
+    """A whole-dataset restore does not hash the parts again after its authorisation did (issue
+    16: once per restore); each vault segment's authentication still refuses them."""
+    grant = world.access.authorize(copy, world.request(encoded=copy))
+    vault, other = copy / "vault" / "part-00001.vault", copy / "vault" / "part-00002.vault"
+    if damage == "vault byte":
+        data = bytearray(vault.read_bytes())
+        data[len(data) // 2] ^= 0x04
+        vault.write_bytes(bytes(data))
+    else:
+        a, b = vault.read_bytes(), other.read_bytes()
+        vault.write_bytes(b)
+        other.write_bytes(a)
+    out = tmp_path / "restored"
+    with pytest.raises(IaeError, match="vault part"):
+        world.access.restore(grant, out)
+    assert not out.exists() or not any(out.iterdir())
+    failed = world.access.audit.entries()[-1]
+    assert (failed["outcome"], failed["granted_in"]) == ("failed", grant.audit_seq)
+
+
 def test_a_request_made_in_the_future_is_refused(world, tmp_path):
     import dataclasses
     import datetime
