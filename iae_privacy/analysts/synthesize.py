@@ -1,14 +1,22 @@
-"""Synthetic records: sample the latent Gaussian the model recorded at training time, decode.
+"""Synthetic records: a density over the latent z of real records, sampled and decoded.
 
-The train report keeps the mean and covariance of the exact latent ``z`` over the validation rows
-(aggregates, no row). Synthetic ``z`` is drawn from that Gaussian, rounded, and decoded by the
-network to feature codes, clipped into each feature's range; the codec turns codes into values
-with a zero remainder (a number comes back as the lower edge of its quantile bucket). Columns the
+At synthesis time (an authorised, audited request) a Gaussian mixture is fitted over the exact
+latent ``z`` of up to 20,000 real records (:class:`LatentDensity`; the number of components by
+BIC). Synthetic ``z`` is drawn from it and decoded by the network to feature codes; a draw that
+decodes well outside some feature's range is drawn again. Each number's code (a quantile rank) is
+then mapped, rank for rank, onto the real codes' distribution (the drawn rows' order, so their
+dependence, is kept), and the number is drawn within the span real values cover in its bucket: not
+at the bucket's edge, which is a training value. The codec turns codes into values. Columns the
 network does not model (identifiers, passthrough and vault columns) are null in synthetic rows.
+What this gives against a Gaussian copula and independent marginals is measured by
+``python -m bench --only synthesis`` (SDMetrics' quality report, train-on-synthetic, distances to
+the closest training record): see docs/synthesis.md.
 
-:func:`fidelity` compares synthetic and real feature columns (per-column total variation distance
-between code histograms, and the largest and mean difference of pairwise code correlations), and
-counts synthetic rows whose feature values equal a real row's; :func:`synthesize` drops those.
+:func:`sample_codes` is the sampler before issue 18 (one Gaussian over z, recorded at training
+time), kept for comparison. :func:`fidelity` compares synthetic and real feature columns
+(per-column total variation distance between code histograms, and the largest and mean
+difference of pairwise code correlations), and :func:`matching_rows` finds synthetic rows whose
+feature values equal a real row's; :func:`synthesize_records` replaces those.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from iae_privacy.codec import EncodedBatch, Role
-from iae_privacy.codec.columns import CategoryColumn, array_to_ipc
+from iae_privacy.codec.columns import CategoryColumn, NumberColumn, array_to_ipc
 from iae_privacy.dataset.store import EncodedDataset, Manifest, write_restored
 from iae_privacy.errors import IaeError
 from iae_privacy.files import write_private
@@ -33,7 +41,7 @@ from iae_privacy.model.pipeline import Model
 if TYPE_CHECKING:
     from iae_privacy.model.registry import LoadedModel
 
-__all__ = ["sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows",
+__all__ = ["LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows",
            "synthesize_records"]
 
 
@@ -49,12 +57,144 @@ def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int
     return np.clip(codes, 0, levels - 1)
 
 
-def records_from_codes(model: Model, codes: np.ndarray) -> pa.RecordBatch:
-    """Record batch with the source schema: feature columns from ``codes``, the others null."""
+class LatentDensity:
+    """A Gaussian mixture over the latent z of real rows (issue 18), fitted when records are
+    synthesized: the latent of a table with categories is a union of clusters, which one Gaussian
+    (the density recorded at training time) smears into codes no real record has.
+
+    Fitted on up to ``FIT_ROWS`` real rows' z, standardised per dimension; the number of
+    components (1 to 32) is the one with the lowest BIC. Sampling draws z, rounds it, and decodes
+    it exactly with the network; codes outside a feature's range are clipped into it."""
+
+    FIT_ROWS = 20_000
+    COMPONENTS = (1, 2, 4, 8, 16, 32)
+    MARGIN = 0.02
+    """Draws that decode at most this share of a feature's range outside it are clipped into it
+    (the real rows at the range's edges); draws further out are drawn again."""
+
+    def __init__(self, model: Model, mixture, center: np.ndarray, scale: np.ndarray,
+                 marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]]) -> None:
+        self.model, self.mixture, self.center, self.scale = model, mixture, center, scale
+        self.marginals = marginals
+        """Number features (codes are quantile ranks): the real rows' sorted codes, to which the
+        drawn codes are mapped rank for rank (in memory only, while synthesizing)."""
+        self.spans = spans
+        """Remainder column -> (its code's position, the largest real remainder in each bucket)."""
+
+    @property
+    def components(self) -> int:
+        return int(self.mixture.n_components)
+
+    def records(self, codes: np.ndarray, rng: np.random.Generator) -> pa.RecordBatch:
+        """Records for ``codes``: each number drawn uniformly within the part of its bucket that
+        real values span (not at the bucket's edge, which is a training value)."""
+        remainders = {}
+        for key, (j, largest) in self.spans.items():
+            span = largest[codes[:, j]]
+            remainders[key] = np.floor(rng.random(len(codes)) * (span + 1)).astype(np.uint64)
+        return records_from_codes(self.model, codes, remainders)
+
+    @classmethod
+    def fit(cls, model: Model, batches: Iterable[pa.RecordBatch], rng: np.random.Generator) -> LatentDensity:
+        from sklearn.mixture import GaussianMixture
+
+        numbers = _number_codes(model)
+        codes, remainders, rows = [], {key: [] for key in numbers.values() if key}, 0
+        for batch in batches:
+            encoded = model.codec.encode(batch)
+            codes.append(encoded.features)
+            for key in remainders:
+                remainders[key].append(encoded.detail.column(key).to_numpy(zero_copy_only=False).astype(np.float64))
+            rows += batch.num_rows
+            if rows >= 4 * cls.FIT_ROWS:
+                break
+        x = np.concatenate(codes)
+        # each number bucket's span in the real rows: the largest remainder seen in it (0 where the
+        # bucket holds one value, as every bucket of a column with few distinct values does)
+        spans = {}
+        for j, key in numbers.items():
+            if key:
+                largest = np.zeros(model.codec.feature_levels[j])
+                np.maximum.at(largest, x[:, j], np.concatenate(remainders[key]))
+                spans[key] = (j, largest)
+        if len(x) > cls.FIT_ROWS:
+            x = x[rng.choice(len(x), cls.FIT_ROWS, replace=False)]
+        z = model.network.encode(torch.from_numpy(x.astype(np.int64))).numpy().astype(np.float64)
+        center, scale = z.mean(0), np.maximum(z.std(0), 1.0)
+        scaled = (z - center) / scale
+        seed = int(rng.integers(1 << 31))
+        best, best_bic = None, np.inf
+        for k in cls.COMPONENTS:
+            if k * 20 > len(scaled):
+                break
+            mixture = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=200,
+                                      random_state=seed).fit(scaled)
+            bic = mixture.bic(scaled)
+            if bic < best_bic:
+                best, best_bic = mixture, bic
+        if best is None:
+            raise IaeError("too few real records to fit a latent density for synthesis")
+        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans)
+
+    def sample(self, n: int, rng: np.random.Generator, rounds: int = 20) -> np.ndarray:
+        """``n`` rows of feature codes. A draw that decodes to a code outside some feature's
+        range lies off the data (clipping it piled such draws up at the extremes: CPS 1988's
+        99th wage percentile came out 5x the real one) and is drawn again, up to ``rounds``
+        times; what is left after that is clipped."""
+        levels = np.asarray(self.model.codec.feature_levels)
+        margin = np.maximum(1, np.ceil(self.MARGIN * levels)).astype(np.int64)
+        kept: list[np.ndarray] = []
+        need = n
+        for _ in range(rounds):
+            codes = self._draw(need + need // 4 + 16, rng)
+            inside = ((codes >= -margin) & (codes < levels + margin)).all(axis=1)
+            kept.append(np.clip(codes[inside][:need], 0, levels - 1))
+            need -= len(kept[-1])
+            if need == 0:
+                break
+        if need:
+            kept.append(np.clip(self._draw(need, rng), 0, levels - 1))
+        codes = np.concatenate(kept)[rng.permutation(n)]
+        for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
+            ranks = np.lexsort((rng.random(n), codes[:, j]))
+            codes[ranks, j] = real[((np.arange(n) + rng.random(n)) * len(real) / n).astype(np.int64)]
+        return codes
+
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        m = self.mixture
+        counts = rng.multinomial(n, m.weights_ / m.weights_.sum())
+        parts = [rng.multivariate_normal(m.means_[j], m.covariances_[j], size=c, method="eigh")
+                 for j, c in enumerate(counts) if c]
+        draws = np.concatenate(parts) * self.scale + self.center
+        bound = np.asarray(self.model.network.output_bound, dtype=np.float64)
+        z = np.rint(np.clip(draws, -bound, bound)).astype(np.int64)
+        return self.model.network.decode(torch.from_numpy(z)).numpy()
+
+
+def _number_codes(model: Model) -> dict[int, str | None]:
+    """The number features' codes (quantile ranks): position among the model's features ->
+    the codec's remainder column for it (None: every bucket is one value)."""
+    positions, offset = {}, 0
+    for spec in model.codec.columns:
+        if spec.feature is not None:
+            offset += spec.feature.width
+            if isinstance(spec.feature, NumberColumn):
+                positions[offset - 1] = spec.feature._remainder_key if spec.feature.remainder_type else None
+    return positions
+
+
+def records_from_codes(model: Model, codes: np.ndarray,
+                       remainders: dict[str, np.ndarray] | None = None) -> pa.RecordBatch:
+    """Record batch with the source schema: feature columns from ``codes``, the others null.
+    ``remainders``: a number's offset within its bucket, by the codec's remainder column (each
+    below the bucket's width); without one, a number is its bucket's edge."""
     codec, n = model.codec, len(codes)
     detail, meta = [], {}
+    within = remainders or {}
     for f in codec.detail_schema:
-        if f.name.endswith(".rem"):
+        if f.name in within:
+            detail.append(pa.array(within[f.name]).cast(f.type))
+        elif f.name.endswith(".rem"):
             detail.append(pa.array(np.zeros(n, dtype=np.uint64)).cast(f.type))
         else:  # escape lists (no row escaped) and vault columns (not synthesized)
             detail.append(pa.nulls(n, f.type))
@@ -127,41 +267,47 @@ def fidelity(model: Model, synthetic: np.ndarray, real: np.ndarray) -> Fidelity:
 def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: LoadedModel, keyring: Keyring, rows: int,
                        out: Path, on_rows: Callable[[int, int], None] | None = None, reference_rows: int = 50_000,
                        seed: int | None = None) -> int:
-    """Sample ``rows`` synthetic records from the dataset's model; drop (and replace) any whose
-    feature values equal a real record's; write them to ``out`` and a fidelity report
-    (aggregates only) beside it as ``out``.fidelity.json."""
+    """Sample ``rows`` synthetic records from the dataset's model and a latent density fitted on
+    its real records (:class:`LatentDensity`); drop (and replace) any whose feature values equal
+    a real record's; write them to ``out`` and a fidelity report (aggregates only) beside it as
+    ``out``.fidelity.json."""
     if out.suffix != ".parquet":
         raise IaeError(f"{out}: synthetic records go to one .parquet file")
-    model, training = loaded.model, loaded.training
+    model = loaded.model
     rng = np.random.default_rng(seed)
     columns = feature_columns(model)
-    codes = sample_codes(model, training.get("latent_mean", []), training.get("latent_cov", []), rows, rng)
-    reference: list[np.ndarray] = []
 
     def real_batches():
         for record in sorted(manifest.parts, key=lambda p: p.part):
-            for batch in dataset.decode_part(record, model, keyring, manifest.dataset):
-                if sum(len(r) for r in reference) < reference_rows:
-                    reference.append(model.codec.encode(batch).features)
-                yield batch
+            yield from dataset.decode_part(record, model, keyring, manifest.dataset)
 
+    def reference_codes() -> np.ndarray:
+        codes, n = [], 0
+        for batch in real_batches():
+            codes.append(model.codec.encode(batch).features)
+            n += batch.num_rows
+            if n >= reference_rows:
+                break
+        return np.concatenate(codes)[:reference_rows]
+
+    density = LatentDensity.fit(model, real_batches(), rng)
+    codes = density.sample(rows, rng)
     dropped = 0
     for _ in range(3):
-        table = pa.Table.from_batches([records_from_codes(model, codes)])
+        table = pa.Table.from_batches([density.records(codes, rng)])
         hits = matching_rows(table, real_batches(), columns)
         if not len(hits):
             break
         dropped += len(hits)
         keep = np.setdiff1d(np.arange(len(codes)), hits)
-        codes = np.concatenate([codes[keep], sample_codes(model, training["latent_mean"],
-                                                                 training["latent_cov"], len(hits), rng)])
-        reference.clear()
+        codes = np.concatenate([codes[keep], density.sample(len(hits), rng)])
     else:
         raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
-    quality = fidelity(model, codes, np.concatenate(reference)[:reference_rows])
+    quality = fidelity(model, codes, reference_codes())
     write_restored(out, iter(table.to_batches()))
     report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
               "real_records_compared": sum(p.rows for p in manifest.parts),
+              "latent_density": {"kind": "Gaussian mixture over z", "components": density.components},
               "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],
               "total_variation_distance": quality.columns,
               "correlation_max_difference": quality.correlation_max_difference,
