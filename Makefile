@@ -35,6 +35,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

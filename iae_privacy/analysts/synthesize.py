@@ -41,8 +41,8 @@ from iae_privacy.model.pipeline import Model
 if TYPE_CHECKING:
     from iae_privacy.model.registry import LoadedModel
 
-__all__ = ["LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns", "matching_rows",
-           "synthesize_records"]
+__all__ = ["LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns",
+           "matching_rows", "synthesize_records"]
 
 
 def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int,
@@ -69,12 +69,17 @@ class LatentDensity:
     FIT_ROWS = 20_000
     COMPONENTS = (1, 2, 4, 8, 16, 32)
     MARGIN = 0.02
+    OVERDRAW = 4
     """Draws that decode at most this share of a feature's range outside it are clipped into it
     (the real rows at the range's edges); draws further out are drawn again."""
 
     def __init__(self, model: Model, mixture, center: np.ndarray, scale: np.ndarray,
-                 marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]]) -> None:
+                 marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]],
+                 shares: dict[int, np.ndarray]) -> None:
         self.model, self.mixture, self.center, self.scale = model, mixture, center, scale
+        self.shares = shares
+        """Other features (categories, booleans, null bits): each code's share of the real rows,
+        which the drawn rows are raked to (in memory only, while synthesizing)."""
         self.marginals = marginals
         """Number features (codes are quantile ranks): the real rows' sorted codes, to which the
         drawn codes are mapped rank for rank (in memory only, while synthesizing)."""
@@ -134,10 +139,30 @@ class LatentDensity:
                 best, best_bic = mixture, bic
         if best is None:
             raise IaeError("too few real records to fit a latent density for synthesis")
-        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans)
+        others = {j: np.bincount(x[:, j], minlength=level) / len(x)
+                  for j, level in enumerate(model.codec.feature_levels) if j not in numbers}
+        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans, others)
 
-    def sample(self, n: int, rng: np.random.Generator, rounds: int = 20) -> np.ndarray:
-        """``n`` rows of feature codes. A draw that decodes to a code outside some feature's
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` rows of feature codes: ``OVERDRAW`` times as many candidates (:meth:`candidates`),
+        weighted by raking so that every category, boolean and null bit takes its real share
+        (iterative proportional fitting), ``n`` of them drawn by weight; then each number's code
+        mapped onto its real distribution, rank for rank."""
+        pool = self.candidates(self.OVERDRAW * n, rng)
+        weights = np.ones(len(pool))
+        for _ in range(10):
+            for j, share in self.shares.items():
+                drawn = np.bincount(pool[:, j], weights=weights, minlength=len(share)) / weights.sum()
+                factor = np.divide(share, drawn, out=np.ones_like(share), where=drawn > 0)
+                weights *= factor[pool[:, j]]
+        codes = pool[rng.choice(len(pool), n, replace=False, p=weights / weights.sum())]
+        for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
+            ranks = np.lexsort((rng.random(n), codes[:, j]))
+            codes[ranks, j] = real[((np.arange(n) + rng.random(n)) * len(real) / n).astype(np.int64)]
+        return codes
+
+    def candidates(self, n: int, rng: np.random.Generator, rounds: int = 20) -> np.ndarray:
+        """``n`` rows of codes as drawn. A draw that decodes to a code well outside some feature's
         range lies off the data (clipping it piled such draws up at the extremes: CPS 1988's
         99th wage percentile came out 5x the real one) and is drawn again, up to ``rounds``
         times; what is left after that is clipped."""
@@ -154,11 +179,7 @@ class LatentDensity:
                 break
         if need:
             kept.append(np.clip(self._draw(need, rng), 0, levels - 1))
-        codes = np.concatenate(kept)[rng.permutation(n)]
-        for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
-            ranks = np.lexsort((rng.random(n), codes[:, j]))
-            codes[ranks, j] = real[((np.arange(n) + rng.random(n)) * len(real) / n).astype(np.int64)]
-        return codes
+        return np.concatenate(kept)[rng.permutation(n)]
 
     def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         m = self.mixture
@@ -264,6 +285,25 @@ def fidelity(model: Model, synthetic: np.ndarray, real: np.ndarray) -> Fidelity:
     return Fidelity(tvd, float(off.max()), float(off.mean()))
 
 
+def without_copies(density: LatentDensity, codes: np.ndarray, real_batches: Callable[[], Iterable[pa.RecordBatch]],
+                   columns: list[str], rng: np.random.Generator,
+                   rounds: int = 20) -> tuple[pa.Table, np.ndarray, int]:
+    """(records, their codes, how many were replaced): every record whose ``columns`` equal a real
+    record's (``real_batches()`` streams them all, each round) is drawn again until none does.
+    On a table of few columns with few values each (a fifth of health insurance's draws equal a
+    real record) that takes several rounds; refused if it does not get there in ``rounds``."""
+    dropped = 0
+    for _ in range(rounds):
+        table = pa.Table.from_batches([density.records(codes, rng)])
+        hits = matching_rows(table, real_batches(), columns)
+        if not len(hits):
+            return table, codes, dropped
+        dropped += len(hits)
+        keep = np.setdiff1d(np.arange(len(codes)), hits)
+        codes = np.concatenate([codes[keep], density.sample(len(hits), rng)])
+    raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
+
+
 def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: LoadedModel, keyring: Keyring, rows: int,
                        out: Path, on_rows: Callable[[int, int], None] | None = None, reference_rows: int = 50_000,
                        seed: int | None = None) -> int:
@@ -291,18 +331,7 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
         return np.concatenate(codes)[:reference_rows]
 
     density = LatentDensity.fit(model, real_batches(), rng)
-    codes = density.sample(rows, rng)
-    dropped = 0
-    for _ in range(3):
-        table = pa.Table.from_batches([density.records(codes, rng)])
-        hits = matching_rows(table, real_batches(), columns)
-        if not len(hits):
-            break
-        dropped += len(hits)
-        keep = np.setdiff1d(np.arange(len(codes)), hits)
-        codes = np.concatenate([codes[keep], density.sample(len(hits), rng)])
-    else:
-        raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
+    table, codes, dropped = without_copies(density, density.sample(rows, rng), real_batches, columns, rng)
     quality = fidelity(model, codes, reference_codes())
     write_restored(out, iter(table.to_batches()))
     report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
