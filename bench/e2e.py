@@ -52,20 +52,25 @@ def _child(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _prepare(folder: Path, rows: int) -> Path:
-    """A patients file of ``rows`` rows, written in chunks so that making it stays small."""
-    from iae_privacy.samples import synthetic_patients
-
-    path = folder / f"patients-{rows}.parquet"
+def _write_in_chunks(path: Path, rows: int, make) -> Path:
+    """``make(rows, seed)`` a million rows at a time into one Parquet file, so that making a
+    large file stays small in memory."""
     chunk = 1_000_000
     writer = None
     for start in range(0, rows, chunk):
-        table = synthetic_patients(min(chunk, rows - start), seed=start // chunk)
+        table = make(min(chunk, rows - start), start // chunk)
         if writer is None:
             writer = pq.ParquetWriter(path, table.schema)
         writer.write_table(table, row_group_size=100_000)
     writer.close()
     return path
+
+
+def _prepare(folder: Path, rows: int) -> Path:
+    """A patients file of ``rows`` rows."""
+    from iae_privacy.samples import synthetic_patients
+
+    return _write_in_chunks(folder / f"patients-{rows}.parquet", rows, lambda n, seed: synthetic_patients(n, seed=seed))
 
 
 def train_bench_model(source: Path, keyring, registry):
@@ -112,16 +117,7 @@ def features_table(rows: int, seed: int) -> pa.Table:
 
 
 def _prepare_features(folder: Path, rows: int) -> Path:
-    path = folder / f"features-{rows}.parquet"
-    chunk = 1_000_000
-    writer = None
-    for start in range(0, rows, chunk):
-        table = features_table(min(chunk, rows - start), seed=start // chunk)
-        if writer is None:
-            writer = pq.ParquetWriter(path, table.schema)
-        writer.write_table(table, row_group_size=100_000)
-    writer.close()
-    return path
+    return _write_in_chunks(folder / f"features-{rows}.parquet", rows, features_table)
 
 
 WORKLOADS = {

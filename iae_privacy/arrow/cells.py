@@ -48,13 +48,19 @@ def _variable_offsets(type_: pa.DataType):
     return next((dtype for test, dtype in _VARIABLE.items() if test(type_)), None)
 
 
-def to_cells(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
-    """One byte string per value (None for null)."""
+def _plain(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One chunk, dictionary-decoded, views as large binaries: the layouts the cells are read from."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     array = dense_values(array)
     if pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type):
         array = array.cast(pa.large_binary())
+    return array
+
+
+def to_cells(array: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    """One byte string per value (None for null)."""
+    array = _plain(array)
     n = len(array)
     valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
     offsets_dtype = _variable_offsets(array.type)
@@ -86,11 +92,7 @@ def packed_cells(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, bytes |
     Arrow's own buffers; other types go through :func:`to_cells`."""
     import pyarrow.compute as pc
 
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    array = dense_values(array)
-    if pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type):
-        array = array.cast(pa.large_binary())
+    array = _plain(array)
     n = len(array)
     valid = np.ones(n, dtype=bool) if not array.null_count else array.is_valid().to_numpy(zero_copy_only=False)
     present = pc.drop_null(array) if array.null_count else array
@@ -105,7 +107,9 @@ def packed_cells(array: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, bytes |
         start = present.offset * width
         data = present.buffers()[1][start : start + m * width]
         return valid, data, np.arange(m + 1, dtype=np.int64) * width
-    cells = [c for c in to_cells(present) if c is not None]
+    # a nested value's cell is a one-value IPC stream of a slice of the column as it is (with its
+    # validity buffer): from the column without its nulls it would be other bytes, other tokens
+    cells = [c for c in to_cells(array) if c is not None]
     bounds = np.zeros(len(cells) + 1, dtype=np.int64)
     np.cumsum([len(c) for c in cells], out=bounds[1:])
     return valid, b"".join(cells), bounds
