@@ -197,8 +197,8 @@ def _ours(train_path: Path, n: int, gaussian: bool, seed: int, tmp: Path):
     if gaussian:
         codes = synth.sample_codes(model, report.latent_mean, report.latent_cov, n, rng)
         return pa.Table.from_batches([synth.records_from_codes(model, codes)]).select(columns), None
+    start = time.perf_counter()  # what a request adds to reading the real records: fit, sample, write
     density = synth.LatentDensity.fit(model, real.to_batches(), rng)
-    start = time.perf_counter()
     codes = density.sample(10_000, rng)
     synth.write_restored(tmp / "ten-thousand.parquet", iter([density.records(codes, rng)]))
     seconds = time.perf_counter() - start
@@ -258,7 +258,7 @@ def run(rows: int) -> Result:
                            exact_copies(train, synthetic), "")
                 result.add(f"{name}: {generator}: unique training values per 1,000",
                            unique_training_values(train, synthetic), "")
-            result.add(f"{name}: iae-privacy: 10,000 records sampled and written", seconds, "s")
+            result.add(f"{name}: iae-privacy: density fitted, 10,000 records sampled and written", seconds, "s")
             met &= scores["iae-privacy"] >= scores["Gaussian copula"] and seconds <= 10
     result.target = ("quality score >= the Gaussian copula's on every table; 10,000 records in <= 10 s "
                      "(the other measures are reported beside it)")

@@ -1,7 +1,7 @@
 """Synthetic records: a density over the latent z of real records, sampled and decoded.
 
 At synthesis time (an authorised, audited request) a Gaussian mixture is fitted over the exact
-latent ``z`` of up to 20,000 real records (:class:`LatentDensity`; the number of components by
+latent ``z`` of up to 8,000 real records (:class:`LatentDensity`; the number of components by
 BIC). Synthetic ``z`` is drawn from it and decoded by the network to feature codes; a draw that
 decodes well outside some feature's range is drawn again. Each number's code (a quantile rank) is
 then mapped, rank for rank, onto the real codes' distribution (the drawn rows' order, so their
@@ -63,10 +63,12 @@ class LatentDensity:
     (the density recorded at training time) smears into codes no real record has.
 
     Fitted on up to ``FIT_ROWS`` real rows' z, standardised per dimension; the number of
-    components (1 to 32) is the one with the lowest BIC. Sampling draws z, rounds it, and decodes
-    it exactly with the network; codes outside a feature's range are clipped into it."""
+    components (1 to 32) is the one with the lowest BIC. 8,000 rows: on 20,000, CPS 1988's quality
+    score was 0.975 instead of 0.953, but the fit took 20 s instead of 7 on 15 features. Sampling
+    (:meth:`sample`) draws z, rounds it and decodes it exactly with the network, then brings the
+    codes to the real marginals."""
 
-    FIT_ROWS = 20_000
+    FIT_ROWS = 8_000
     COMPONENTS = (1, 2, 4, 8, 16, 32)
     MARGIN = 0.02
     OVERDRAW = 4
