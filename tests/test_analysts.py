@@ -290,3 +290,21 @@ def test_a_synthetic_row_equal_to_a_real_one_is_found_with_nulls_both_ways(colum
     hits = matching_rows(synthetic, real.to_batches(), columns).tolist()
     # null equals null (row 0 and, in 'a' alone, row 2); a value never equals a null
     assert hits == ([0, 1, 2] if columns == ["a"] else [0, 1])
+
+
+def test_raking_survives_draws_that_real_records_never_take():
+    """Candidates whose category no real record has get (almost) no weight; drawing must still
+    succeed when most candidates are such draws."""
+    from types import SimpleNamespace
+
+    from iae_privacy.analysts.synthesize import LatentDensity
+
+    density = LatentDensity.__new__(LatentDensity)
+    density.shares = {0: np.array([1.0, 0.0])}  # real records: always code 0
+    density.marginals = {}
+    pool = np.zeros((400, 1), dtype=np.int64)
+    pool[:390, 0] = 1  # 390 of 400 candidates took code 1, which no real record has
+    density.candidates = lambda n, rng: pool[:n]
+    density.model = SimpleNamespace()
+    codes = density.sample(100, np.random.default_rng(0))
+    assert len(codes) == 100 and (codes[:, 0] == 0).sum() == 10  # every code-0 draw is taken first

@@ -98,7 +98,8 @@ class LatentDensity:
         remainders = {}
         for key, (j, largest) in self.spans.items():
             span = largest[codes[:, j]]
-            remainders[key] = np.floor(rng.random(len(codes)) * (span + 1)).astype(np.uint64)
+            drawn = np.minimum(np.floor(rng.random(len(codes)) * (span + 1)), span)  # float rounding
+            remainders[key] = drawn.astype(np.uint64)
         return records_from_codes(self.model, codes, remainders)
 
     @classmethod
@@ -158,6 +159,8 @@ class LatentDensity:
                 drawn = np.bincount(pool[:, j], weights=weights, minlength=len(share)) / weights.sum()
                 factor = np.divide(share, drawn, out=np.ones_like(share), where=drawn > 0)
                 weights *= factor[pool[:, j]]
+        # a floor on every weight: a draw may never be chosen only if there are enough others
+        weights = weights + 1e-9 * weights.max() if weights.max() > 0 else np.ones(len(pool))
         codes = pool[rng.choice(len(pool), n, replace=False, p=weights / weights.sum())]
         for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
             ranks = np.lexsort((rng.random(n), codes[:, j]))
