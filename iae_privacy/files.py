@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-__all__ = ["atomic_file", "write_private", "remove_stale_temporaries", "TMP_SUFFIX"]
+__all__ = ["atomic_file", "HashingWriter", "write_private", "remove_stale_temporaries", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 

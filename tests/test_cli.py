@@ -691,6 +691,20 @@ def test_prefects_sdk_telemetry_is_off_for_every_command(monkeypatch, capsys):
     assert not is_telemetry_enabled()
 
 
+def _workspace_with_landing(home, data_dir, files: int, rows: int):
+    """A workspace with a keyring and model 'hi' (health insurance, untrained), and a landing
+    folder of ``files`` slices of ``rows`` rows of it (day0.parquet, ...)."""
+    source = data_dir / "health_insurance.parquet"
+    assert run("keys", "init", home=home).exit_code == 0
+    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=home).exit_code == 0
+    landing = home / "landing"
+    landing.mkdir()
+    table = pq.read_table(source)
+    for i in range(files):
+        pq.write_table(table.slice(i * rows, rows), landing / f"day{i}.parquet")
+    return landing
+
+
 @pytest.mark.slow
 def test_two_encode_commands_into_one_dataset_at_once_leave_it_restorable(tmp_path, data_dir, prefect_harness):
     """Issue 17, item 1, through the CLI: two `iae-privacy encode` processes started together on the
@@ -703,14 +717,7 @@ def test_two_encode_commands_into_one_dataset_at_once_leave_it_restorable(tmp_pa
 
     from prefect.settings import PREFECT_API_URL
 
-    source = data_dir / "health_insurance.parquet"
-    assert run("keys", "init", home=tmp_path).exit_code == 0
-    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=tmp_path).exit_code == 0
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    table = pq.read_table(source)
-    for i in range(3):
-        pq.write_table(table.slice(i * 2_000, 2_000), landing / f"day{i}.parquet")
+    landing = _workspace_with_landing(tmp_path, data_dir, files=3, rows=2_000)
     env = {**os.environ, "IAE_HOME": str(tmp_path), "PREFECT_API_URL": PREFECT_API_URL.value()}
     cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()", "encode", str(landing), "--model", "hi",
            "--out", str(tmp_path / "enc"), "--json"]
@@ -744,14 +751,7 @@ def test_a_dask_encode_without_a_server_starts_one_temporary_server_not_one_per_
     import subprocess
     import sys
 
-    source = data_dir / "health_insurance.parquet"
-    assert run("keys", "init", home=tmp_path).exit_code == 0
-    assert run("train", str(source), "--model", "hi", "--epochs", "0", home=tmp_path).exit_code == 0
-    landing = tmp_path / "landing"
-    landing.mkdir()
-    table = pq.read_table(source)
-    for i in range(2):
-        pq.write_table(table.slice(i * 1_000, 1_000), landing / f"day{i}.parquet")
+    landing = _workspace_with_landing(tmp_path, data_dir, files=2, rows=1_000)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["IAE_HOME"] = str(tmp_path)
     cli = [sys.executable, "-c", "from iae_privacy.cli import main; main()", "encode", str(landing), "--model", "hi",
