@@ -182,21 +182,20 @@ def exact_copies(train: pa.Table, synthetic: pa.Table) -> int:
 
 # -- the run ----------------------------------------------------------------------------------
 
-def _ours(train_path: Path, n: int, gaussian: bool, seed: int, tmp: Path):
-    """(records drawn by iae-privacy's sampler from a model trained on the training rows, seconds
-    to draw and write 10,000)."""
+def _ours(train_path: Path, n: int, tmp: Path) -> tuple[pa.Table, pa.Table, float]:
+    """From one model trained on the training rows: (records of iae-privacy's sampler, records of
+    the sampler before issue 18, seconds to fit the density and draw and write 10,000)."""
     from iae_privacy.analysts import synthesize as synth
     from iae_privacy.codec import CodecConfig
     from iae_privacy.model.pipeline import fit_model
     from iae_privacy.network.train import TrainConfig
 
     model, report = fit_model(train_path, b"\x07" * 32, CodecConfig(), TrainConfig(epochs=5))
-    rng = np.random.default_rng(seed)
     real = pq.read_table(train_path)
     columns = synth.feature_columns(model)  # what a synthetic record holds (identifiers stay null)
-    if gaussian:
-        codes = synth.sample_codes(model, report.latent_mean, report.latent_cov, n, rng)
-        return pa.Table.from_batches([synth.records_from_codes(model, codes)]).select(columns), None
+    before = synth.records_from_codes(model, synth.sample_codes(model, report.latent_mean, report.latent_cov, n,
+                                                                np.random.default_rng(1)))
+    rng = np.random.default_rng(1)
     start = time.perf_counter()  # what a request adds to reading the real records: fit, sample, write
     density = synth.LatentDensity.fit(model, real.to_batches(), rng)
     codes = density.sample(10_000, rng)
@@ -204,7 +203,7 @@ def _ours(train_path: Path, n: int, gaussian: bool, seed: int, tmp: Path):
     seconds = time.perf_counter() - start
     # as synthesize does: no record equal to a training record (replaced until none is)
     table, _, _ = synth.without_copies(density, density.sample(n, rng), lambda: real.to_batches(20_000), columns, rng)
-    return table.select(columns), seconds
+    return table.select(columns), pa.Table.from_batches([before]).select(columns), seconds
 
 
 def run(rows: int) -> Result:
@@ -221,12 +220,12 @@ def run(rows: int) -> Result:
             train, holdout = table.take(pa.array(order[:cut])), table.take(pa.array(order[cut:]))
             train_path = tmp / f"{name}-train.parquet"
             pq.write_table(train, train_path)
-            ours, seconds = _ours(train_path, SYNTHETIC_ROWS, False, 1, tmp)
+            ours, before, seconds = _ours(train_path, SYNTHETIC_ROWS, tmp)
             # the columns synthetic records hold: the model's features (identifiers are not synthesized)
             table, train, holdout = (t.select(ours.column_names) for t in (table, train, holdout))
             generators = {
                 "iae-privacy": ours,
-                "iae-privacy (Gaussian z, before)": _ours(train_path, SYNTHETIC_ROWS, True, 1, tmp)[0],
+                "iae-privacy (Gaussian z, before)": before,
                 "Gaussian copula": gaussian_copula(train, SYNTHETIC_ROWS, np.random.default_rng(2)),
                 "independent marginals": independent_marginals(train, SYNTHETIC_ROWS, np.random.default_rng(3)),
             }

@@ -115,8 +115,9 @@ class Reader(ManifestFile):
         manifest = manifest or self.read_manifest(keyring)
         if not manifest.parts:
             raise StoreError(f"{self.folder} has no encoded parts")
-        for record in manifest.parts if not verified else ():
-            self.verify_part(record)
+        if not verified:
+            for record in manifest.parts:
+                self.verify_part(record)
         single = out.suffix == ".parquet"
         if single and len(manifest.parts) != 1:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")

@@ -86,7 +86,8 @@ except ImportError:  # pragma: no cover - an install without a C compiler or Ope
     _hmacbatch = None
 
 BATCH_HMAC = _hmacbatch is not None
-"""Whether tokens are computed by the compiled batch loop (else by the standard library's hmac)."""
+"""Whether tokens are computed by the compiled batch loop (else by the standard library's hmac);
+the one switch (:func:`hmac_sha256_packed` and the tokens read it)."""
 
 
 def _padded_key_blocks(key: bytes) -> tuple[bytes, bytes]:
@@ -104,7 +105,7 @@ def hmac_sha256_packed(key: bytes, data: bytes | memoryview, offsets: np.ndarray
     batch loop when it is built (it releases the GIL, so columns can be hashed on several
     threads), else :func:`hmac_sha256_many`."""
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    if _hmacbatch is not None:
+    if BATCH_HMAC:
         ipad, opad = _padded_key_blocks(key)
         return _hmacbatch.hmac_sha256_batch(ipad, opad, data, offsets, length, hex)
     view = memoryview(data)
