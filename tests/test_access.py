@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -385,6 +386,48 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
     assert len(rows(real)) > 1_000 and not rows(fake) & rows(real)
     granted, synthesized = world.access.audit.entries()[-2:]
     assert (granted["scope"], granted["rows"], synthesized["outcome"]) == ("synthetic", 400, "synthesized")
+
+
+def test_synthetic_records_of_one_group_all_have_its_value(world, tmp_path):
+    """Issue 18: request --synthesize N --where COLUMN=VALUE, on a passthrough column, a category
+    and a boolean; the audit names the column, not the value."""
+    import pyarrow.compute as pc
+
+    real = pa.concat_tables([pq.read_table(s) for s in world.sources])
+    diagnosis = real.column("diagnosis_code").cast(pa.string()).value_counts()[0]["values"].as_py()
+    for column, value in (("sex", "F"), ("diagnosis_code", diagnosis), ("smoker", "true")):
+        out = tmp_path / f"{column}.parquet"
+        assert restore(world, world.request(synthesize=300, synthesize_where=(column, value)), out) == 300
+        synthetic = pq.read_table(out)
+        values = synthetic.column(column).cast(pa.string()) if column != "smoker" else synthetic.column(column)
+        assert pc.all(pc.equal(values, pa.scalar(value).cast(values.type))).as_py(), column
+        report = json.loads(out.with_name(out.name + ".fidelity.json").read_text())
+        assert report["condition_column"] == column
+        granted = [e for e in world.access.audit.entries() if e.get("scope") == "synthetic"][-1]
+        assert granted["synthesize_where_column"] == column and value not in json.dumps(granted)
+    # a passthrough condition is the only passthrough value synthetic records carry; others stay null
+    assert pq.read_table(tmp_path / "diagnosis_code.parquet").column("sex").null_count == 300
+
+
+@pytest.mark.parametrize("where, message", [
+    (("visits", "3"), "'visits' is a number column"),
+    (("diagnosis_code", "NO-SUCH-CODE"), "fewer than 100 real records have the requested value"),
+    (("smoker", "maybe"), "holds bool; the value given cannot be read"),
+], ids=["a number", "a group too small (or none)", "a value of the wrong type"])
+def test_a_condition_synthesis_cannot_meet_fails_recorded_and_leaves_nothing(world, tmp_path, where, message):
+    out = tmp_path / "s.parquet"
+    grant = world.access.authorize(world.encoded, world.request(synthesize=10, synthesize_where=where))
+    with pytest.raises(IaeError, match=message) as raised:
+        world.access.restore(grant, out)
+    assert where[1] not in str(raised.value) and not out.exists()
+    assert world.access.audit.entries()[-1]["outcome"] == "failed"
+
+
+def test_a_condition_names_a_column_of_the_dataset_and_needs_a_synthesis(world, tmp_path):
+    assert_refused(world, world.request(synthesize=10, synthesize_where=("no_such", "x")), tmp_path / "s.parquet",
+                   "has no column 'no_such' to condition synthetic records on")
+    with pytest.raises(IaeError, match="is for a synthesis request"):
+        world.request(rows=[world.id(1, 0)], synthesize_where=("sex", "F"))
 
 
 def test_a_synthesis_request_beyond_the_role_is_refused(world, tmp_path):

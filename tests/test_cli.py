@@ -124,6 +124,17 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     assert "refused" in run("audit", "show", home=tmp_path).output
     assert "audit log intact" in run("audit", "verify", home=tmp_path).output
 
+    # synthetic records of one group (issue 18): --where needs --synthesize; then every record has the value
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "request", str(encoded), "--as", "admin",
+                          "--where", "region=west", "--out", str(request))
+    assert code == 2 and "give --synthesize N with it" in text.strip().splitlines()[-1]
+    assert run("request", str(encoded), "--as", "admin", "--synthesize", "200", "--where", "region=west",
+               "--out", str(request), home=tmp_path).exit_code == 0
+    synthetic = tmp_path / "west.parquet"
+    result = run("synthesize", str(encoded), "--request", str(request), "--out", str(synthetic), home=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(synthetic).column("region").unique().to_pylist() == ["west"]
+
     # issue 17 through the CLI: a request made now survives the next encode; a retrain (hi:v2) does
     # not break the dataset's schedule (NAME keeps meaning the dataset's own version); --with-row-id
     early = tmp_path / "early.json"

@@ -61,6 +61,8 @@ class Grant:
     """A version-2 request's pinned parts: the restore reads these alone, and refuses unless the
     signed manifest still lists them unchanged (:attr:`parts_sha256`)."""
     parts_sha256: str = ""
+    synthesize_where: tuple[str, str] | None = None
+    """Synthetic records of one group: (column, value as text); checked when they are sampled."""
 
 
 def pinned_manifest(manifest: Manifest, dataset: str, manifest_sha256: str, parts: tuple[int, ...] | None,
@@ -150,6 +152,8 @@ class Authorizer(PolicyStore):
                      "rows" if request.rows is not None else "token")
         if request.where_token is not None:
             facts.update(token_column=request.where_token[0], token=request.where_token[1])
+        if request.synthesize_where is not None:  # the column, not the value: the request file holds that
+            facts.update(synthesize_where_column=request.synthesize_where[0])
         policy = self.policy()
         principal = policy.principals.get(request.principal)
         if principal is None:
@@ -177,6 +181,9 @@ class Authorizer(PolicyStore):
         if not role.allows_dataset(manifest.dataset):
             raise AccessRefused(f"role {principal.role!r} may not restore dataset {manifest.dataset!r}")
         columns = self._columns(dataset, manifest, request, role, principal.role)
+        if request.synthesize_where is not None and request.synthesize_where[0] not in dataset.source_columns(manifest):
+            raise AccessRefused(f"dataset {manifest.dataset!r} has no column {request.synthesize_where[0]!r} "
+                                "to condition synthetic records on")
         if request.whole and not role.whole_dataset:
             raise AccessRefused(f"role {principal.role!r} may not restore a whole dataset; name rows or a token")
         located, rows, ids = (None, request.synthesize, None) if request.synthesize else \
@@ -201,7 +208,7 @@ class Authorizer(PolicyStore):
         self.hold(entry["seq"])
         return Grant(str(encoded), request.principal, manifest.dataset, columns, located, rows, entry["seq"],
                      request.nonce, request.synthesize is not None, request.manifest_sha256, request.parts,
-                     request.parts_sha256)
+                     request.parts_sha256, request.synthesize_where)
 
     def _manifest(self, dataset: EncodedDataset, request: DecodeRequest) -> Manifest:
         """The signed manifest, narrowed to the parts the request pins (version 2)."""

@@ -54,6 +54,8 @@ class DecodeRequest:
     """Version 2: the parts the request covers, those of the dataset when it was made."""
     parts_sha256: str = ""
     """Version 2: :meth:`iae_privacy.dataset.manifest.Manifest.pin` of :attr:`parts`."""
+    synthesize_where: tuple[str, str] | None = None
+    """A synthesis request's condition: (column, value as text), records of that group alone."""
 
     @property
     def whole(self) -> bool:
@@ -68,20 +70,24 @@ class DecodeRequest:
                 "where_token": None if self.where_token is None else
                 {"column": self.where_token[0], "token": self.where_token[1]},
                 "purpose": self.purpose, "created": self.created, "expires": self.expires, "nonce": self.nonce,
-                "synthesize": self.synthesize}
+                "synthesize": self.synthesize,
+                # only when set: requests made before conditions existed stay canonical
+                **({} if self.synthesize_where is None else
+                   {"synthesize_where": {"column": self.synthesize_where[0], "value": self.synthesize_where[1]}})}
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> DecodeRequest:
         if doc["format"] != REQUEST_FORMAT or doc["version"] not in (1, 2):
             raise ValueError("format")
-        where, old = doc["where_token"], doc["version"] == 1
+        where, old, condition = doc["where_token"], doc["version"] == 1, doc.get("synthesize_where")
         request = cls(str(doc["principal"]), str(doc["dataset"]), str(doc["manifest_sha256"]) if old else "",
                       None if doc["columns"] is None else tuple(str(c) for c in doc["columns"]),
                       None if doc["rows"] is None else tuple(int(r) for r in doc["rows"]),
                       None if where is None else (str(where["column"]), str(where["token"])),
                       str(doc["purpose"]), str(doc["created"]), str(doc["expires"]), str(doc["nonce"]),
                       None if doc["synthesize"] is None else int(doc["synthesize"]),
-                      None if old else tuple(int(p) for p in doc["parts"]), "" if old else str(doc["parts_sha256"]))
+                      None if old else tuple(int(p) for p in doc["parts"]), "" if old else str(doc["parts_sha256"]),
+                      None if condition is None else (str(condition["column"]), str(condition["value"])))
         if request.document() != doc:
             raise ValueError("not canonical")
         if timestamp(request.expires) <= timestamp(request.created):
@@ -97,6 +103,8 @@ class DecodeRequest:
         if request.synthesize is not None and (request.synthesize < 1 or request.columns is not None
                                                or request.rows is not None or request.where_token is not None):
             raise ValueError("synthesize")
+        if request.synthesize_where is not None and (request.synthesize is None or not request.synthesize_where[0]):
+            raise ValueError("synthesize_where")
         return request
 
     @property
@@ -124,7 +132,8 @@ class DecodeRequest:
 
 def make_request(encoded: Path, principal: str, private_key: Path, *, columns: list[str] | None = None,
                  rows: list[int] | None = None, where_token: tuple[str, str] | None = None,
-                 purpose: str = "", ttl_seconds: int = 3600, synthesize: int | None = None) -> bytes:
+                 purpose: str = "", ttl_seconds: int = 3600, synthesize: int | None = None,
+                 synthesize_where: tuple[str, str] | None = None) -> bytes:
     """A signed request file for the encoded dataset ``encoded``, signed with ``private_key`` (PEM).
 
     Needs no keyring: the request pins the dataset's parts as its manifest lists them now (the
@@ -142,6 +151,9 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
     if synthesize is not None and (synthesize < 1 or rows is not None or where_token is not None
                                    or columns is not None):
         raise IaeError("a synthesis request names a positive number of rows, and no rows, token or columns")
+    if synthesize_where is not None and (synthesize is None or not synthesize_where[0]):
+        raise IaeError("a condition (--where COLUMN=VALUE) is for a synthesis request (--synthesize N) and names "
+                       "a column")
     dataset, parts, parts_sha256 = EncodedDataset(encoded).manifest_pin()
     if not parts:
         raise IaeError(f"{encoded} has no encoded parts yet: nothing to request")
@@ -157,7 +169,7 @@ def make_request(encoded: Path, principal: str, private_key: Path, *, columns: l
                             None if rows is None else tuple(sorted(set(rows))), where_token, purpose,
                             now.isoformat(timespec="seconds"),
                             (now + datetime.timedelta(seconds=ttl_seconds)).isoformat(timespec="seconds"),
-                            os.urandom(16).hex(), synthesize, parts, parts_sha256)
+                            os.urandom(16).hex(), synthesize, parts, parts_sha256, synthesize_where)
     try:
         signature, _ = crypto.sign(pem, canonical(request.document()))
     except crypto.InvalidSigningKey as exc:

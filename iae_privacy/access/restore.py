@@ -61,7 +61,8 @@ class Restorer:
                         synthesize_records,  # torch
                     )
 
-                    rows = synthesize_records(dataset, manifest, loaded, self.keyring, grant.rows, out, on_rows)
+                    rows = synthesize_records(dataset, manifest, loaded, self.keyring, grant.rows, out, on_rows,
+                                              where=grant.synthesize_where)
                 elif grant.located is None and grant.columns is None and not with_row_id:
                     # the authorisation hashed these parts; the content digests still check them
                     rows = dataset.decode_all(loaded.model, self.keyring, out, on_rows, manifest, verified=True)

@@ -24,14 +24,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from iae_privacy.codec import EncodedBatch, Role
-from iae_privacy.codec.columns import CategoryColumn, NumberColumn, array_to_ipc
+from iae_privacy.codec.columns import BooleanColumn, CategoryColumn, NumberColumn, array_to_ipc
+from iae_privacy.codec.roles import dense_values
 from iae_privacy.dataset.store import EncodedDataset, Manifest, write_restored
 from iae_privacy.errors import IaeError
 from iae_privacy.files import write_private
@@ -41,7 +43,7 @@ from iae_privacy.model.pipeline import Model
 if TYPE_CHECKING:
     from iae_privacy.model.registry import LoadedModel
 
-__all__ = ["LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns",
+__all__ = ["Condition", "LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns",
            "matching_rows", "synthesize_records"]
 
 
@@ -55,6 +57,63 @@ def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int
     codes = model.network.decode(torch.from_numpy(z)).numpy()
     levels = np.asarray(model.codec.feature_levels)
     return np.clip(codes, 0, levels - 1)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Synthetic records of one group (``request --synthesize N --where COLUMN=VALUE``): the density
+    is fitted on the real records with that value alone, and every synthetic record has it. The
+    column is a category or boolean the network models (its codes are fixed in every draw) or a
+    passthrough column (set in every record). A group of fewer than :attr:`MIN_ROWS` real
+    records is refused: synthetic records of a handful of people describe those people."""
+
+    column: str
+    index: int
+    """The column's position in the source schema."""
+    value: pa.Scalar
+    """Of the column's value type (a dictionary column's: its values')."""
+    positions: tuple[int, ...]
+    """A feature column's positions among the model's features (its null bit and its code); ()
+    for a passthrough column."""
+
+    MIN_ROWS: ClassVar[int] = 100
+
+    @classmethod
+    def resolve(cls, model: Model, column: str, text: str) -> Condition:
+        """The condition COLUMN=TEXT on ``model``'s columns, TEXT read as the column's type."""
+        spec = next((s for s in model.codec.columns if s.name == column), None)
+        if spec is None:
+            raise IaeError(f"--where: the dataset has no column {column!r}")
+        feature = spec.feature
+        if not (spec.role is Role.PASSTHROUGH or isinstance(feature, (CategoryColumn, BooleanColumn))):
+            raise IaeError(f"--where: column {column!r} is {'a number' if feature is not None else 'an ' + spec.role.value}"
+                           " column; synthetic records can be conditioned on a category, a boolean or a "
+                           "passthrough column")
+        field = model.codec.schema.field(spec.index)
+        value_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        try:
+            value = pa.scalar(text).cast(value_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise IaeError(f"--where: column {column!r} holds {value_type}; the value given cannot be read as "
+                           "one") from None
+        positions: tuple[int, ...] = ()
+        if feature is not None:
+            start = sum(s.feature.width for s in model.codec.columns[: spec.index] if s.feature is not None)
+            positions = tuple(range(start, start + feature.width))
+        return cls(column, spec.index, value, positions)
+
+    def select(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows of ``batch`` that have the value."""
+        return batch.filter(pc.equal(dense_values(batch.column(self.index)), self.value))
+
+    def apply(self, records: pa.RecordBatch) -> pa.RecordBatch:
+        """``records`` with a passthrough column set to the value (a feature column has it from its codes)."""
+        if self.positions:
+            return records
+        field = records.schema.field(self.index)
+        column = pa.repeat(self.value, records.num_rows).cast(field.type)
+        arrays = [column if i == self.index else a for i, a in enumerate(records.columns)]
+        return pa.RecordBatch.from_arrays(arrays, schema=records.schema)
 
 
 class LatentDensity:
@@ -77,8 +136,12 @@ class LatentDensity:
 
     def __init__(self, model: Model, mixture, center: np.ndarray, scale: np.ndarray,
                  marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]],
-                 shares: dict[int, np.ndarray]) -> None:
+                 shares: dict[int, np.ndarray], condition: Condition | None = None,
+                 fixed: dict[int, int] | None = None) -> None:
         self.model, self.mixture, self.center, self.scale = model, mixture, center, scale
+        self.condition = condition
+        self.fixed = fixed or {}
+        """A condition on a feature column: its codes (position -> code), which every draw must have."""
         self.shares = shares
         """Other features (categories, booleans, null bits): each code's share of the real rows,
         which the drawn rows are raked to (in memory only, while synthesizing)."""
@@ -100,11 +163,18 @@ class LatentDensity:
             span = largest[codes[:, j]]
             drawn = np.minimum(np.floor(rng.random(len(codes)) * (span + 1)), span)  # float rounding
             remainders[key] = drawn.astype(np.uint64)
-        return records_from_codes(self.model, codes, remainders)
+        records = records_from_codes(self.model, codes, remainders)
+        return records if self.condition is None else self.condition.apply(records)
 
     @classmethod
-    def fit(cls, model: Model, batches: Iterable[pa.RecordBatch], rng: np.random.Generator) -> LatentDensity:
+    def fit(cls, model: Model, batches: Iterable[pa.RecordBatch], rng: np.random.Generator,
+            condition: Condition | None = None) -> LatentDensity:
+        """Fitted on (a uniform sample of) the real records in ``batches``; those that meet
+        ``condition`` alone when there is one."""
         from sklearn.mixture import GaussianMixture
+
+        if condition is not None:
+            batches = (condition.select(batch) for batch in batches)
 
         numbers = _number_codes(model)
         levels = model.codec.feature_levels
@@ -113,8 +183,9 @@ class LatentDensity:
         spans = {key: (j, np.zeros(levels[j])) for j, key in numbers.items() if key}
         # a uniform sample of FIT_ROWS real rows from every batch (the rows with the smallest
         # random keys): tables are often sorted, so the first rows are not a sample
-        kept, keys = np.zeros((0, len(levels)), dtype=np.int64), np.zeros(0)
+        kept, keys, seen = np.zeros((0, len(levels)), dtype=np.int64), np.zeros(0), 0
         for batch in batches:
+            seen += batch.num_rows
             encoded = model.codec.encode(batch)
             for key, (j, largest) in spans.items():
                 remainder = encoded.detail.column(key).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -127,6 +198,10 @@ class LatentDensity:
         if len(kept) > cls.FIT_ROWS:
             smallest = np.argpartition(keys, cls.FIT_ROWS)[: cls.FIT_ROWS]
             kept = kept[smallest]
+        if condition is not None and seen < Condition.MIN_ROWS:  # neither the count nor whether there are any
+            raise IaeError(f"--where: fewer than {Condition.MIN_ROWS} real records have the requested value in "
+                           f"column {condition.column!r}; synthetic records of so small a group would describe "
+                           "those few people: refused")
         x = kept
         z = model.network.encode(torch.from_numpy(x.astype(np.int64))).numpy().astype(np.float64)
         center, scale = z.mean(0), np.maximum(z.std(0), 1.0)
@@ -145,7 +220,9 @@ class LatentDensity:
             raise IaeError("too few real records to fit a latent density for synthesis")
         others = {j: np.bincount(x[:, j], minlength=level) / len(x)
                   for j, level in enumerate(model.codec.feature_levels) if j not in numbers}
-        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans, others)
+        fixed = {} if condition is None else {j: int(x[0, j]) for j in condition.positions}
+        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans, others, condition,
+                   fixed)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` rows of feature codes: ``OVERDRAW`` times as many candidates (:meth:`candidates`),
@@ -174,17 +251,21 @@ class LatentDensity:
         times; what is left after that is clipped."""
         levels = np.asarray(self.model.codec.feature_levels)
         margin = np.maximum(1, np.ceil(self.MARGIN * levels)).astype(np.int64)
+        fixed, codes_fixed = list(self.fixed), np.asarray(list(self.fixed.values()), dtype=np.int64)
         kept: list[np.ndarray] = []
         need = n
         for _ in range(rounds):
             codes = self._draw(need + need // 4 + 16, rng)
             inside = ((codes >= -margin) & (codes < levels + margin)).all(axis=1)
+            if fixed:  # a condition on a feature: draws of another group are drawn again
+                inside &= (codes[:, fixed] == codes_fixed).all(axis=1)
             kept.append(np.clip(codes[inside][:need], 0, levels - 1))
             need -= len(kept[-1])
             if need == 0:
                 break
         if need:
             kept.append(np.clip(self._draw(need, rng), 0, levels - 1))
+            kept[-1][:, fixed] = codes_fixed
         return np.concatenate(kept)[rng.permutation(n)]
 
     def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -312,16 +393,18 @@ def without_copies(density: LatentDensity, codes: np.ndarray, real_batches: Call
 
 def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: LoadedModel, keyring: Keyring, rows: int,
                        out: Path, on_rows: Callable[[int, int], None] | None = None, reference_rows: int = 50_000,
-                       seed: int | None = None) -> int:
+                       seed: int | None = None, where: tuple[str, str] | None = None) -> int:
     """Sample ``rows`` synthetic records from the dataset's model and a latent density fitted on
     its real records (:class:`LatentDensity`); drop (and replace) any whose feature values equal
     a real record's; write them to ``out`` and a fidelity report (aggregates only) beside it as
-    ``out``.fidelity.json."""
+    ``out``.fidelity.json. ``where`` = (column, value as text): records of that group
+    (:class:`Condition`), compared with its real records."""
     if out.suffix != ".parquet":
         raise IaeError(f"{out}: synthetic records go to one .parquet file")
     model = loaded.model
     rng = np.random.default_rng(seed)
     columns = feature_columns(model)
+    condition = None if where is None else Condition.resolve(model, *where)
 
     def real_batches():
         for record in sorted(manifest.parts, key=lambda p: p.part):
@@ -330,19 +413,23 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
     def reference_codes() -> np.ndarray:
         codes, n = [], 0
         for batch in real_batches():
+            if condition is not None:
+                batch = condition.select(batch)
             codes.append(model.codec.encode(batch).features)
             n += batch.num_rows
             if n >= reference_rows:
                 break
         return np.concatenate(codes)[:reference_rows]
 
-    density = LatentDensity.fit(model, real_batches(), rng)
+    density = LatentDensity.fit(model, real_batches(), rng, condition)
     table, codes, dropped = without_copies(density, density.sample(rows, rng), real_batches, columns, rng)
     quality = fidelity(model, codes, reference_codes())
     write_restored(out, iter(table.to_batches()))
     report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
               "real_records_compared": sum(p.rows for p in manifest.parts),
               "latent_density": {"kind": "Gaussian mixture over z", "components": density.components},
+              **({} if condition is None else {"condition_column": condition.column,
+                                               "compared_with": "the real records of the same group"}),
               "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],
               "total_variation_distance": quality.columns,
               "correlation_max_difference": quality.correlation_max_difference,

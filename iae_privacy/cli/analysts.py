@@ -31,12 +31,19 @@ def synthesize_command(
 ) -> None:
     """Sample synthetic records from the dataset's model, authorised and audited like a decode.
 
-    Latent rows are drawn from the Gaussian the model recorded at training time and decoded. Any
-    synthetic record whose modelled columns equal a real record's is replaced. Identifier,
-    passthrough and vault columns are null. OUT.fidelity.json compares synthetic and real columns.
+    A Gaussian mixture is fitted over the latent of the real records, drawn from and decoded
+    exactly by the network; categories are brought to their real shares and numbers to their real
+    distributions (docs/synthesis.md). Any synthetic record whose modelled columns equal a real
+    record's is replaced. Identifier, passthrough and vault columns are null, except a passthrough
+    column the request conditions on. OUT.fidelity.json compares synthetic and real columns.
 
         iae-privacy request encoded/patients --as admin --synthesize 10000 --out synth.json
         iae-privacy synthesize encoded/patients --request synth.json --out synthetic.parquet
+
+    Records of one group (a category, boolean or passthrough column; the group's real records
+    alone are fitted, and at least 100 must have the value):
+
+        iae-privacy request encoded/patients --as admin --synthesize 2000 --where sex=F --out f.json
     """
     decode_command(ctx, encoded, request, out)
 

@@ -258,6 +258,9 @@ def request_command(
     ttl: Annotated[str, typer.Option(help="How long the request stays valid: 90s, 30m, 1h, 7d.")] = "1h",
     synthesize: Annotated[Optional[int], typer.Option(
         help="Ask for this many synthetic records from the dataset's model instead of a restore.")] = None,
+    where: Annotated[Optional[str], typer.Option(
+        help="COLUMN=VALUE, with --synthesize: synthetic records of one group (a category, boolean or passthrough "
+        "column, e.g. region=north), fitted on that group's real records; at least 100 of them.")] = None,
 ) -> None:
     """Write a signed decode request: who, which dataset (and the parts it has now: parts encoded
     later do not invalidate it), which columns and rows, why, until when. It works once, through
@@ -267,6 +270,15 @@ def request_command(
     """
     from iae_privacy.access.control import make_request, parse_ttl
 
+    condition = None
+    if where is not None:
+        column, sep, value = where.partition("=")
+        if not sep or not column:
+            raise IaeError("--where: expected COLUMN=VALUE")
+        if synthesize is None:
+            raise IaeError("--where conditions synthetic records: give --synthesize N with it (to restore the rows "
+                           "of one person, use --where-token)")
+        condition = (column, value)
     token = None
     if where_token is not None:
         column, sep, value = where_token.partition("=")
@@ -280,7 +292,7 @@ def request_command(
     data = make_request(encoded, principal, key or session(ctx).workspace().home / "principals" / f"{principal}.key",
                         columns=None if columns is None else [c.strip() for c in columns.split(",") if c.strip()],
                         rows=row_ids, where_token=token, purpose=purpose, ttl_seconds=parse_ttl(ttl),
-                        synthesize=synthesize)
+                        synthesize=synthesize, synthesize_where=condition)
     from iae_privacy.files import write_private
 
     write_private(out, data)
