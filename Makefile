@@ -34,9 +34,18 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 
-bench: install
+# Anonymeter pins numpy < 1.27 and pyarrow < 22: it gets an environment of its own, which the
+# synthesis benchmark runs (bench/anonymeter_risks.py)
+ANONYMETER := bench/.anonymeter
+
+bench: install $(ANONYMETER)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
+$(ANONYMETER)/.installed:
+	test -x $(ANONYMETER)/bin/python || $(PYTHON) -m venv $(ANONYMETER)
+	$(ANONYMETER)/bin/pip install --quiet anonymeter==1.1.0
+	touch $@
+
 clean:
-	rm -rf $(VENV) work .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(ANONYMETER) work .pytest_cache .hypothesis *.egg-info

@@ -14,7 +14,11 @@ Measures: SDMetrics' QualityReport (column shapes, column pair trends, their mea
 score); train-on-synthetic / test-on-real R2 for the table's target against train-on-real;
 distance to the closest training record (synthetic vs held-out rows, median and 5th percentile,
 on rank-scaled numbers and one-hot categories); exact copies of a training record; values that
-occur in exactly one training record, per 1,000 synthetic values of the numeric columns.
+occur in exactly one training record, per 1,000 synthetic values of the numeric columns;
+Anonymeter's singling-out, linkability and inference risks (:mod:`bench.anonymeter_risks`, in its
+own environment, ``bench/.anonymeter``, which ``make bench`` makes: Anonymeter pins a numpy and a
+pyarrow older than the product's). The synthetic patients' dates, times, durations and decimals
+are measured as numbers (their integer or float value).
 Targets: quality >= the copula's; train-on-synthetic >= 0.9x train-on-real; synthetic-to-train
 distance not below holdout-to-train; no exact copies; unique training values no more frequent
 than in held-out rows; 10,000 records sampled and written in <= 10 s.
@@ -22,6 +26,8 @@ than in held-out rows; 10,000 records sampled and written in <= 10 s.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +39,11 @@ import pyarrow.parquet as pq
 from bench.common import Result
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-TABLES = {"cps1988_wages": "wage", "rand_hie": "meddol", "health_insurance": "age"}
+TABLES = {"cps1988_wages": "wage", "rand_hie": "meddol", "health_insurance": "age", "patients": "billed_amount"}
+PATIENTS = 20_000
+"""Rows of the synthetic patients table (written by the product's generator, seed 0)."""
+ANONYMETER = Path(__file__).resolve().parent / ".anonymeter" / "bin" / "python"
+ANONYMETER_GENERATORS = ("iae-privacy", "Gaussian copula", "independent marginals")
 SYNTHETIC_ROWS = 5_000
 TRAIN_FRACTION = 0.8
 
@@ -80,6 +90,41 @@ def gaussian_copula(train: pa.Table, n: int, rng: np.random.Generator) -> pa.Tab
 
 
 # -- measures ---------------------------------------------------------------------------------
+
+def measurable(table: pa.Table) -> pa.Table:
+    """Dates, times and durations as integers, decimals as floats: what the measures take."""
+    columns = []
+    for name in table.column_names:
+        column, t = table.column(name), table.schema.field(name).type
+        if pa.types.is_temporal(t):
+            column = column.cast(pa.int32() if pa.types.is_date32(t) else pa.int64()).cast(pa.int64())
+        elif pa.types.is_decimal(t):
+            column = column.cast(pa.float64())
+        elif pa.types.is_dictionary(t):
+            column = column.cast(t.value_type)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def anonymeter(train: pa.Table, holdout: pa.Table, secret: str, generators: dict[str, pa.Table],
+               tmp: Path) -> dict | None:
+    """Anonymeter's risks per generator (:mod:`bench.anonymeter_risks`); None when its
+    environment is not installed."""
+    if not ANONYMETER.exists():
+        return None
+    paths = {"ori": tmp / "anonymeter-ori.parquet", "control": tmp / "anonymeter-control.parquet"}
+    pq.write_table(train, paths["ori"])
+    pq.write_table(holdout, paths["control"])
+    named = []
+    for j, (name, table) in enumerate(generators.items()):
+        path = tmp / f"anonymeter-{j}.parquet"
+        pq.write_table(table, path)
+        named.append(f"{name}={path}")
+    done = subprocess.run([str(ANONYMETER), str(Path(__file__).with_name("anonymeter_risks.py")),
+                           str(paths["ori"]), str(paths["control"]), secret, *named],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
 
 def _metadata(table: pa.Table) -> dict:
     columns = {}
@@ -213,7 +258,12 @@ def run(rows: int) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, target in TABLES.items():
-            table = pq.read_table(DATA / f"{name}.parquet")
+            if name == "patients":
+                from iae_privacy.samples import write_synthetic_patients
+
+                table = pq.read_table(write_synthetic_patients(tmp / "patients.parquet", PATIENTS, seed=0))
+            else:
+                table = pq.read_table(DATA / f"{name}.parquet")
             rng = np.random.default_rng(0)
             order = rng.permutation(table.num_rows)
             cut = int(TRAIN_FRACTION * table.num_rows)
@@ -222,7 +272,8 @@ def run(rows: int) -> Result:
             pq.write_table(train, train_path)
             ours, before, seconds = _ours(train_path, SYNTHETIC_ROWS, tmp)
             # the columns synthetic records hold: the model's features (identifiers are not synthesized)
-            table, train, holdout = (t.select(ours.column_names) for t in (table, train, holdout))
+            table, train, holdout = (measurable(t.select(ours.column_names)) for t in (table, train, holdout))
+            ours, before = measurable(ours), measurable(before)
             generators = {
                 "iae-privacy": ours,
                 "iae-privacy (Gaussian z, before)": before,
@@ -258,6 +309,16 @@ def run(rows: int) -> Result:
                 result.add(f"{name}: {generator}: unique training values per 1,000",
                            unique_training_values(train, synthetic), "")
             result.add(f"{name}: iae-privacy: density fitted, 10,000 records sampled and written", seconds, "s")
+            risks = anonymeter(train, holdout, target, {g: generators[g].select(table.column_names).cast(table.schema)
+                                                        for g in ANONYMETER_GENERATORS}, tmp)
+            for generator, attacks in (risks or {}).items():
+                for attack, figures in attacks.items():
+                    value, low, high = figures["risk"]
+                    result.add(f"{name}: {generator}: Anonymeter {attack} risk (95 % CI {low:.3f}-{high:.3f})",
+                               value, "")
+            if risks is None:
+                print("Anonymeter is not installed (make bench installs it in bench/.anonymeter): its risks are "
+                      "left out")
             met &= scores["iae-privacy"] >= scores["Gaussian copula"] and seconds <= 10
     result.target = ("quality score >= the Gaussian copula's on every table; 10,000 records in <= 10 s "
                      "(the other measures are reported beside it)")

@@ -47,7 +47,7 @@ class EvaluationResult:
 @no_data_in_errors
 def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quasi_identifiers: list[str],
                    ks: list[int] | None, rows: int, epochs: int, leaked: list[int], config: str | None,
-                   model: str | None, home: str) -> EvaluationResult:
+                   model: str | None, home: str, declare_target: bool = True) -> EvaluationResult:
     logger = get_run_logger()
     codec = CodecConfig.load(config) if config else CodecConfig()
     sealed = None
@@ -59,7 +59,7 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
         codec = codec if config else codec_config_of(loaded.model)
     settings = EvaluationConfig(target=target, sensitive=sensitive, quasi_identifiers=tuple(quasi_identifiers),
                                 ks=tuple(ks) if ks else None, rows=rows, epochs=epochs, leaked=tuple(leaked),
-                                codec=codec)
+                                codec=codec, declare_target=declare_target)
     evaluation = evaluate(data, settings, on_step=logger.info, sealed=sealed)
     report = write_report(evaluation, Path(out))
     logger.info("report written to %s", report)
@@ -73,11 +73,12 @@ def run_evaluation(data: str, out: str, target: str, sensitive: str | None, quas
 def evaluate_flow(data: str, out: str, target: str, sensitive: str | None = None,
                   quasi_identifiers: list[str] | None = None, ks: list[int] | None = None, rows: int = 20_000,
                   epochs: int = 0, leaked: list[int] | None = None, config: str | None = None,
-                  model: str | None = None, home: str = ".") -> EvaluationResult:
+                  model: str | None = None, home: str = ".", declare_target: bool = True) -> EvaluationResult:
     """Utility against privacy attacks over k for DATA, predicting TARGET; report under OUT.
-    With MODEL (a sealed NAME[:vN] of the workspace HOME): its roles, and itself as one more point."""
+    With MODEL (a sealed NAME[:vN] of the workspace HOME): its roles, and itself as one more point.
+    DECLARE_TARGET: the sweep's models are trained with TARGET declared (as ``train --target``)."""
     result = run_evaluation(data, out, target, sensitive, quasi_identifiers or [], ks, rows, epochs,
-                            leaked or [10, 100, 1_000], config, model, home)
+                            leaked or [10, 100, 1_000], config, model, home, declare_target)
     create_markdown_artifact(key="evaluation-" + Path(data).stem.lower().replace("_", "-").replace(".", "-"),
                              markdown=result.markdown, description="Utility and attack success over k")
     return EvaluationResult(result.report, points=result.points)

@@ -110,6 +110,7 @@ def test_evaluation_sweeps_k_and_reports_utility_and_attacks(data_dir, tmp_path)
     assert high_autoencoder.utility_latent > 0 and high_autoencoder.linkage > high_autoencoder.linkage_baseline
     report = write_report(evaluation, tmp_path / "report")
     text = report.read_text()
+    assert evaluation.declared_target and "`wage` declared as their analysis target" in text  # as train --target
     assert f"| 6 / {high.features} | z_public |" in text and f"| 6 / {high.features} | PCA |" in text
     assert f"| 6 / {high.features} | autoencoder |" in text
     assert (tmp_path / "report" / "utility_vs_attacks.png").read_bytes()[:4] == b"\x89PNG"

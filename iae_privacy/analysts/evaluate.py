@@ -64,6 +64,9 @@ class EvaluationConfig:
     """The throwaway models' key; None (the default): a fresh random one per run."""
     baselines: tuple[str, ...] = ("pca", "autoencoder")
     """Other k-column representations measured alike at every k (names in baselines.BASELINES)."""
+    declare_target: bool = True
+    """Train the sweep's models with :attr:`target` declared as their analysis target, as ``train
+    --target`` does (its best predictors get public columns of their own); False: as plain ``train``."""
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Evaluation:
     sensitive: str | None
     quasi_identifiers: list[str]
     points: list[EvaluationPoint] = field(default_factory=list)
+    declared_target: bool = False
+    """Whether the sweep's models were trained with the target declared (``train --target``)."""
 
 
 def default_ks(features: int) -> tuple[int, ...]:
@@ -157,7 +162,8 @@ def _evaluate(path: str | Path, config: EvaluationConfig, on_step: Callable[[str
     if test.num_rows < 2 * max(config.leaked) // 1 + 20:
         raise IaeError(f"{path}: {test.num_rows} held-out rows are too few for {max(config.leaked)} leaked "
                        "rows; use more --rows or smaller --leaked")
-    codec_config = dataclasses.replace(config.codec, roles={**config.codec.roles, config.target: Role.PASSTHROUGH})
+    codec_config = dataclasses.replace(config.codec, roles={**config.codec.roles, config.target: Role.PASSTHROUGH},
+                                       target=config.target if config.declare_target else config.codec.target)
     y, regression = target_values(test.column(config.target))
     with tempfile.TemporaryDirectory(prefix="iae-evaluate-") as tmp:
         train_path = Path(tmp) / "train.parquet"
@@ -219,7 +225,7 @@ def _new_evaluation(path, config: EvaluationConfig, train: pa.Table, test: pa.Ta
     sensitive = config.sensitive or (categorical[0] if categorical else feature_columns[0])
     qis = list(config.quasi_identifiers) or feature_columns[:3]
     return Evaluation(str(path), train.num_rows, test.num_rows, config.target,
-                      "R2" if regression else "accuracy", sensitive, qis)
+                      "R2" if regression else "accuracy", sensitive, qis, declared_target=config.declare_target)
 
 
 def _feature_indices(codec, columns: list[str]) -> list[int]:
@@ -308,7 +314,9 @@ def markdown(evaluation: Evaluation, inversion_k: int) -> str:
         "![utility against attack success](utility_vs_attacks.png)",
         "",
         "Each k is measured on z_public and, alike, on PCA-k and a plain autoencoder-k fitted on the same "
-        "training rows: what else an analyst could be handed with k columns.",
+        "training rows: what else an analyst could be handed with k columns. "
+        + (f"The models are trained with `{e.target}` declared as their analysis target (`train --target`)."
+           if e.declared_target else "The models are trained without an analysis target (plain `train`)."),
         "",
         f"| k | representation | utility | raw | ratio | inversion exact (m={e.points[0].inversion[-1]['m']}) "
         "| baseline | linkage latent → record | record → latent | baseline | QI combination | baseline | attribute "

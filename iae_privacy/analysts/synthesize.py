@@ -43,8 +43,8 @@ from iae_privacy.model.pipeline import Model
 if TYPE_CHECKING:
     from iae_privacy.model.registry import LoadedModel
 
-__all__ = ["Condition", "LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity", "feature_columns",
-           "matching_rows", "synthesize_records"]
+__all__ = ["Condition", "LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity",
+           "feature_columns", "matching_rows", "synthesize_records"]
 
 
 def sample_codes(model: Model, mean: list[float], cov: list[list[float]], n: int,
@@ -86,9 +86,10 @@ class Condition:
             raise IaeError(f"--where: the dataset has no column {column!r}")
         feature = spec.feature
         if not (spec.role is Role.PASSTHROUGH or isinstance(feature, (CategoryColumn, BooleanColumn))):
-            raise IaeError(f"--where: column {column!r} is {'a number' if feature is not None else 'an ' + spec.role.value}"
-                           " column; synthetic records can be conditioned on a category, a boolean or a "
-                           "passthrough column")
+            kind = "a number" if feature is not None else f"{'an' if spec.role is Role.IDENTIFIER else 'a'} " \
+                f"{spec.role.value}"
+            raise IaeError(f"--where: column {column!r} is {kind} column; synthetic records can be conditioned on a "
+                           "category, a boolean or a passthrough column")
         field = model.codec.schema.field(spec.index)
         value_type = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         try:

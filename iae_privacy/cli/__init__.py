@@ -11,7 +11,7 @@ import sys
 
 from rich.markup import escape
 
-from iae_privacy.cli import analysts, data, demo, keys, policy, server  # noqa: F401  (they register their commands)
+from iae_privacy.cli import analysts, compress, data, demo, keys, policy, server  # noqa: F401  (they register their commands)
 from iae_privacy.cli.app import app
 from iae_privacy.cli.common import err_console, printable
 from iae_privacy.errors import IaeError

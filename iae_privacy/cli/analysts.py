@@ -113,6 +113,10 @@ def evaluate_command(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="A sealed model (NAME or NAME:vN): the sweep uses its roles and codec settings, "
         "and the model itself is attacked as one more point (needs the keyring).")] = None,
+    declare_target: Annotated[bool, typer.Option(
+        help="Train the sweep's models with --target declared as their analysis target, as 'train --target' "
+        "does (its best predictors get public columns of their own); --no-declare-target: as plain 'train'.")
+    ] = True,
     config: ConfigOption = None,
 ) -> None:
     """Measure, for each k (z_public columns), what analysts can do with the latent table and what
@@ -140,7 +144,8 @@ def evaluate_command(
     result = evaluate_flow(data=str(data), out=str(out), target=target, sensitive=sensitive,
                            quasi_identifiers=list(split_list(qi)) if qi else None, ks=k_values, rows=rows,
                            epochs=epochs, leaked=leaked_rows, config=config_path(data, config) if config or
-                           model is None else None, model=model, home=str(session(ctx).workspace().home))
+                           model is None else None, model=model, home=str(session(ctx).workspace().home),
+                           declare_target=declare_target)
     table = Table(title=f"{data.name}: utility against attacks (details in {result.report})")
     for heading in ("k", "utility latent/raw", f"inversion exact ({leaked_rows[-1]:,} leaked)", "linkage"):
         table.add_column(heading, justify="right")

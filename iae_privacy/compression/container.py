@@ -1,0 +1,392 @@
+"""The compressed file (``.iaez``): a Parquet table coded by the codec and entropy-coded, exactly.
+
+``compress`` fits a codec on the file (the same lossless codec as encoding: every value comes back
+bit for bit), then streams the table in chunks of rows. Each chunk holds
+
+* the feature codes, entropy-coded with conditional models (:mod:`.entropy`);
+* each number's remainders within its bucket, as a per-bucket dictionary entropy-coded with its
+  counts where that is smaller than the plain remainders (values that repeat: prices, amounts with
+  two decimals, ages), else with the rest;
+* the rest (identifier and passthrough columns, escapes, remainders left plain) as Arrow IPC with
+  zstd; detail columns that are all null (escape lists, mostly) are left out and named.
+
+Segments are framed one after another; unsealed, each carries the SHA-256 of its index and bytes
+(checked before it is decoded) and a trailer closes the file with the numbers of chunks and rows,
+so a damaged, reordered or truncated file fails loudly and nothing is written. Sealed
+(``--seal``), the same segments go into a sealed file (:mod:`iae_privacy.keys.sealed`): AES-GCM per
+segment under a vault data key of the keyring. **An unsealed compressed file is plain data**:
+anyone with iae-privacy reads it back, as with any compressor.
+
+The network is not used: the codes are modelled directly. docs/benchmarks.md says what coding the
+network's latent instead gave (more bits: the network was trained to give features back from
+z_public, not for likelihood).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec
+from iae_privacy.codec.columns import NumberColumn
+from iae_privacy.codec.table import read_batches
+from iae_privacy.compression.entropy import (
+    FeatureModel,
+    choose_models,
+    decode_features,
+    decode_remainders,
+    encode_features,
+    encode_remainders,
+)
+from iae_privacy.documents import canonical, parse_json
+from iae_privacy.errors import IaeError
+from iae_privacy.files import atomic_file
+
+__all__ = ["compress", "decompress", "compressed_rows", "CompressReport", "MAGIC", "SEALED_MAGIC", "is_sealed"]
+
+MAGIC = b"IAEZ\x00\x01\r\n"
+SEALED_MAGIC = b"IAEZS\x01\r\n"
+FORMAT = "iae-privacy/compressed"
+VERSION = 1
+KEY_AAD = b"iae-privacy/compressed/v1"
+CHUNK_ROWS = 262_144
+LEVELS = 256
+"""Quantile buckets per number: their edges are stored in the file, so fewer than encoding's 4,096
+(a small table pays for its edges; a repeated value costs no more in a wider bucket)."""
+_FRAME = struct.Struct("<I32s")
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    source: str
+    out: str
+    rows: int
+    chunks: int
+    bytes: int
+    sealed: bool
+    seconds: float
+
+    @property
+    def bits_per_row(self) -> float:
+        return 8 * self.bytes / max(self.rows, 1)
+
+
+def _zstd(data: bytes, level: int) -> bytes:
+    return pa.Codec("zstd", level).compress(data).to_pybytes() if data else b""
+
+
+def _unzstd(data: bytes, size: int) -> bytes:
+    return pa.Codec("zstd").decompress(data, decompressed_size=size).to_pybytes() if size else b""
+
+
+def _repeats(column: pa.Array) -> bool:
+    """A text or binary column whose values repeat (names, notes, codes): coded as a dictionary
+    (each value once, then indices), which zstd at a fast level cannot match by itself."""
+    t = column.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)) or len(column) < 1_024:
+        return False
+    import pyarrow.compute as pc
+
+    return pc.count_distinct(column, mode="all").as_py() < len(column) // 2
+
+
+def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int]]:
+    """Arrow IPC with zstd, text columns whose values repeat as dictionaries (their positions)."""
+    coded = [i for i, column in enumerate(batch.columns) if _repeats(column)]
+    if coded:
+        columns = [column.dictionary_encode() if i in coded else column for i, column in enumerate(batch.columns)]
+        schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
+        batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+    sink = io.BytesIO()
+    options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
+    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue(), coded
+
+
+def _from_ipc(data: bytes, coded: list[int]) -> pa.RecordBatch:
+    with pa.ipc.open_stream(data) as reader:
+        batch = reader.read_next_batch()
+    if not coded:
+        return batch
+    columns = [column.dictionary_decode() if i in coded else column for i, column in enumerate(batch.columns)]
+    schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _pack(meta: dict, parts: list[bytes]) -> bytes:
+    head = canonical({**meta, "parts": [len(p) for p in parts]})
+    return _U32.pack(len(head)) + head + b"".join(parts)
+
+
+def _unpack(data: bytes) -> tuple[dict, list[bytes]]:
+    (length,) = _U32.unpack_from(data)
+    meta = parse_json(data[4 : 4 + length])
+    parts, at = [], 4 + length
+    for size in meta["parts"]:
+        parts.append(data[at : at + size])
+        at += size
+    if at != len(data):
+        raise ValueError("chunk length")
+    return meta, parts
+
+
+def _number_positions(codec: TableCodec) -> dict[str, tuple[int, int]]:
+    """Remainder column -> (the number's code position among the features, its levels)."""
+    out, offset = {}, 0
+    for spec in codec.columns:
+        if spec.feature is not None:
+            offset += spec.feature.width
+            if isinstance(spec.feature, NumberColumn) and spec.feature.remainder_type is not None:
+                out[spec.feature._remainder_key] = (offset - 1, spec.feature.levels)
+    return out
+
+
+def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[FeatureModel], level: int) -> bytes:
+    encoded = codec.encode(batch)
+    levels = list(codec.feature_levels)
+    parts: list[bytes] = []
+    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent] for m in models]}
+    if levels:
+        tables, words = encode_features(encoded.features, levels, models)
+        packed = _zstd(tables, level)
+        meta["feature_tables"] = len(tables)
+        parts += [packed, words]
+    detail, dictionary, dropped = encoded.detail, [], []
+    for key, (j, number_levels) in _number_positions(codec).items():
+        column = detail.column(key)
+        if column.null_count:
+            continue  # a remainder is never null; left as it is if it is
+        plain = len(_zstd(column.to_numpy(zero_copy_only=False).tobytes(), level))
+        deltas, tables, words = encode_remainders(encoded.features[:, j], column.to_numpy(zero_copy_only=False),
+                                                  number_levels)
+        coded = [_zstd(deltas, level), _zstd(tables, level), words]
+        if sum(map(len, coded)) < plain:
+            dictionary.append([key, len(deltas), len(tables)])
+            parts += coded
+    meta["dictionary"] = dictionary
+    keep = []
+    for i, field in enumerate(detail.schema):
+        if field.name in {key for key, _, _ in dictionary}:
+            continue
+        if detail.column(i).null_count == detail.num_rows and detail.num_rows:
+            dropped.append(field.name)
+            continue
+        keep.append(i)
+    meta["dropped"] = dropped
+    meta["dictionary_columns"] = []
+    for batch in (encoded.passthrough, encoded.identifiers, detail.select(keep)):
+        data, coded = _ipc(batch, level)
+        parts.append(data)
+        meta["dictionary_columns"].append(coded)
+    return _pack(meta, parts)
+
+
+def _decode_chunk(codec: TableCodec, data: bytes) -> pa.RecordBatch:
+    meta, parts = _unpack(data)
+    rows, levels = int(meta["rows"]), list(codec.feature_levels)
+    models = [FeatureModel(int(s), int(p)) for s, p in meta["models"]]
+    queue = iter(parts)
+    features = np.zeros((rows, 0), dtype=np.int64)
+    if levels:
+        tables = _unzstd(next(queue), int(meta["feature_tables"]))
+        features = decode_features(tables, next(queue), rows, levels, models)
+    numbers = _number_positions(codec)
+    remainders = {}
+    for key, deltas_size, tables_size in meta["dictionary"]:  # in the order of the parts
+        j, number_levels = numbers[key]
+        deltas, tables, words = _unzstd(next(queue), deltas_size), _unzstd(next(queue), tables_size), next(queue)
+        remainders[key] = decode_remainders(features[:, j], number_levels, deltas, tables, words)
+    passthrough, identifiers, rest = (_from_ipc(next(queue), [int(i) for i in coded])
+                                      for coded in meta["dictionary_columns"])
+    dropped = set(meta["dropped"])
+    arrays = []
+    for field in codec.detail_schema:
+        if field.name in remainders:
+            arrays.append(pa.array(remainders[field.name]).cast(field.type))
+        elif field.name in dropped:
+            arrays.append(pa.nulls(rows, field.type))
+        else:
+            arrays.append(rest.column(field.name))
+    detail = pa.RecordBatch.from_arrays(arrays, schema=codec.detail_schema.with_metadata(rest.schema.metadata)) \
+        if len(codec.detail_schema) else rest
+    return codec.decode(EncodedBatch(features, passthrough, identifiers, detail))
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+class _PlainWriter:
+    def __init__(self, sink) -> None:
+        self._sink, self.count = sink, 0
+        sink.write(MAGIC)
+
+    def write(self, segment: bytes) -> None:
+        digest = hashlib.sha256(struct.pack("<Q", self.count) + segment).digest()
+        self._sink.write(_FRAME.pack(len(segment), digest) + segment)
+        self.count += 1
+
+
+def _plain_segments(f, path: Path) -> Iterator[bytes]:
+    if f.read(len(MAGIC)) != MAGIC:
+        raise IaeError(f"{path} is not an iae-privacy compressed file")
+    index = 0
+    while True:
+        frame = f.read(_FRAME.size)
+        if not frame:
+            return
+        if len(frame) < _FRAME.size:
+            raise IaeError(f"{path} is truncated")
+        length, digest = _FRAME.unpack(frame)
+        segment = f.read(length)
+        if len(segment) < length or hashlib.sha256(struct.pack("<Q", index) + segment).digest() != digest:
+            raise IaeError(f"{path} is damaged at segment {index}: truncated, altered or reordered")
+        yield segment
+        index += 1
+
+
+def is_sealed(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
+    except FileNotFoundError:
+        raise IaeError(f"no such file: {path}") from None
+
+
+def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chunk_rows: int = CHUNK_ROWS,
+             zstd_level: int = 19, on_rows: Callable[[int, int], None] | None = None) -> CompressReport:
+    """Compress the Parquet file ``source`` to ``out`` (sealed with ``keyring``'s vault key when
+    one is given). Memory: one chunk. ``out`` appears whole, or not at all."""
+    from iae_privacy.codec.table import parquet_rows
+
+    started = time.perf_counter()
+    total = parquet_rows(source)
+    codec = TableCodec.fit(source, CodecConfig(levels=levels))
+    header = canonical({"format": FORMAT, "version": VERSION, "rows": total, "codec": codec.to_dict()})
+    counted = {"rows": 0, "chunks": 0}
+
+    def write_all(writer) -> None:
+        writer.write(b"H" + _zstd(header, zstd_level) + _U32.pack(len(header)))
+        models = None
+        for batch in read_batches(source, batch_size=chunk_rows):
+            if models is None:  # chosen on the first chunk, kept for the others
+                models = choose_models(codec.encode(batch).features, list(codec.feature_levels)) \
+                    if codec.feature_levels else []
+            writer.write(b"C" + _encode_chunk(codec, batch, models, zstd_level))
+            counted["rows"] += batch.num_rows
+            counted["chunks"] += 1
+            if on_rows is not None:
+                on_rows(counted["rows"], total)
+        writer.write(b"T" + canonical(counted))
+
+    if keyring is not None:
+        from iae_privacy.keys.keyring import Purpose
+        from iae_privacy.keys.sealed import SealedWriter
+
+        with SealedWriter(out, SEALED_MAGIC, {"format": FORMAT, "version": VERSION}, Purpose.VAULT, KEY_AAD,
+                          keyring) as sealed:
+            write_all(sealed)
+    else:
+        with atomic_file(out) as sink:
+            write_all(_PlainWriter(sink))
+    rows, chunks = counted["rows"], counted["chunks"]
+    return CompressReport(str(source), str(out), rows, chunks, out.stat().st_size, keyring is not None,
+                          time.perf_counter() - started)
+
+
+def _segments(path: Path, keyring) -> tuple[Iterator[bytes], object]:
+    """The file's segments, checked one by one, and what to close when done (None: nothing)."""
+    if is_sealed(path):
+        if keyring is None:
+            raise IaeError(f"{path} is sealed: decompressing it needs the keyring")
+        from iae_privacy.keys.keyring import Purpose
+        from iae_privacy.keys.sealed import open_sealed_file
+
+        _, _, segments = open_sealed_file(path, SEALED_MAGIC, Purpose.VAULT, lambda doc: KEY_AAD, keyring,
+                                          "compressed file")
+        return segments, None
+    source = open(path, "rb")
+    return _plain_segments(source, path), source
+
+
+def _header(segment: bytes, path: Path) -> dict:
+    if segment[:1] != b"H":
+        raise IaeError(f"{path} is damaged: it does not start with its header")
+    try:
+        (size,) = _U32.unpack(segment[-4:])
+        doc = parse_json(_unzstd(segment[1:-4], size))
+    except (ValueError, struct.error, pa.ArrowException):
+        raise IaeError(f"{path} is damaged: its header does not read") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise IaeError(f"{path} is not an iae-privacy compressed file")
+    if doc.get("version") != VERSION:
+        raise IaeError(f"{path}: compressed format version {doc.get('version')!r} is not supported by this release")
+    return doc
+
+
+def compressed_rows(path: Path, keyring=None) -> int:
+    """The rows the file holds, from its header (a sealed file needs the keyring)."""
+    segments, source = _segments(path, keyring)
+    try:
+        return int(_header(next(segments, b""), path)["rows"])
+    finally:
+        if source is not None:
+            source.close()
+
+
+def decompress(path: Path, out: Path, *, keyring=None, on_rows: Callable[[int, int], None] | None = None) -> int:
+    """Restore the table compressed in ``path`` to the Parquet file ``out``, bit for bit; nothing
+    is written if any part of ``path`` fails its check."""
+    from iae_privacy.dataset.reader import write_restored
+
+    segments, source = _segments(path, keyring)
+    seen = {"rows": 0, "chunks": 0, "closed": False}
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        codec, total = None, None
+        try:
+            for segment in segments:
+                kind, body = segment[:1], segment[1:]
+                if seen["closed"]:
+                    raise IaeError(f"{path} has data after its end")
+                if kind == b"H" and codec is None:
+                    doc = _header(segment, path)
+                    codec, total = TableCodec.from_dict(doc["codec"]), int(doc["rows"])
+                elif kind == b"C" and codec is not None:
+                    batch = _decode_chunk(codec, body)
+                    seen["rows"] += batch.num_rows
+                    seen["chunks"] += 1
+                    if on_rows is not None:
+                        on_rows(seen["rows"], total)
+                    yield batch
+                elif kind == b"T" and codec is not None:
+                    end = parse_json(body)
+                    if (end["chunks"], end["rows"]) != (seen["chunks"], seen["rows"]):
+                        raise IaeError(f"{path} is damaged: its end names other chunks than it holds")
+                    seen["closed"] = True
+                else:
+                    raise IaeError(f"{path} is damaged: unexpected segment")
+            if not seen["closed"]:
+                raise IaeError(f"{path} is truncated")
+            if codec is not None and seen["chunks"] == 0:
+                yield pa.RecordBatch.from_pylist([], schema=codec.schema)
+        except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as exc:
+            raise IaeError(f"{path} is damaged ({type(exc).__name__})") from None
+        finally:
+            if source is not None:
+                source.close()
+
+    try:
+        return write_restored(out, batches())
+    except json.JSONDecodeError:
+        raise IaeError(f"{path} is damaged") from None
