@@ -772,3 +772,28 @@ def test_a_dask_encode_without_a_server_starts_one_temporary_server_not_one_per_
     assert "encoded 2,000 rows in 2 new part(s)" in done.stdout
     log = done.stdout + done.stderr
     assert log.count("Starting temporary server") == 1, log[-3_000:]
+
+
+def test_compress_and_decompress_from_the_command_line(tmp_path, data_dir, monkeypatch, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from iae_privacy.arrow.exactness import first_difference
+
+    source = data_dir / "cps1988_wages.parquet"
+    packed, back = tmp_path / "w.iaez", tmp_path / "w.parquet"
+    report = json.loads(run("compress", str(source), "--out", str(packed), "--json", home=tmp_path).stdout)
+    assert report["rows"] == 28_155 and report["bytes"] == packed.stat().st_size and not report["sealed"]
+    assert report["bytes"] < report["source_bytes"]
+    assert json.loads(run("decompress", str(packed), "--out", str(back), "--json", home=tmp_path).stdout)["rows"] \
+        == 28_155
+    assert first_difference(pq.read_table(source), pq.read_table(back)) is None
+    packed.write_bytes(packed.read_bytes()[:-10])
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "decompress", str(packed), "--out",
+                          str(tmp_path / "again.parquet"))
+    assert code == 2 and text.strip().splitlines()[-1] == f"error: {packed} is damaged at segment 2: truncated, " \
+        "altered or reordered"
+    code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "compress", str(source), "--out",
+                          str(tmp_path / "w.zip"))
+    assert code == 2 and "a compressed file is named FILE.iaez" in text

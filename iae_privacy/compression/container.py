@@ -271,7 +271,12 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
 
     started = time.perf_counter()
     total = parquet_rows(source)
-    codec = TableCodec.fit(source, CodecConfig(levels=levels))
+    if total:
+        codec = TableCodec.fit(source, CodecConfig(levels=levels))
+    else:  # an empty table: its schema alone
+        import pyarrow.parquet as pq
+
+        codec = TableCodec.fit([pa.RecordBatch.from_pylist([], schema=pq.read_schema(source))], CodecConfig(levels=levels))
     header = canonical({"format": FORMAT, "version": VERSION, "rows": total, "codec": codec.to_dict()})
     counted = {"rows": 0, "chunks": 0}
 
