@@ -276,7 +276,8 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
     else:  # an empty table: its schema alone
         import pyarrow.parquet as pq
 
-        codec = TableCodec.fit([pa.RecordBatch.from_pylist([], schema=pq.read_schema(source))], CodecConfig(levels=levels))
+        empty = pa.RecordBatch.from_pylist([], schema=pq.read_schema(source))
+        codec = TableCodec.fit([empty], CodecConfig(levels=levels))
     header = canonical({"format": FORMAT, "version": VERSION, "rows": total, "codec": codec.to_dict()})
     counted = {"rows": 0, "chunks": 0}
 
