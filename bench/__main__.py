@@ -12,7 +12,7 @@ import datetime
 import json
 from pathlib import Path
 
-from bench import codec, e2e, keys, leaks, network, privacy, restore, synthesis
+from bench import codec, compression, e2e, keys, leaks, network, privacy, restore, synthesis
 from bench.common import machine
 
 BENCHMARKS = {
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "leaks": (leaks.run, 28_155),
     "privacy": (privacy.run, 50_000),
     "synthesis": (synthesis.run, synthesis.SYNTHETIC_ROWS),
+    "compression": (compression.run, 1_000_000),
 }
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
