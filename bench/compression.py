@@ -56,7 +56,7 @@ def feature_bits(codes: np.ndarray, levels: list[int]) -> list[float]:
     plus the uniform low part); the count tables themselves are not included."""
     from iae_privacy.compression.entropy import choose_models
 
-    models = choose_models(codes, levels)
+    models, _ = choose_models(codes, levels)
     out = []
     for j, (level, model) in enumerate(zip(levels, models)):
         high = codes[:, j] >> model.shift

@@ -153,13 +153,14 @@ def _number_positions(codec: TableCodec) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[FeatureModel], level: int) -> bytes:
+def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[FeatureModel], order: list[int],
+                  level: int) -> bytes:
     encoded = codec.encode(batch)
     levels = list(codec.feature_levels)
     parts: list[bytes] = []
-    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent] for m in models]}
+    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent] for m in models], "order": order}
     if levels:
-        tables, words = encode_features(encoded.features, levels, models)
+        tables, words = encode_features(encoded.features, levels, models, order)
         packed = _zstd(tables, level)
         meta["feature_tables"] = len(tables)
         parts += [packed, words]
@@ -197,11 +198,15 @@ def _decode_chunk(codec: TableCodec, data: bytes) -> pa.RecordBatch:
     meta, parts = _unpack(data)
     rows, levels = int(meta["rows"]), list(codec.feature_levels)
     models = [FeatureModel(int(s), int(p)) for s, p in meta["models"]]
+    order = [int(j) for j in meta["order"]]
+    if sorted(order) != list(range(len(levels))) or any(
+            models[j].parent >= 0 and models[j].parent not in order[:k] for k, j in enumerate(order)):
+        raise ValueError("feature order")
     queue = iter(parts)
     features = np.zeros((rows, 0), dtype=np.int64)
     if levels:
         tables = _unzstd(next(queue), int(meta["feature_tables"]))
-        features = decode_features(tables, next(queue), rows, levels, models)
+        features = decode_features(tables, next(queue), rows, levels, models, order)
     numbers = _number_positions(codec)
     remainders = {}
     for key, deltas_size, tables_size in meta["dictionary"]:  # in the order of the parts
@@ -286,9 +291,9 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
         models = None
         for batch in read_batches(source, batch_size=chunk_rows):
             if models is None:  # chosen on the first chunk, kept for the others
-                models = choose_models(codec.encode(batch).features, list(codec.feature_levels)) \
-                    if codec.feature_levels else []
-            writer.write(b"C" + _encode_chunk(codec, batch, models, zstd_level))
+                models, order = choose_models(codec.encode(batch).features, list(codec.feature_levels)) \
+                    if codec.feature_levels else ([], [])
+            writer.write(b"C" + _encode_chunk(codec, batch, models, order, zstd_level))
             counted["rows"] += batch.num_rows
             counted["chunks"] += 1
             if on_rows is not None:

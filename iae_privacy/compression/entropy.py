@@ -52,32 +52,52 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-(counts * np.log2(p)).sum())
 
 
-def choose_models(codes: np.ndarray, levels: list[int]) -> list[FeatureModel]:
-    """Each feature's shift and parent, chosen on ``codes`` (rows x features): the earlier feature
-    whose high part, as context, saves the most bits net of its table, or none."""
+CHOICE_ROWS = 65_536
+"""Rows the parents are chosen on (the first chunk's first rows): every pair of features is counted."""
+
+
+def choose_models(codes: np.ndarray, levels: list[int]) -> tuple[list[FeatureModel], list[int]]:
+    """Each feature's shift and parent, and the order the features are coded in (a parent before
+    its children), chosen on ``codes`` (rows x features). A tree grown greedily, as Prim's
+    algorithm grows a spanning tree (Chow and Liu's tree, with each edge weighed by the bits it
+    saves net of its table): at each step the feature not yet coded that gains most from one
+    already coded joins with it as parent; when none gains, the feature that would be the most
+    useful parent joins with none."""
+    codes = codes[:CHOICE_ROWS]
+    d = len(levels)
     shifts = [_shift(level) for level in levels]
     high = [codes[:, j] >> s for j, s in enumerate(shifts)]
     sizes = [((level - 1) >> s) + 1 for level, s in zip(levels, shifts)]
-    models = []
-    for j in range(len(levels)):
-        alone = np.bincount(high[j], minlength=sizes[j])
-        best, best_cost = -1, _entropy_bits(alone) + TABLE_BITS_PER_COUNT * np.count_nonzero(alone)
-        for p in range(j):
-            if sizes[p] < 2:
-                continue
-            joint = np.bincount(high[p] * sizes[j] + high[j], minlength=sizes[p] * sizes[j]).reshape(sizes[p], sizes[j])
-            cost = _entropy_bits(joint) + TABLE_BITS_PER_COUNT * np.count_nonzero(joint)
-            if cost < best_cost:
-                best, best_cost = p, cost
-        models.append(FeatureModel(shifts[j], best))
-    return models
+    alone = np.array([_entropy_bits(c) + TABLE_BITS_PER_COUNT * np.count_nonzero(c)
+                      for c in (np.bincount(high[j], minlength=sizes[j]) for j in range(d))])
+    gain = np.full((d, d), -np.inf)  # gain[j, p]: bits saved coding j given p
+    for j in range(d):
+        for p in range(d):
+            if p != j and sizes[p] > 1 and sizes[j] > 1:
+                joint = np.bincount(high[p] * sizes[j] + high[j], minlength=sizes[p] * sizes[j])
+                gain[j, p] = alone[j] - _entropy_bits(joint.reshape(sizes[p], sizes[j])) \
+                    - TABLE_BITS_PER_COUNT * np.count_nonzero(joint)
+    parents, order = [-1] * d, []
+    outside = set(range(d))
+    while outside:
+        left = sorted(outside)
+        best = max(((gain[j, p], j, p) for j in left for p in order), default=(0.0, -1, -1))
+        if best[0] > 0:
+            _, j, p = best
+            parents[j] = p
+        else:  # a new root: the feature whose codes tell the most about the others left
+            j = max(left, key=lambda k: max((gain[m, k] for m in left if m != k), default=-np.inf))
+        order.append(j)
+        outside.remove(j)
+    return [FeatureModel(shifts[j], parents[j]) for j in range(d)], order
 
 
 def _tables(high: np.ndarray, context: np.ndarray, contexts: int, size: int) -> np.ndarray:
     return np.bincount(context * size + high, minlength=contexts * size).reshape(contexts, size).astype(np.uint32)
 
 
-def encode_features(codes: np.ndarray, levels: list[int], models: list[FeatureModel]) -> tuple[bytes, bytes]:
+def encode_features(codes: np.ndarray, levels: list[int], models: list[FeatureModel],
+                    order: list[int]) -> tuple[bytes, bytes]:
     """(the chunk's count tables, the coded symbols) for ``codes``; :func:`decode_features`
     reverses it exactly."""
     import constriction
@@ -86,7 +106,8 @@ def encode_features(codes: np.ndarray, levels: list[int], models: list[FeatureMo
     uniform = constriction.stream.model.Uniform()
     tables = io.BytesIO()
     n = len(codes)
-    for j, (level, model) in enumerate(zip(levels, models)):
+    for j in order:
+        level, model = levels[j], models[j]
         size = ((level - 1) >> model.shift) + 1
         high = (codes[:, j] >> model.shift).astype(np.int64)
         if model.parent >= 0:
@@ -118,8 +139,8 @@ def _low(code: np.ndarray | None, high: np.ndarray, level: int, shift: int) -> t
     return (None if code is None else code - start), span
 
 
-def decode_features(tables: bytes, words: bytes, rows: int, levels: list[int],
-                    models: list[FeatureModel]) -> np.ndarray:
+def decode_features(tables: bytes, words: bytes, rows: int, levels: list[int], models: list[FeatureModel],
+                    order: list[int]) -> np.ndarray:
     """The codes :func:`encode_features` coded."""
     import constriction
 
@@ -127,7 +148,8 @@ def decode_features(tables: bytes, words: bytes, rows: int, levels: list[int],
     uniform = constriction.stream.model.Uniform()
     codes = np.zeros((rows, len(levels)), dtype=np.int64)
     offset = 0
-    for j, (level, model) in enumerate(zip(levels, models)):
+    for j in order:
+        level, model = levels[j], models[j]
         size = ((level - 1) >> model.shift) + 1
         if model.parent >= 0:
             parent = models[model.parent]
@@ -195,17 +217,13 @@ def encode_remainders(code: np.ndarray, remainder: np.ndarray, levels: int) -> t
     deltas[~first] = distinct_r[~first] - distinct_r[np.flatnonzero(~first) - 1]
     # each row's symbol: the place of its value among its bucket's distinct values
     index = np.cumsum(new) - 1  # the distinct pair of each sorted row
-    bucket_start = np.cumsum(per_bucket) - per_bucket  # the first distinct pair of each bucket
-    symbol = index - bucket_start[b]
+    bucket_start = (np.cumsum(per_bucket) - per_bucket).astype(np.int64)  # each bucket's first distinct pair
+    by_row = np.empty(len(b), dtype=np.int64)
+    by_row[order] = index - bucket_start[b]
     encoder = constriction.stream.queue.RangeEncoder()
-    row_start = np.searchsorted(b, np.arange(levels + 1))
-    for bucket in np.flatnonzero(per_bucket > 1):
+    for bucket, rows in _bucket_rows(code, levels, per_bucket):
         pairs = slice(bucket_start[bucket], bucket_start[bucket] + per_bucket[bucket])
-        rows = slice(row_start[bucket], row_start[bucket + 1])
-        unsorted = np.sort(order[rows])  # the rows of this bucket in table order
-        symbols = np.empty(len(b), dtype=np.int64)
-        symbols[order[rows]] = symbol[rows]
-        encoder.encode(symbols[unsorted].astype(np.int32), _categorical(counts[pairs]))
+        encoder.encode(by_row[rows].astype(np.int32), _categorical(counts[pairs]))
     return deltas.tobytes(), per_bucket.tobytes() + counts.tobytes(), encoder.get_compressed().tobytes()
 
 
@@ -227,9 +245,17 @@ def decode_remainders(code: np.ndarray, levels: int, deltas: bytes, tables: byte
     single = per_bucket == 1
     rows_single = single[code]
     out[rows_single] = values[bucket_start[code[rows_single]]]
-    for bucket in np.flatnonzero(per_bucket > 1):
-        rows = np.flatnonzero(code == bucket)
+    for bucket, rows in _bucket_rows(code, levels, per_bucket):
         pairs = slice(bucket_start[bucket], bucket_start[bucket] + per_bucket[bucket])
         symbols = decoder.decode(_categorical(counts[pairs]), len(rows))
         out[rows] = values[pairs][symbols]
     return out
+
+
+def _bucket_rows(code: np.ndarray, levels: int, per_bucket: np.ndarray):
+    """(bucket, its rows in table order) for each bucket with more than one distinct value, in
+    bucket order: the order both ends code them in."""
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(levels + 1))
+    for bucket in np.flatnonzero(per_bucket > 1):
+        yield bucket, order[bounds[bucket] : bounds[bucket + 1]]
