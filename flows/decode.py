@@ -75,7 +75,22 @@ def decode_flow(encoded: str, request: str, out: str, home: str = ".", with_row_
     restored = restore(grant, out, home, with_row_id, return_state=True)
     if restored.is_failed():
         return _again(restored)
+    if grant.synthesize:  # the fidelity report beside the baselines, as an artifact (aggregates only)
+        _fidelity_artifact(Path(out), grant.dataset)
     return DecodeResult(restored.result(), grant.audit_seq, grant.synthesize)
+
+
+def _fidelity_artifact(out: Path, dataset: str) -> None:
+    import json
+
+    from prefect.artifacts import create_markdown_artifact
+
+    from iae_privacy.analysts.synthesize import fidelity_markdown
+
+    report = json.loads(out.with_name(out.name + ".fidelity.json").read_text())
+    key = "synthesis-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+    create_markdown_artifact(key=key, markdown=fidelity_markdown(report),
+                             description=f"synthetic records of {dataset}: fidelity beside two baselines")
 
 
 def _again(state: State) -> State:

@@ -380,6 +380,7 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
     features = report["feature_columns"]
     assert "diagnosis_code" in features and "email" not in features
     assert set(report["total_variation_distance"]) >= {"diagnosis_code", "visits"}
+    assert set(report["beside_baselines"]) == {"iae-privacy", "gaussian_copula", "independent_marginals"}
     real = pd.concat([pq.read_table(s).select(features).to_pandas() for s in world.sources])
     fake = synthetic.select(features).to_pandas()
     rows = lambda frame: {repr(t) for t in frame.itertuples(index=False)}  # noqa: E731

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from arrow_strategies import arrow_schema, table_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from iae_privacy.arrow.exactness import first_difference
@@ -54,7 +54,10 @@ def test_any_table_comes_back_bit_for_bit(data):
     table = data.draw(table_for(schema))
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "source.parquet"
-        pq.write_table(table, source)
+        try:
+            pq.write_table(table, source)
+        except pa.ArrowInvalid:  # Parquet itself cannot hold it (seconds beyond its ms range): not a source
+            assume(False)
         back, _ = roundtrip(source, Path(folder), chunk_rows=data.draw(st.sampled_from([1, 7, 1_000])),
                             levels=data.draw(st.sampled_from([2, 16, 256])))
         assert first_difference(pq.read_table(source), back) is None
@@ -154,3 +157,27 @@ def test_a_sealed_file_needs_its_keyring_and_refuses_any_change(data_dir, tmp_pa
     with pytest.raises(IaeError, match="fails authentication"):
         decompress(sealed, tmp_path / "x.parquet", keyring=keyring)
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_runs_are_coded_as_repeats_of_the_row_before():
+    """Panel data (each person's constants over several rows), a table sorted by something: a flag
+    per row, then only the rows that change."""
+    from iae_privacy.compression.entropy import fill_repeats, repeats
+
+    rng = np.random.default_rng(2)
+    person = np.repeat(rng.integers(0, 200, 4_000), 5)  # five rows per person
+    codes = np.stack([person, rng.integers(0, 50, len(person))], axis=1)
+    levels = [200, 50]
+    models, order = choose_models(codes, levels)
+    assert models[0].repeat and not models[1].repeat  # the noise column gains nothing from flags
+    tables, words = encode_features(codes, levels, models, order)
+    assert np.array_equal(decode_features(tables, words, len(codes), levels, models, order), codes)
+    bucket, remainders = person // 10, (person % 10 * 7919).astype(np.uint64)  # ten values per bucket
+    for repeat in (False, True):
+        coded = encode_remainders(bucket, remainders, 20, repeat)
+        assert np.array_equal(decode_remainders(bucket, 20, *coded, repeat), remainders)
+    with_flags = encode_remainders(bucket, remainders, 20, True)
+    assert len(with_flags[2]) < len(encode_remainders(bucket, remainders, 20, False)[2])
+    flags = repeats(np.array([3, 3, 4, 4, 4, 1]))
+    assert flags.tolist() == [False, True, False, True, True, False]
+    assert fill_repeats(np.array([3, 4, 1]), flags).tolist() == [3, 3, 4, 4, 4, 1]

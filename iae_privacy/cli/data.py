@@ -364,6 +364,15 @@ def decode_command(
         return
     what = "synthetic records written" if result.synthetic else "rows restored"
     console.print(f"{result.restored_rows:,} {what} to {out} (audit entry {result.audit_entry})")
+    if result.synthetic:
+        import json
+
+        compared = json.loads(out.with_name(out.name + ".fidelity.json").read_text()).get("beside_baselines", {})
+        if compared:
+            console.print("mean total variation distance to real records (lower is closer): "
+                          + ", ".join(f"{name} {figures['mean_total_variation_distance']:.4f}"
+                                      for name, figures in compared.items())
+                          + f" (details: {out}.fidelity.json)", highlight=False)
 
 
 @app.command("models")

@@ -158,7 +158,8 @@ def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[Feature
     encoded = codec.encode(batch)
     levels = list(codec.feature_levels)
     parts: list[bytes] = []
-    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent] for m in models], "order": order}
+    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent, m.repeat] for m in models],
+                  "order": order}
     if levels:
         tables, words = encode_features(encoded.features, levels, models, order)
         packed = _zstd(tables, level)
@@ -169,17 +170,20 @@ def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[Feature
         column = detail.column(key)
         if column.null_count:
             continue  # a remainder is never null; left as it is if it is
-        plain = len(_zstd(column.to_numpy(zero_copy_only=False).tobytes(), level))
-        deltas, tables, words = encode_remainders(encoded.features[:, j], column.to_numpy(zero_copy_only=False),
-                                                  number_levels)
-        coded = [_zstd(deltas, level), _zstd(tables, level), words]
-        if sum(map(len, coded)) < plain:
-            dictionary.append([key, len(deltas), len(tables)])
-            parts += coded
+        values = column.to_numpy(zero_copy_only=False)
+        best, best_size = None, len(_zstd(values.tobytes(), level))  # plain, with the rest
+        for repeat in (False, True):
+            deltas, tables, words = encode_remainders(encoded.features[:, j], values, number_levels, repeat)
+            coded = [_zstd(deltas, level), _zstd(tables, level), words]
+            if sum(map(len, coded)) < best_size:
+                best, best_size = ([key, len(deltas), len(tables), repeat], coded), sum(map(len, coded))
+        if best is not None:
+            dictionary.append(best[0])
+            parts += best[1]
     meta["dictionary"] = dictionary
     keep = []
     for i, field in enumerate(detail.schema):
-        if field.name in {key for key, _, _ in dictionary}:
+        if field.name in {entry[0] for entry in dictionary}:
             continue
         if detail.column(i).null_count == detail.num_rows and detail.num_rows:
             dropped.append(field.name)
@@ -197,7 +201,7 @@ def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[Feature
 def _decode_chunk(codec: TableCodec, data: bytes) -> pa.RecordBatch:
     meta, parts = _unpack(data)
     rows, levels = int(meta["rows"]), list(codec.feature_levels)
-    models = [FeatureModel(int(s), int(p)) for s, p in meta["models"]]
+    models = [FeatureModel(int(s), int(p), bool(r)) for s, p, r in meta["models"]]
     order = [int(j) for j in meta["order"]]
     if sorted(order) != list(range(len(levels))) or any(
             models[j].parent >= 0 and models[j].parent not in order[:k] for k, j in enumerate(order)):
@@ -209,10 +213,10 @@ def _decode_chunk(codec: TableCodec, data: bytes) -> pa.RecordBatch:
         features = decode_features(tables, next(queue), rows, levels, models, order)
     numbers = _number_positions(codec)
     remainders = {}
-    for key, deltas_size, tables_size in meta["dictionary"]:  # in the order of the parts
+    for key, deltas_size, tables_size, repeat in meta["dictionary"]:  # in the order of the parts
         j, number_levels = numbers[key]
         deltas, tables, words = _unzstd(next(queue), deltas_size), _unzstd(next(queue), tables_size), next(queue)
-        remainders[key] = decode_remainders(features[:, j], number_levels, deltas, tables, words)
+        remainders[key] = decode_remainders(features[:, j], number_levels, deltas, tables, words, bool(repeat))
     passthrough, identifiers, rest = (_from_ipc(next(queue), [int(i) for i in coded])
                                       for coded in meta["dictionary_columns"])
     dropped = set(meta["dropped"])

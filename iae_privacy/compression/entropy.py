@@ -34,10 +34,12 @@ table pays against the bits it saves (its choice only; the file holds the real t
 
 @dataclass(frozen=True)
 class FeatureModel:
-    """How feature ``j`` is coded: its high part's shift and parent (-1: none)."""
+    """How feature ``j`` is coded: its high part's shift and parent (-1: none), and whether each
+    row first says if it repeats the row before."""
 
     shift: int
     parent: int
+    repeat: bool = False
 
 
 def _shift(level: int) -> int:
@@ -89,48 +91,118 @@ def choose_models(codes: np.ndarray, levels: list[int]) -> tuple[list[FeatureMod
             j = max(left, key=lambda k: max((gain[m, k] for m in left if m != k), default=-np.inf))
         order.append(j)
         outside.remove(j)
-    return [FeatureModel(shifts[j], parents[j]) for j in range(d)], order
+    models = [FeatureModel(shifts[j], parents[j]) for j in range(d)]
+    return [FeatureModel(m.shift, m.parent, _pays_to_flag_repeats(codes, levels, models, j))
+            for j, m in enumerate(models)], order
+
+
+def _pays_to_flag_repeats(codes: np.ndarray, levels: list[int], models: list[FeatureModel], j: int) -> bool:
+    """Whether sending a repeat flag per row, then only the rows that do not repeat, costs fewer
+    bits than coding every row (runs: a table sorted by something, panel data)."""
+    model, column = models[j], codes[:, j]
+    size = ((levels[j] - 1) >> model.shift) + 1
+    context, contexts = _context(codes, levels, models, j)
+
+    def bits(rows: np.ndarray) -> float:
+        high = column[rows] >> model.shift
+        counts = np.bincount(context[rows] * size + high, minlength=contexts * size).reshape(contexts, size)
+        _, span = _low(None, high, levels[j], model.shift)
+        return _entropy_bits(counts) + float(np.log2(span).sum())
+
+    flags = repeats(column)
+    if not flags.any():
+        return False
+    flagged = _entropy_bits(np.bincount(flags, minlength=2)) + bits(np.flatnonzero(~flags))
+    return flagged < bits(np.arange(len(column)))
 
 
 def _tables(high: np.ndarray, context: np.ndarray, contexts: int, size: int) -> np.ndarray:
     return np.bincount(context * size + high, minlength=contexts * size).reshape(contexts, size).astype(np.uint32)
 
 
+def _context(codes: np.ndarray, levels: list[int], models: list[FeatureModel], j: int) -> tuple[np.ndarray, int]:
+    """Each row's context for feature ``j`` (its parent's high part, or 0) and how many there are."""
+    parent = models[j].parent
+    if parent < 0:
+        return np.zeros(len(codes), dtype=np.int64), 1
+    shift = models[parent].shift
+    return codes[:, parent] >> shift, ((levels[parent] - 1) >> shift) + 1
+
+
+def repeats(values: np.ndarray) -> np.ndarray:
+    """For each row, whether it repeats the row before (never the first row of a chunk)."""
+    flags = np.zeros(len(values), dtype=bool)
+    flags[1:] = values[1:] == values[:-1]
+    return flags
+
+
+def _encode_flags(encoder, flags: np.ndarray, tables: io.BytesIO) -> None:
+    counts = np.bincount(flags, minlength=2).astype(np.uint32)
+    tables.write(counts.tobytes())
+    if counts.all():
+        encoder.encode(flags.astype(np.int32), _categorical(counts))
+
+
+def _decode_flags(decoder, n: int, tables: bytes, offset: int) -> tuple[np.ndarray, int]:
+    counts = np.frombuffer(tables[offset : offset + 8], dtype=np.uint32)
+    if len(counts) != 2 or int(counts.sum()) != n:
+        raise ValueError("repeat flags")
+    flags = decoder.decode(_categorical(counts), n).astype(bool) if counts.all() else np.full(n, bool(counts[1]))
+    return flags, offset + 8
+
+
+def fill_repeats(kept: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Values for every row from the values of the rows not flagged (in order): a flagged row
+    takes the value of the row before it."""
+    if not len(flags):
+        return kept
+    if flags[0]:
+        raise ValueError("repeat flags")
+    source = np.maximum.accumulate(np.where(flags, 0, np.arange(len(flags))))
+    index = np.cumsum(~flags) - 1
+    return kept[index[source]]
+
+
 def encode_features(codes: np.ndarray, levels: list[int], models: list[FeatureModel],
                     order: list[int]) -> tuple[bytes, bytes]:
     """(the chunk's count tables, the coded symbols) for ``codes``; :func:`decode_features`
-    reverses it exactly."""
+    reverses it exactly. A feature coded with repeats sends first, for each row, whether it
+    repeats the row before (tables sorted by something have runs), then only the others."""
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
     uniform = constriction.stream.model.Uniform()
     tables = io.BytesIO()
-    n = len(codes)
     for j in order:
         level, model = levels[j], models[j]
         size = ((level - 1) >> model.shift) + 1
-        high = (codes[:, j] >> model.shift).astype(np.int64)
-        if model.parent >= 0:
-            parent = models[model.parent]
-            context = codes[:, model.parent] >> parent.shift
-            contexts = ((levels[model.parent] - 1) >> parent.shift) + 1
-        else:
-            context, contexts = np.zeros(n, dtype=np.int64), 1
+        column, (context, contexts) = codes[:, j], _context(codes, levels, models, j)
+        if model.repeat:
+            kept = ~repeats(column)
+            _encode_flags(encoder, ~kept, tables)
+            column, context = column[kept], context[kept]
+        high = (column >> model.shift).astype(np.int64)
         counts = _tables(high, context, contexts, size)
         tables.write(counts.tobytes())
         if size > 1:
-            order = np.argsort(context, kind="stable")
-            bounds = np.searchsorted(context[order], np.arange(contexts + 1))
-            for c in range(contexts):
-                rows = order[bounds[c] : bounds[c + 1]]
-                if len(rows) and np.count_nonzero(counts[c]) > 1:
+            for c, rows in _groups(context, contexts):
+                if np.count_nonzero(counts[c]) > 1:
                     encoder.encode(high[rows].astype(np.int32), _categorical(counts[c]))
         if model.shift:
-            low, span = _low(codes[:, j], high, level, model.shift)
+            low, span = _low(column, high, level, model.shift)
             coded = span >= 2
             if coded.any():
                 encoder.encode(low[coded].astype(np.int32), uniform, span[coded].astype(np.int32))
     return tables.getvalue(), encoder.get_compressed().tobytes()
+
+
+def _groups(context: np.ndarray, contexts: int):
+    """(context, its rows in order) for every context that has rows."""
+    by_context = np.argsort(context, kind="stable")
+    bounds = np.searchsorted(context[by_context], np.arange(contexts + 1))
+    for c in range(contexts):
+        if bounds[c + 1] > bounds[c]:
+            yield c, by_context[bounds[c] : bounds[c + 1]]
 
 
 def _low(code: np.ndarray | None, high: np.ndarray, level: int, shift: int) -> tuple[np.ndarray | None, np.ndarray]:
@@ -151,37 +223,32 @@ def decode_features(tables: bytes, words: bytes, rows: int, levels: list[int], m
     for j in order:
         level, model = levels[j], models[j]
         size = ((level - 1) >> model.shift) + 1
-        if model.parent >= 0:
-            parent = models[model.parent]
-            context = codes[:, model.parent] >> parent.shift
-            contexts = ((levels[model.parent] - 1) >> parent.shift) + 1
-        else:
-            context, contexts = np.zeros(rows, dtype=np.int64), 1
+        context, contexts = _context(codes, levels, models, j)
+        flags = None
+        if model.repeat:
+            flags, offset = _decode_flags(decoder, rows, tables, offset)
+            context = context[~flags]
+        n = len(context)
         length = contexts * size * 4
         counts = np.frombuffer(tables[offset : offset + length], dtype=np.uint32).reshape(contexts, size)
         offset += length
-        high = np.zeros(rows, dtype=np.int64)
+        if int(counts.sum()) != n:
+            raise ValueError("feature tables")
+        high = np.zeros(n, dtype=np.int64)
         if size > 1:
-            order = np.argsort(context, kind="stable")
-            bounds = np.searchsorted(context[order], np.arange(contexts + 1))
-            for c in range(contexts):
-                at = order[bounds[c] : bounds[c + 1]]
-                if not len(at):
-                    continue
+            for c, at in _groups(context, contexts):
                 present = np.flatnonzero(counts[c])
                 if len(present) == 1:
                     high[at] = present[0]
                 else:
                     high[at] = decoder.decode(_categorical(counts[c]), len(at))
-        else:
-            high[:] = 0
         code = high << model.shift
         if model.shift:
             _, span = _low(None, high, level, model.shift)
             coded = span >= 2
             if coded.any():
                 code[coded] += decoder.decode(uniform, span[coded].astype(np.int32))
-        codes[:, j] = code
+        codes[:, j] = code if flags is None else fill_repeats(code, flags)
     return codes
 
 
@@ -193,15 +260,24 @@ def _categorical(counts: np.ndarray):
     return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
 
 
-def encode_remainders(code: np.ndarray, remainder: np.ndarray, levels: int) -> tuple[bytes, bytes, bytes]:
+def encode_remainders(code: np.ndarray, remainder: np.ndarray, levels: int,
+                      repeat: bool = False) -> tuple[bytes, bytes, bytes]:
     """A number's remainders given its codes, as a dictionary: (the distinct remainders of each
     bucket, delta-coded; each one's count and each bucket's number of them; the coded symbols),
     each symbol the remainder's place among its bucket's, coded with their counts. Where values
     repeat (prices, ages, amounts with two decimals) this costs the entropy of the value within
-    its bucket instead of the remainder's width; :func:`decode_remainders` reverses it."""
+    its bucket instead of the remainder's width; :func:`decode_remainders` reverses it. With
+    ``repeat``, each row first says whether its value repeats the row before's, and only the
+    others are coded."""
     import constriction
 
+    encoder = constriction.stream.queue.RangeEncoder()
     remainder = remainder.astype(np.uint64)
+    flags = io.BytesIO()
+    if repeat:
+        again = repeats(code) & repeats(remainder)
+        _encode_flags(encoder, again, flags)
+        code, remainder = code[~again], remainder[~again]
     order = np.lexsort((remainder, code))
     b, r = code[order], remainder[order]
     new = np.ones(len(b), dtype=bool)
@@ -220,17 +296,23 @@ def encode_remainders(code: np.ndarray, remainder: np.ndarray, levels: int) -> t
     bucket_start = (np.cumsum(per_bucket) - per_bucket).astype(np.int64)  # each bucket's first distinct pair
     by_row = np.empty(len(b), dtype=np.int64)
     by_row[order] = index - bucket_start[b]
-    encoder = constriction.stream.queue.RangeEncoder()
     for bucket, rows in _bucket_rows(code, levels, per_bucket):
         pairs = slice(bucket_start[bucket], bucket_start[bucket] + per_bucket[bucket])
         encoder.encode(by_row[rows].astype(np.int32), _categorical(counts[pairs]))
-    return deltas.tobytes(), per_bucket.tobytes() + counts.tobytes(), encoder.get_compressed().tobytes()
+    return deltas.tobytes(), flags.getvalue() + per_bucket.tobytes() + counts.tobytes(), \
+        encoder.get_compressed().tobytes()
 
 
-def decode_remainders(code: np.ndarray, levels: int, deltas: bytes, tables: bytes, words: bytes) -> np.ndarray:
+def decode_remainders(code: np.ndarray, levels: int, deltas: bytes, tables: bytes, words: bytes,
+                      repeat: bool = False) -> np.ndarray:
     """The remainders :func:`encode_remainders` coded, for the same ``code``."""
     import constriction
 
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype=np.uint32).copy())
+    again = None
+    if repeat:
+        again, offset = _decode_flags(decoder, len(code), tables, 0)
+        tables, code = tables[offset:], code[~again]
     per_bucket = np.frombuffer(tables[: 4 * levels], dtype=np.uint32)
     counts = np.frombuffer(tables[4 * levels :], dtype=np.uint32)
     distinct = np.frombuffer(deltas, dtype=np.uint64).copy()
@@ -240,7 +322,6 @@ def decode_remainders(code: np.ndarray, levels: int, deltas: bytes, tables: byte
     total = np.cumsum(distinct)  # wraps modulo 2**64, as the deltas did
     base = np.where(bucket_start[of_pair] > 0, total[np.maximum(bucket_start[of_pair] - 1, 0)], np.uint64(0))
     values = total - base
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype=np.uint32).copy())
     out = np.zeros(len(code), dtype=np.uint64)
     single = per_bucket == 1
     rows_single = single[code]
@@ -249,7 +330,7 @@ def decode_remainders(code: np.ndarray, levels: int, deltas: bytes, tables: byte
         pairs = slice(bucket_start[bucket], bucket_start[bucket] + per_bucket[bucket])
         symbols = decoder.decode(_categorical(counts[pairs]), len(rows))
         out[rows] = values[pairs][symbols]
-    return out
+    return out if again is None else fill_repeats(out, again)
 
 
 def _bucket_rows(code: np.ndarray, levels: int, per_bucket: np.ndarray):
