@@ -172,7 +172,8 @@ def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[Feature
             continue  # a remainder is never null; left as it is if it is
         values = column.to_numpy(zero_copy_only=False)
         best, best_size = None, len(_zstd(values.tobytes(), level))  # plain, with the rest
-        for repeat in (False, True):
+        runs = bool(np.mean(values[1:] == values[:-1]) > 0.1) if len(values) > 1 else False
+        for repeat in (False, True) if runs else (False,):
             deltas, tables, words = encode_remainders(encoded.features[:, j], values, number_levels, repeat)
             coded = [_zstd(deltas, level), _zstd(tables, level), words]
             if sum(map(len, coded)) < best_size:
