@@ -44,39 +44,13 @@ def _xz_bytes(table: pa.Table) -> int:
     return len(lzma.compress(sink.getvalue(), preset=9))
 
 
-def _entropy(counts: np.ndarray) -> float:
-    total = counts.sum(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(counts > 0, counts / np.maximum(total, 1), 1.0)
-    return float(-(counts * np.log2(p)).sum())
-
-
-def _bits(codes: np.ndarray, levels: list[int], models: list, j: int, model) -> float:
-    """Bits coding feature ``j`` with ``model`` costs (from the counts; tables not included)."""
-    from iae_privacy.compression.entropy import _context, _low, repeats
-
-    level = levels[j]
-    size = ((level - 1) >> model.shift) + 1
-    column = codes[:, j]
-    context, contexts = _context(codes, levels, [*models[:j], model, *models[j + 1:]], j)
-    total = 0.0
-    if model.repeat:
-        flags = repeats(column)
-        total += _entropy(np.bincount(flags, minlength=2))
-        column, context = column[~flags], context[~flags]
-    high = column >> model.shift
-    counts = np.bincount(context * size + high, minlength=contexts * size).reshape(contexts, size)
-    _, span = _low(None, high, level, model.shift)
-    return total + _entropy(counts) + float(np.log2(span).sum())
-
-
 def feature_bits(codes: np.ndarray, levels: list[int]) -> list[tuple[float, float]]:
-    """For each feature, the bits the entropy coder spends on it: (coded alone, with its parent
-    and repeat flags as chosen)."""
-    from iae_privacy.compression.entropy import FeatureModel, choose_models
+    """For each feature, the bits the entropy coder spends on it (from the counts): (coded alone,
+    with its parent and repeat flags as chosen)."""
+    from iae_privacy.compression.entropy import FeatureModel, choose_models, coded_bits
 
     models, _ = choose_models(codes, levels)
-    return [(_bits(codes, levels, models, j, FeatureModel(m.shift, -1)), _bits(codes, levels, models, j, m))
+    return [(coded_bits(codes, levels, models, j, FeatureModel(m.shift, -1)), coded_bits(codes, levels, models, j))
             for j, m in enumerate(models)]
 
 
@@ -92,10 +66,12 @@ def _latent_bits(source: Path) -> tuple[float, float]:
     codes = np.concatenate([model.codec.encode(b).features for b in pq.read_table(source).to_batches()])
     levels = list(model.codec.feature_levels)
     z = model.network.encode(torch.from_numpy(codes)).numpy()
+    from iae_privacy.compression.entropy import entropy_bits
+
     z_bits = 0.0
     for j in range(z.shape[1]):
         _, counts = np.unique(z[:, j], return_counts=True)
-        z_bits += _entropy(counts)
+        z_bits += entropy_bits(counts)
     return sum(b for _, b in feature_bits(codes, levels)) / len(codes), z_bits / len(codes)
 
 

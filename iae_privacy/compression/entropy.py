@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FeatureModel", "choose_models", "encode_features", "decode_features", "HIGH"]
+__all__ = ["FeatureModel", "choose_models", "encode_features", "decode_features", "encode_remainders",
+           "decode_remainders", "coded_bits", "entropy_bits", "repeats", "fill_repeats", "HIGH"]
 
 HIGH = 64
 """Most symbols of a feature's high part (and so most values of a parent context)."""
@@ -46,7 +47,7 @@ def _shift(level: int) -> int:
     return max(0, (max(level, 1) - 1).bit_length() - HIGH.bit_length() + 1)
 
 
-def _entropy_bits(counts: np.ndarray) -> float:
+def entropy_bits(counts: np.ndarray) -> float:
     """Bits to code the counted symbols with their own frequencies, per context row."""
     total = counts.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -70,14 +71,14 @@ def choose_models(codes: np.ndarray, levels: list[int]) -> tuple[list[FeatureMod
     shifts = [_shift(level) for level in levels]
     high = [codes[:, j] >> s for j, s in enumerate(shifts)]
     sizes = [((level - 1) >> s) + 1 for level, s in zip(levels, shifts)]
-    alone = np.array([_entropy_bits(c) + TABLE_BITS_PER_COUNT * np.count_nonzero(c)
+    alone = np.array([entropy_bits(c) + TABLE_BITS_PER_COUNT * np.count_nonzero(c)
                       for c in (np.bincount(high[j], minlength=sizes[j]) for j in range(d))])
     gain = np.full((d, d), -np.inf)  # gain[j, p]: bits saved coding j given p
     for j in range(d):
         for p in range(d):
             if p != j and sizes[p] > 1 and sizes[j] > 1:
                 joint = np.bincount(high[p] * sizes[j] + high[j], minlength=sizes[p] * sizes[j])
-                gain[j, p] = alone[j] - _entropy_bits(joint.reshape(sizes[p], sizes[j])) \
+                gain[j, p] = alone[j] - entropy_bits(joint.reshape(sizes[p], sizes[j])) \
                     - TABLE_BITS_PER_COUNT * np.count_nonzero(joint)
     parents, order = [-1] * d, []
     outside = set(range(d))
@@ -99,21 +100,30 @@ def choose_models(codes: np.ndarray, levels: list[int]) -> tuple[list[FeatureMod
 def _pays_to_flag_repeats(codes: np.ndarray, levels: list[int], models: list[FeatureModel], j: int) -> bool:
     """Whether sending a repeat flag per row, then only the rows that do not repeat, costs fewer
     bits than coding every row (runs: a table sorted by something, panel data)."""
-    model, column = models[j], codes[:, j]
-    size = ((levels[j] - 1) >> model.shift) + 1
-    context, contexts = _context(codes, levels, models, j)
-
-    def bits(rows: np.ndarray) -> float:
-        high = column[rows] >> model.shift
-        counts = np.bincount(context[rows] * size + high, minlength=contexts * size).reshape(contexts, size)
-        _, span = _low(None, high, levels[j], model.shift)
-        return _entropy_bits(counts) + float(np.log2(span).sum())
-
-    flags = repeats(column)
-    if not flags.any():
+    model = models[j]
+    if not repeats(codes[:, j]).any():
         return False
-    flagged = _entropy_bits(np.bincount(flags, minlength=2)) + bits(np.flatnonzero(~flags))
-    return flagged < bits(np.arange(len(column)))
+    return coded_bits(codes, levels, models, j, FeatureModel(model.shift, model.parent, True)) \
+        < coded_bits(codes, levels, models, j, FeatureModel(model.shift, model.parent, False))
+
+
+def coded_bits(codes: np.ndarray, levels: list[int], models: list[FeatureModel], j: int,
+               model: FeatureModel | None = None) -> float:
+    """The bits feature ``j`` costs coded with ``model`` (default: its own), from the counts (the
+    count tables themselves not included)."""
+    model = model or models[j]
+    size = ((levels[j] - 1) >> model.shift) + 1
+    column = codes[:, j]
+    context, contexts = _context(codes, levels, [*models[:j], model, *models[j + 1:]], j)
+    bits = 0.0
+    if model.repeat:
+        flags = repeats(column)
+        bits += entropy_bits(np.bincount(flags, minlength=2))
+        column, context = column[~flags], context[~flags]
+    high = column >> model.shift
+    counts = np.bincount(context * size + high, minlength=contexts * size).reshape(contexts, size)
+    _, span = _low(None, high, levels[j], model.shift)
+    return bits + entropy_bits(counts) + float(np.log2(span).sum())
 
 
 def _tables(high: np.ndarray, context: np.ndarray, contexts: int, size: int) -> np.ndarray:
