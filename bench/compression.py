@@ -84,8 +84,9 @@ def _peak_rss_mib(source: Path, out: Path, command: str) -> float:
 
     work = (f"from iae_privacy.compression.container import {command}; "
             f"{command}(Path({str(source)!r}), Path({str(out)!r}))")
-    script = (f"import resource; from pathlib import Path; {work}; "
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's at the fork (exec keeps it)
+    script = (f"from pathlib import Path; {work}; "
+              "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1]) / 1024
 
