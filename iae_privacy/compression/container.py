@@ -153,12 +153,11 @@ def _number_positions(codec: TableCodec) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _encode_chunk(codec: TableCodec, batch: pa.RecordBatch, models: list[FeatureModel], order: list[int],
+def _encode_chunk(codec: TableCodec, encoded: EncodedBatch, models: list[FeatureModel], order: list[int],
                   level: int) -> bytes:
-    encoded = codec.encode(batch)
     levels = list(codec.feature_levels)
     parts: list[bytes] = []
-    meta: dict = {"rows": batch.num_rows, "models": [[m.shift, m.parent, m.repeat] for m in models],
+    meta: dict = {"rows": encoded.num_rows, "models": [[m.shift, m.parent, m.repeat] for m in models],
                   "order": order}
     if levels:
         tables, words = encode_features(encoded.features, levels, models, order)
@@ -295,10 +294,11 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
         writer.write(b"H" + _zstd(header, zstd_level) + _U32.pack(len(header)))
         models = None
         for batch in read_batches(source, batch_size=chunk_rows):
+            encoded = codec.encode(batch)
             if models is None:  # chosen on the first chunk, kept for the others
-                models, order = choose_models(codec.encode(batch).features, list(codec.feature_levels)) \
+                models, order = choose_models(encoded.features, list(codec.feature_levels)) \
                     if codec.feature_levels else ([], [])
-            writer.write(b"C" + _encode_chunk(codec, batch, models, order, zstd_level))
+            writer.write(b"C" + _encode_chunk(codec, encoded, models, order, zstd_level))
             counted["rows"] += batch.num_rows
             counted["chunks"] += 1
             if on_rows is not None:
