@@ -1,7 +1,7 @@
 """The compressed file (``.iaez``): a Parquet table coded by the codec and entropy-coded, exactly.
 
-``compress`` fits a codec on the file (the same lossless codec as encoding: every value comes back
-bit for bit), then streams the table in chunks of rows. Each chunk holds
+``compress`` fits a codec on rows spread over the file (the same lossless codec as encoding:
+every value comes back bit for bit), then streams the table in chunks of rows. Each chunk holds
 
 * the feature codes, entropy-coded with conditional models (:mod:`.entropy`);
 * each number's remainders within its bucket, as a per-bucket dictionary entropy-coded with its
@@ -51,7 +51,8 @@ from iae_privacy.documents import canonical, parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.files import atomic_file
 
-__all__ = ["compress", "decompress", "compressed_rows", "CompressReport", "MAGIC", "SEALED_MAGIC", "is_sealed"]
+__all__ = ["compress", "decompress", "compressed_rows", "CompressReport", "MAGIC", "SEALED_MAGIC", "is_sealed",
+           "spread_sample"]
 
 MAGIC = b"IAEZ\x00\x01\r\n"
 SEALED_MAGIC = b"IAEZS\x01\r\n"
@@ -264,6 +265,16 @@ def _plain_segments(f, path: Path) -> Iterator[bytes]:
         index += 1
 
 
+def spread_sample(source: Path, total: int, rows: int, batch_rows: int = 4_096) -> Iterator[pa.RecordBatch]:
+    """About ``rows`` rows of ``source`` in batches spread over the whole file, for fitting the
+    codec: a table sorted by a date or an id holds other values at its end than at its start,
+    and values the fit never saw are escaped (exact, but stored whole)."""
+    step = max(1, -(-total // rows))
+    for i, batch in enumerate(read_batches(source, batch_size=batch_rows)):
+        if i % step == 0:
+            yield batch
+
+
 def is_sealed(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
@@ -281,7 +292,8 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
     started = time.perf_counter()
     total = parquet_rows(source)
     if total:
-        codec = TableCodec.fit(source, CodecConfig(levels=levels))
+        config = CodecConfig(levels=levels)
+        codec = TableCodec.fit(spread_sample(source, total, config.sample_rows), config)
     else:  # an empty table: its schema alone
         import pyarrow.parquet as pq
 
