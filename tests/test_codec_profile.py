@@ -60,7 +60,7 @@ def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     path.write_text('[columns]\nregion = "passthrough"\nage = "identifier"\n\n[codec]\nlevels = 8\n'
                     'vault_compression = "none"\n')
     config = CodecConfig.load(path)
-    assert config.vault_compression == "none" and CodecConfig().vault_compression == "lz4"
+    assert config.vault_compression == "none" and CodecConfig().vault_compression == "entropy"
     codec = TableCodec.fit(FIT, config)
     assert codec.names_with_role(Role.PASSTHROUGH) == ["region"]
     assert codec.names_with_role(Role.IDENTIFIER) == ["patient_id", "age"]
@@ -75,7 +75,7 @@ def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     ("[codec]\nlevels = 1\n", "codec.levels must be between"),
     ("[codec]\nlevel = 10\n", "unknown key(s) in [codec]"),
     ("[codec]\nlevels = 'many'\n", "codec.levels must be an integer"),
-    ("[codec]\nvault_compression = 'gzip'\n", "codec.vault_compression must be one of lz4, zstd, none"),
+    ("[codec]\nvault_compression = 'gzip'\n", "codec.vault_compression must be one of entropy, lz4, zstd, none"),
     ("[codec]\nvault_compression = 1\n", "codec.vault_compression must be a string"),
     ("[columns\n", "not valid TOML"),
 ])
@@ -126,7 +126,10 @@ def test_profile_round_trips_through_json_unchanged():
     assert again.schema.equals(codec.schema, check_metadata=True)
     zstd = TableCodec.fit(FIT, CodecConfig(levels=16, vault_compression="zstd"))
     assert TableCodec.from_json(zstd.to_json()).config.vault_compression == "zstd"
-    assert "vault_compression" not in codec.to_dict()["config"]  # the default: profiles as before
+    assert codec.to_dict()["config"]["vault_compression"] == "entropy"  # the default since issue 19
+    lz4 = TableCodec.fit(FIT, CodecConfig(levels=16, vault_compression="lz4"))
+    assert "vault_compression" not in lz4.to_dict()["config"]  # as profiles were before issue 19 ...
+    assert TableCodec.from_dict(lz4.to_dict()).config.vault_compression == "lz4"  # ... which read as lz4
 
 
 def test_profile_of_another_version_is_refused():

@@ -197,15 +197,15 @@ def test_a_restore_that_differs_from_the_source_by_one_bit_is_refused(setup, tmp
     """The last line of defence: decode recomputes the source's content digest before writing."""
     _, keyring, sources, model = setup
     dataset, _ = encode_all(tmp_path / "enc", keyring, sources, model)
-    real_decode = model.decode
+    real_decode = model.codec.decode  # what every restore ends with, from z (lz4) or the codes (entropy)
 
-    def one_bit_off(latent):
-        batch = real_decode(latent)
+    def one_bit_off(encoded):
+        batch = real_decode(encoded)
         visits = batch.column(batch.schema.get_field_index("visits"))
         changed = pa.array([visits[0].as_py() ^ 1] + visits.to_pylist()[1:], type=visits.type)
         return batch.set_column(batch.schema.get_field_index("visits"), "visits", changed)
 
-    monkeypatch.setattr(model, "decode", one_bit_off)
+    monkeypatch.setattr(model.codec, "decode", one_bit_off)
     with pytest.raises(StoreError, match="differs from its source"):
         dataset.decode_all(model, keyring, tmp_path / "out")
     assert not any((tmp_path / "out").rglob("*.parquet")) if (tmp_path / "out").exists() else True
@@ -433,6 +433,10 @@ def test_a_format_1_dataset_takes_new_parts_in_its_own_format_and_restores(setup
     assert dataset.decode_all(model, keyring, tmp_path / "out") == 14_000
     restored = pq.read_table(tmp_path / "out" / "part-00002-b.parquet")
     assert first_difference(pq.read_table(sources / "b.parquet"), restored) is None
+    # a format-1 segment holds z_detail beside the latent part's z_public: an IPC stream even
+    # where the model's config says entropy (a segment of codes would not need the latent part)
+    assert model.codec.config.vault_compression == "entropy"
+    assert all(s.startswith(b"\xff\xff\xff\xff") for s in _vault_segments(dataset.folder, keyring, [record], False))
 
 
 def test_a_sorted_tables_latent_part_shows_no_order_relation_to_its_source(setup, tmp_path):
@@ -554,6 +558,50 @@ def test_vault_segments_are_compressed_as_the_config_says_and_restore_bit_for_bi
     assert stored <= sizes[compression] * uncompressed
     if compression == "none":
         assert stored == uncompressed
+
+
+def test_entropy_coded_vault_segments_restore_bit_for_bit_in_a_fraction_of_the_space(setup, tmp_path):
+    """The default since issue 19: each segment holds the batch's codes entropy-coded, not z."""
+    import copy
+    import dataclasses
+
+    from iae_privacy.dataset.layout import ENTROPY_SEGMENT
+
+    _, keyring, sources, model = setup
+    assert model.codec.config.vault_compression == "entropy"  # the default of a new model
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    segments = _vault_segments(tmp_path / "enc", keyring, records, decompress=False)
+    assert len(segments) == sum(r.batches for r in records) and all(s.startswith(ENTROPY_SEGMENT) for s in segments)
+    assert dataset.check(keyring) == []
+    assert dataset.decode_all(model, keyring, tmp_path / "restored") == 14_000
+    for record, name in zip(records, ("a", "b")):
+        restored = tmp_path / "restored" / f"part-{record.part:05d}-{name}.parquet"
+        assert first_difference(pq.read_table(sources / f"{name}.parquet"), pq.read_table(restored)) is None
+    # some rows of some batches: the same values as the source's
+    manifest = dataset.read_manifest(keyring)
+    located = {records[1].part: {0: np.array([2, 0, 2_999]), 1: np.array([7])}}
+    assert dataset.decode_rows(manifest, model, keyring, tmp_path / "rows.parquet", located, None) == 4
+    source = pq.read_table(sources / "b.parquet")
+    assert first_difference(source.take([2, 0, 2_999, 3_007]), pq.read_table(tmp_path / "rows.parquet")) is None
+    # against the same dataset with lz4 segments of z and the detail
+    lz4 = copy.copy(model)
+    lz4.codec = copy.copy(model.codec)
+    lz4.codec.config = dataclasses.replace(model.codec.config, vault_compression="lz4")
+    _, lz4_records = encode_all(tmp_path / "lz4", keyring, sources, lz4)
+    lz4_size = sum(len(s) for s in _vault_segments(tmp_path / "lz4", keyring, lz4_records, decompress=False))
+    assert sum(map(len, segments)) < 0.6 * lz4_size
+
+
+def test_an_entropy_segment_that_does_not_decode_with_the_model_is_refused_by_name(setup, tmp_path):
+    """A model whose codec is not the one that encoded the part (other buckets): a StoreError
+    naming the vault part, never a traceback or wrong rows (the content check stands behind)."""
+    _, keyring, sources, model = setup
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    other, _ = fit_model(sources / "b.parquet", transform_key(keyring, "p", 1),
+                         CodecConfig(roles={"sex": Role.PASSTHROUGH}, levels=64), TrainConfig(epochs=1))
+    with pytest.raises(StoreError, match="vault part vault/part-00001.vault: batch 0 does not decode with this model"):
+        dataset.decode_all(other, keyring, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
 
 
 def _vault_segments(folder, keyring, records, decompress: bool) -> list[bytes]:

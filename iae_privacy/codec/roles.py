@@ -97,7 +97,7 @@ def network_kind(type_: pa.DataType) -> str | None:
 
 
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-VAULT_COMPRESSIONS = ("lz4", "zstd", "none")
+VAULT_COMPRESSIONS = ("entropy", "lz4", "zstd", "none")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class CodecConfig:
         levels = 4096            # coarse levels per numeric column
         max_categories = 256     # more distinct strings than this: an identifier
         sample_rows = 200000     # rows read to fit the codec
-        vault_compression = "lz4"  # vault segments compressed before sealing: lz4, zstd or none
+        vault_compression = "entropy"  # vault segments compressed before sealing: entropy, lz4, zstd or none
 
         [tokens]
         patient_id = "patient"   # a join domain: every column naming it, in any dataset, shares tokens
@@ -134,12 +134,13 @@ class CodecConfig:
     protected: tuple[str, ...] = ()
     """Feature columns whose values analysts' latent table must not reveal (``"protected"`` in
     ``[columns]``, or ``train --protect``): see :mod:`iae_privacy.model.protection`."""
-    vault_compression: str = "lz4"
-    """How each vault segment (an Arrow IPC stream) is compressed before it is sealed: ``lz4``
-    (fast), ``zstd`` (smaller, slower) or ``none``. Compressing before encrypting makes a
-    segment's sealed length depend on how its rows compress together: ``none`` hides that, at
-    2-4x the vault's size (docs/threat-model.md). Part of the codec profile: fixed when the model
-    is trained."""
+    vault_compression: str = "entropy"
+    """How each vault segment is compressed before it is sealed: ``entropy`` (the batch's codes
+    entropy-coded, :mod:`iae_privacy.compression.batch`: the smallest; a format-2 dataset's),
+    or an Arrow IPC stream of z and the codec detail with ``lz4`` (fast; models trained before
+    issue 19), ``zstd`` or ``none``. Compressing before encrypting makes a segment's sealed length
+    depend on how its rows compress together: ``none`` hides that, at 2-4x the vault's size
+    (docs/threat-model.md). Part of the codec profile: fixed when the model is trained."""
     target: str | None = None
     """The declared analysis target (``[analysis] target``, or ``train --target``): a passthrough
     or feature column analysts will model. Its best predictors each get a z_public column of their

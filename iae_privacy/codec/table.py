@@ -346,7 +346,8 @@ class TableCodec:
             )
         try:
             schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(doc["schema"])))
-            config = CodecConfig(**doc["config"])
+            # a profile without the key is lz4's: the default before issue 19, left out as such
+            config = CodecConfig(**{"vault_compression": "lz4", **doc["config"]})
             columns = [
                 ColumnSpec(
                     i, c["name"], Role(c["role"]), c["reason"],

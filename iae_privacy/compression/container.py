@@ -1,14 +1,8 @@
 """The compressed file (``.iaez``): a Parquet table coded by the codec and entropy-coded, exactly.
 
 ``compress`` fits a codec on rows spread over the file (the same lossless codec as encoding:
-every value comes back bit for bit), then streams the table in chunks of rows. Each chunk holds
-
-* the feature codes, entropy-coded with conditional models (:mod:`.entropy`);
-* each number's remainders within its bucket, as a per-bucket dictionary entropy-coded with its
-  counts where that is smaller than the plain remainders (values that repeat: prices, amounts with
-  two decimals, ages), else with the rest;
-* the rest (identifier and passthrough columns, escapes, remainders left plain) as Arrow IPC with
-  zstd; detail columns that are all null (escape lists, mostly) are left out and named.
+every value comes back bit for bit), then streams the table in chunks of rows, each one batch
+entropy-coded by :mod:`.batch`.
 
 Segments are framed one after another; unsealed, each carries the SHA-256 of its index and bytes
 (checked before it is decoded) and a trailer closes the file with the numbers of chunks and rows,
@@ -25,27 +19,18 @@ z_public, not for likelihood).
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pyarrow as pa
 
-from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec
-from iae_privacy.codec.columns import NumberColumn
+from iae_privacy.codec import CodecConfig, TableCodec
 from iae_privacy.codec.table import read_batches
-from iae_privacy.compression.entropy import (
-    FeatureModel,
-    choose_models,
-    decode_features,
-    decode_remainders,
-    encode_features,
-    encode_remainders,
-)
+from iae_privacy.compression.batch import decode_batch, encode_batch, zstd_compress, zstd_decompress
+from iae_privacy.compression.entropy import choose_models
 from iae_privacy.documents import canonical, parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.files import atomic_file
@@ -79,158 +64,6 @@ class CompressReport:
     @property
     def bits_per_row(self) -> float:
         return 8 * self.bytes / max(self.rows, 1)
-
-
-def _zstd(data: bytes, level: int) -> bytes:
-    return pa.Codec("zstd", level).compress(data).to_pybytes() if data else b""
-
-
-def _unzstd(data: bytes, size: int) -> bytes:
-    return pa.Codec("zstd").decompress(data, decompressed_size=size).to_pybytes() if size else b""
-
-
-def _repeats(column: pa.Array) -> bool:
-    """A text or binary column whose values repeat (names, notes, codes): coded as a dictionary
-    (each value once, then indices), which zstd at a fast level cannot match by itself."""
-    t = column.type
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t)) or len(column) < 1_024:
-        return False
-    import pyarrow.compute as pc
-
-    return pc.count_distinct(column, mode="all").as_py() < len(column) // 2
-
-
-def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int]]:
-    """Arrow IPC with zstd, text columns whose values repeat as dictionaries (their positions)."""
-    coded = [i for i, column in enumerate(batch.columns) if _repeats(column)]
-    if coded:
-        columns = [column.dictionary_encode() if i in coded else column for i, column in enumerate(batch.columns)]
-        schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
-        batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-    sink = io.BytesIO()
-    options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
-    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
-        writer.write_batch(batch)
-    return sink.getvalue(), coded
-
-
-def _from_ipc(data: bytes, coded: list[int]) -> pa.RecordBatch:
-    with pa.ipc.open_stream(data) as reader:
-        batch = reader.read_next_batch()
-    if not coded:
-        return batch
-    columns = [column.dictionary_decode() if i in coded else column for i, column in enumerate(batch.columns)]
-    schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
-
-
-def _pack(meta: dict, parts: list[bytes]) -> bytes:
-    head = canonical({**meta, "parts": [len(p) for p in parts]})
-    return _U32.pack(len(head)) + head + b"".join(parts)
-
-
-def _unpack(data: bytes) -> tuple[dict, list[bytes]]:
-    (length,) = _U32.unpack_from(data)
-    meta = parse_json(data[4 : 4 + length])
-    parts, at = [], 4 + length
-    for size in meta["parts"]:
-        parts.append(data[at : at + size])
-        at += size
-    if at != len(data):
-        raise ValueError("chunk length")
-    return meta, parts
-
-
-def _number_positions(codec: TableCodec) -> dict[str, tuple[int, int]]:
-    """Remainder column -> (the number's code position among the features, its levels)."""
-    out, offset = {}, 0
-    for spec in codec.columns:
-        if spec.feature is not None:
-            offset += spec.feature.width
-            if isinstance(spec.feature, NumberColumn) and spec.feature.remainder_type is not None:
-                out[spec.feature._remainder_key] = (offset - 1, spec.feature.levels)
-    return out
-
-
-def _encode_chunk(codec: TableCodec, encoded: EncodedBatch, models: list[FeatureModel], order: list[int],
-                  level: int) -> bytes:
-    levels = list(codec.feature_levels)
-    parts: list[bytes] = []
-    meta: dict = {"rows": encoded.num_rows, "models": [[m.shift, m.parent, m.repeat] for m in models],
-                  "order": order}
-    if levels:
-        tables, words = encode_features(encoded.features, levels, models, order)
-        packed = _zstd(tables, level)
-        meta["feature_tables"] = len(tables)
-        parts += [packed, words]
-    detail, dictionary, dropped = encoded.detail, [], []
-    for key, (j, number_levels) in _number_positions(codec).items():
-        column = detail.column(key)
-        if column.null_count:
-            continue  # a remainder is never null; left as it is if it is
-        values = column.to_numpy(zero_copy_only=False)
-        best, best_size = None, len(_zstd(values.tobytes(), level))  # plain, with the rest
-        runs = bool(np.mean(values[1:] == values[:-1]) > 0.1) if len(values) > 1 else False
-        for repeat in (False, True) if runs else (False,):
-            deltas, tables, words = encode_remainders(encoded.features[:, j], values, number_levels, repeat)
-            coded = [_zstd(deltas, level), _zstd(tables, level), words]
-            if sum(map(len, coded)) < best_size:
-                best, best_size = ([key, len(deltas), len(tables), repeat], coded), sum(map(len, coded))
-        if best is not None:
-            dictionary.append(best[0])
-            parts += best[1]
-    meta["dictionary"] = dictionary
-    keep = []
-    for i, field in enumerate(detail.schema):
-        if field.name in {entry[0] for entry in dictionary}:
-            continue
-        if detail.column(i).null_count == detail.num_rows and detail.num_rows:
-            dropped.append(field.name)
-            continue
-        keep.append(i)
-    meta["dropped"] = dropped
-    meta["dictionary_columns"] = []
-    for batch in (encoded.passthrough, encoded.identifiers, detail.select(keep)):
-        data, coded = _ipc(batch, level)
-        parts.append(data)
-        meta["dictionary_columns"].append(coded)
-    return _pack(meta, parts)
-
-
-def _decode_chunk(codec: TableCodec, data: bytes) -> pa.RecordBatch:
-    meta, parts = _unpack(data)
-    rows, levels = int(meta["rows"]), list(codec.feature_levels)
-    models = [FeatureModel(int(s), int(p), bool(r)) for s, p, r in meta["models"]]
-    order = [int(j) for j in meta["order"]]
-    if sorted(order) != list(range(len(levels))) or any(
-            models[j].parent >= 0 and models[j].parent not in order[:k] for k, j in enumerate(order)):
-        raise ValueError("feature order")
-    queue = iter(parts)
-    features = np.zeros((rows, 0), dtype=np.int64)
-    if levels:
-        tables = _unzstd(next(queue), int(meta["feature_tables"]))
-        features = decode_features(tables, next(queue), rows, levels, models, order)
-    numbers = _number_positions(codec)
-    remainders = {}
-    for key, deltas_size, tables_size, repeat in meta["dictionary"]:  # in the order of the parts
-        j, number_levels = numbers[key]
-        deltas, tables, words = _unzstd(next(queue), deltas_size), _unzstd(next(queue), tables_size), next(queue)
-        remainders[key] = decode_remainders(features[:, j], number_levels, deltas, tables, words, bool(repeat))
-    passthrough, identifiers, rest = (_from_ipc(next(queue), [int(i) for i in coded])
-                                      for coded in meta["dictionary_columns"])
-    dropped = set(meta["dropped"])
-    arrays = []
-    for field in codec.detail_schema:
-        if field.name in remainders:
-            arrays.append(pa.array(remainders[field.name]).cast(field.type))
-        elif field.name in dropped:
-            arrays.append(pa.nulls(rows, field.type))
-        else:
-            arrays.append(rest.column(field.name))
-    detail = pa.RecordBatch.from_arrays(arrays, schema=codec.detail_schema.with_metadata(rest.schema.metadata)) \
-        if len(codec.detail_schema) else rest
-    return codec.decode(EncodedBatch(features, passthrough, identifiers, detail))
 
 
 # -- the file --------------------------------------------------------------------------------------
@@ -302,14 +135,14 @@ def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chu
     counted = {"rows": 0, "chunks": 0}
 
     def write_all(writer) -> None:
-        writer.write(b"H" + _zstd(header, zstd_level) + _U32.pack(len(header)))
+        writer.write(b"H" + zstd_compress(header, zstd_level) + _U32.pack(len(header)))
         models = None
         for batch in read_batches(source, batch_size=chunk_rows):
             encoded = codec.encode(batch)
             if models is None:  # chosen on the first chunk, kept for the others
                 models, order = choose_models(encoded.features, list(codec.feature_levels)) \
                     if codec.feature_levels else ([], [])
-            writer.write(b"C" + _encode_chunk(codec, encoded, models, order, zstd_level))
+            writer.write(b"C" + encode_batch(codec, encoded, models, order, zstd_level))
             counted["rows"] += batch.num_rows
             counted["chunks"] += 1
             if on_rows is not None:
@@ -351,7 +184,7 @@ def _header(segment: bytes, path: Path) -> dict:
         raise IaeError(f"{path} is damaged: it does not start with its header")
     try:
         (size,) = _U32.unpack(segment[-4:])
-        doc = parse_json(_unzstd(segment[1:-4], size))
+        doc = parse_json(zstd_decompress(segment[1:-4], size))
     except (ValueError, struct.error, pa.ArrowException):
         raise IaeError(f"{path} is damaged: its header does not read") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -390,7 +223,7 @@ def decompress(path: Path, out: Path, *, keyring=None, on_rows: Callable[[int, i
                     doc = _header(segment, path)
                     codec, total = TableCodec.from_dict(doc["codec"]), int(doc["rows"])
                 elif kind == b"C" and codec is not None:
-                    batch = _decode_chunk(codec, body)
+                    batch = codec.decode(decode_batch(codec, body))
                     seen["rows"] += batch.num_rows
                     seen["chunks"] += 1
                     if on_rows is not None:

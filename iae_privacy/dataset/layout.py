@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import re
+import struct
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from iae_privacy.codec import EncodedBatch, Role
+from iae_privacy.codec import EncodedBatch, Role, TableCodec
 from iae_privacy.dataset.tokens import Tokenizer
 from iae_privacy.errors import StoreError
 from iae_privacy.keys.sealed import SealedFileError, content_sha256
@@ -36,7 +37,8 @@ if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or 
     from iae_privacy.model.pipeline import LatentBatch, Model
 
 __all__ = ["ROW_ID", "VAULT_MAGIC", "DatasetFolder", "file_sha256", "public_name", "latent_table",
-           "vault_segment", "latent_batch", "vault_sha256", "vault_key_aad"]
+           "vault_segment", "latent_batch", "vault_sha256", "vault_key_aad", "VaultCoder", "segment_rows",
+           "restore_segment", "ENTROPY_SEGMENT"]
 
 ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
@@ -52,6 +54,12 @@ VAULT_KEYS = (b"iae.z_detail", b"iae.detail")
 COMPLETE = b"iae.z_public"
 """In a format-2 segment: how many z_public columns follow the identifiers (then the passthrough
 columns): the segment restores its batch without the latent part."""
+ENTROPY_SEGMENT = b"IAE-EC\x01"
+"""How an entropy-coded vault segment starts (``vault_compression = "entropy"``, format 2): then
+one batch of the codec's output coded by :mod:`iae_privacy.compression.batch`. Any other segment is
+an Arrow IPC stream, which starts with 0xFFFFFFFF."""
+ENTROPY_ZSTD_LEVEL = 3
+"""zstd's level for what an entropy-coded segment leaves to it (text, escapes, remainders)."""
 DICTIONARY_PAGE_LIMIT = 256 * 1024
 """Parquet's dictionary page limit for the files written here (Arrow's default is 1 MiB). A column
 chunk is dictionary-encoded until its dictionary reaches the limit, then falls back to plain; for
@@ -253,6 +261,59 @@ def vault_segment(latent: LatentBatch, complete: bool, compression: str = "none"
     with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
+
+
+class VaultCoder:
+    """One part's vault segments, as the codec's ``vault_compression`` says. ``entropy`` (format 2
+    only: the segment alone restores its batch) codes the batch's codes, remainders, identifiers
+    and passthrough columns (:mod:`iae_privacy.compression.batch`) instead of z: the network is a
+    bijection, so they say the same, in about a quarter of the bits (the network was trained to
+    give features back from z_public, not for likelihood). The models are chosen on the part's
+    first batch and kept for the rest; each segment holds its own."""
+
+    def __init__(self, codec: TableCodec, complete: bool) -> None:
+        self.codec, self.complete = codec, complete
+        compression = codec.config.vault_compression
+        # a format-1 segment holds z_detail beside the latent part's z_public: an IPC stream
+        self.compression = "lz4" if compression == "entropy" and not complete else compression
+        self._models: tuple[list, list[int]] | None = None
+
+    def segment(self, latent: LatentBatch) -> bytes:
+        if self.compression != "entropy":
+            return vault_segment(latent, self.complete, self.compression)
+        from iae_privacy.compression.batch import encode_batch
+        from iae_privacy.compression.entropy import choose_models
+
+        features = latent.encoded.features
+        if self._models is None:
+            self._models = choose_models(features, list(self.codec.feature_levels)) \
+                if self.codec.feature_levels else ([], [])
+        return ENTROPY_SEGMENT + encode_batch(self.codec, latent.encoded, *self._models, ENTROPY_ZSTD_LEVEL,
+                                              dictionaries=False)
+
+
+def segment_rows(segment: bytes) -> int:
+    """The rows a vault segment holds, without decoding it."""
+    if segment.startswith(ENTROPY_SEGMENT):
+        from iae_privacy.compression.batch import batch_rows
+
+        try:
+            return batch_rows(segment[len(ENTROPY_SEGMENT):])
+        except (ValueError, KeyError, TypeError, struct.error):
+            raise StoreError("a vault segment's head does not read") from None
+    return pa.ipc.open_stream(segment).read_next_batch().num_rows
+
+
+def restore_segment(segment: bytes, model: Model, rows: np.ndarray | None = None) -> pa.RecordBatch:
+    """An entropy-coded segment's records (``rows``: only those), bit for bit. The codec alone
+    restores them: the segment holds its codes, not z."""
+    from iae_privacy.compression.batch import decode_batch
+
+    e = decode_batch(model.codec, segment[len(ENTROPY_SEGMENT):])
+    if rows is not None:
+        at = pa.array(rows, pa.int64())
+        e = EncodedBatch(e.features[rows], e.passthrough.take(at), e.identifiers.take(at), e.detail.take(at))
+    return model.codec.decode(e)
 
 
 def latent_batch(latent: pa.Table | None, vault: pa.RecordBatch, model: Model) -> LatentBatch:

@@ -15,10 +15,13 @@ from iae_privacy.codec import Role
 from iae_privacy.dataset.layout import (
     COMPLETE,
     DICTIONARY_PAGE_LIMIT,
+    ENTROPY_SEGMENT,
     ROW_ID,
     VAULT_MAGIC,
     latent_batch,
     public_name,
+    restore_segment,
+    segment_rows,
     vault_key_aad,
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
@@ -78,7 +81,7 @@ class Reader(ManifestFile):
                 _, _, segments = open_sealed_file(self.folder / record.vault, VAULT_MAGIC, Purpose.VAULT,
                                                   vault_key_aad, keyring, "vault part",
                                                   _vault_of(record, manifest.dataset))
-                rows = [pa.ipc.open_stream(segment).read_next_batch().num_rows for segment in segments]
+                rows = [segment_rows(segment) for segment in segments]
                 if len(rows) != record.batches or (record.batch_rows and rows != record.batch_rows) or \
                         sum(rows) != record.rows:
                     raise StoreError(f"vault part {record.vault} holds {len(rows)} batches of {sum(rows):,} rows; "
@@ -229,6 +232,11 @@ class Reader(ManifestFile):
                 if group >= last:
                     break
                 continue
+            if segment.startswith(ENTROPY_SEGMENT):
+                yield self._restore_entropy(record, group, segment, model, take)
+                if group >= last:
+                    break
+                continue
             vault = pa.ipc.open_stream(segment).read_next_batch()
             latent = vault if latent_file is None else latent_file.read_row_group(group, columns=needed)
             expected = record.batch_rows[group] if complete else latent.num_rows
@@ -244,6 +252,18 @@ class Reader(ManifestFile):
         if take is None and group + 1 != record.batches:
             raise StoreError(f"vault part {record.vault} has fewer batches than the manifest says")
 
+
+    def _restore_entropy(self, record: PartRecord, group: int, segment: bytes, model: Model,
+                         take: dict[int, np.ndarray] | None) -> pa.RecordBatch:
+        """Batch ``group`` of the part from its entropy-coded vault segment."""
+        rows = segment_rows(segment)
+        if not record.batch_rows or rows != record.batch_rows[group]:
+            raise StoreError(f"vault part {record.vault} and the manifest disagree on the rows of batch {group}")
+        try:
+            return restore_segment(segment, model, None if take is None else np.asarray(take[group]))
+        except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as exc:
+            raise StoreError(f"vault part {record.vault}: batch {group} does not decode with this model "
+                             f"({type(exc).__name__})") from None
 
 
 RESTORED_ROW_GROUP = 262_144

@@ -16,10 +16,10 @@ from iae_privacy.dataset.layout import (
     DICTIONARY_PAGE_LIMIT,
     ROW_ID,
     VAULT_MAGIC,
+    VaultCoder,
     latent_table,
     public_name,
     vault_key_aad,
-    vault_segment,
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
@@ -102,6 +102,7 @@ class Writer(ManifestFile):
                              f"z_public; a model with protected columns ({', '.join(model.protection.columns)}) "
                              "releases other values there: encode into a new folder")
         row_ids = RowIds(keyring, dataset) if shuffled else None
+        coder = VaultCoder(codec, complete=shuffled)
         batch_rows: list[int] = []
         content = scheme.content()
         done = 0
@@ -128,7 +129,7 @@ class Writer(ManifestFile):
                         writer.put(table)
                     else:
                         writer.write_table(table, row_group_size=max(table.num_rows, 1))
-                    vault.write(vault_segment(latent, complete=shuffled, compression=codec.config.vault_compression))
+                    vault.write(coder.segment(latent))
 
                 try:
                     with Behind(write) as behind:
