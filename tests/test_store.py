@@ -77,6 +77,11 @@ def test_latent_parts_hold_tokens_and_z_public_but_no_raw_identifiers(setup, tmp
     for value in source.column("national_id").to_pylist()[:200]:
         assert value.encode() not in raw
     assert latent.schema.metadata[b"iae.model"] == b"p"
+    # written small: zstd, the sorted unique row ids delta-coded, no dictionary wasted on them
+    columns = pq.ParquetFile(tmp_path / "enc" / records[0].latent).metadata.row_group(0)
+    ids = columns.column(latent.schema.get_field_index(ROW_ID))
+    assert {columns.column(i).compression for i in range(columns.num_columns)} == {"ZSTD"}
+    assert "DELTA_BINARY_PACKED" in ids.encodings and "RLE_DICTIONARY" not in ids.encodings
 
 
 def test_rerun_skips_what_is_encoded(setup, tmp_path):

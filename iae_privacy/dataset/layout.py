@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or 
     from iae_privacy.model.pipeline import LatentBatch, Model
 
 __all__ = ["ROW_ID", "VAULT_MAGIC", "DatasetFolder", "file_sha256", "public_name", "latent_table",
-           "vault_segment", "latent_batch", "vault_sha256", "vault_key_aad", "VaultCoder", "segment_rows",
-           "restore_segment", "ENTROPY_SEGMENT"]
+           "latent_write_options", "vault_segment", "latent_batch", "vault_sha256", "vault_key_aad", "VaultCoder",
+           "segment_rows", "restore_segment", "ENTROPY_SEGMENT"]
 
 ROW_ID = "row_id"
 VAULT_MAGIC = b"IAE-VAULT\x01"
@@ -68,6 +68,16 @@ row group. With the smaller row groups written here (65,536 and 262,144 rows) th
 writing the latent part and the restored file 30-50 % slower, and the files no smaller (1M
 synthetic patients, latent: 0.90 s and 155 MB at the default, 0.68 s and 154 MB at 256 KiB;
 restored: 0.64 s and 69 MB, 0.43 s and 66 MB)."""
+
+
+def latent_write_options(schema: pa.Schema) -> dict:
+    """How a latent part is written (issue 19): zstd, whose entropy stage halves the hex tokens
+    that snappy leaves as they are, and the row ids (sorted within each row group, unique: a
+    dictionary is wasted on them) delta-coded. Standard Parquet that pyarrow, DuckDB, pandas and
+    Polars read; CPS 1988's latent part went from 1.36 MB to 0.83 MB."""
+    return {"compression": "zstd", "dictionary_pagesize_limit": DICTIONARY_PAGE_LIMIT,
+            "use_dictionary": [name for name in schema.names if name != ROW_ID],
+            "column_encoding": {ROW_ID: "DELTA_BINARY_PACKED"}}
 
 
 

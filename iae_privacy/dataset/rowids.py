@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from iae_privacy.dataset.layout import latent_write_options
 from iae_privacy.files import TMP_SUFFIX
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
@@ -107,8 +108,10 @@ class ShuffledWriter:
                 self._buckets.append(int(g))
             start += int(counts[g])
 
-    def finish(self, **writer_options) -> int:
-        """Write the row groups; returns how many. Nothing is written if nothing was put."""
+    def finish(self) -> int:
+        """Write the row groups (:func:`~iae_privacy.dataset.layout.latent_write_options`); returns
+        how many. Nothing is written if nothing was put."""
+
         if self._ipc is None:
             return 0
         self._ipc.close()
@@ -120,7 +123,7 @@ class ShuffledWriter:
         for index, g in enumerate(self._buckets):
             by_bucket.setdefault(g, []).append(index)
         groups = 0
-        with pq.ParquetWriter(self._sink, self._schema, **writer_options) as writer:
+        with pq.ParquetWriter(self._sink, self._schema, **latent_write_options(self._schema)) as writer:
             for g in sorted(by_bucket):
                 table = pa.Table.from_batches([reader.get_batch(i) for i in by_bucket[g]], schema=self._schema)
                 table = table.take(pc.sort_indices(table.column(self._id)))

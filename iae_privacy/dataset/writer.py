@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 
 from iae_privacy.codec import Role, parquet_rows, read_batches
 from iae_privacy.dataset.layout import (
-    DICTIONARY_PAGE_LIMIT,
     ROW_ID,
     VAULT_MAGIC,
     VaultCoder,
     latent_table,
+    latent_write_options,
     public_name,
     vault_key_aad,
 )
@@ -123,8 +123,7 @@ class Writer(ManifestFile):
                     table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
                                          model_version, codec.schema.names, shuffled)
                     if writer is None:
-                        writer = pq.ParquetWriter(latent_sink, table.schema,
-                                                  dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                        writer = pq.ParquetWriter(latent_sink, table.schema, **latent_write_options(table.schema))
                     if shuffled:
                         writer.put(table)
                     else:
@@ -153,7 +152,7 @@ class Writer(ManifestFile):
                         closing = pool.submit(vault.finish)
                         try:
                             if shuffled:
-                                writer.finish(dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT)
+                                writer.finish()
                         finally:
                             vault_error = closing.exception()  # waits; an error of the latent part wins
                     if vault_error is not None:
