@@ -797,3 +797,36 @@ def test_compress_and_decompress_from_the_command_line(tmp_path, data_dir, monke
     code, text = run_main(monkeypatch, capsys, "--home", str(tmp_path), "compress", str(source), "--out",
                           str(tmp_path / "w.zip"))
     assert code == 2 and "a compressed file is named FILE.iaez" in text
+
+
+def test_compress_with_a_trained_models_codec_from_the_command_line(tmp_path, data_dir, monkeypatch, capsys):
+    import json
+
+    from iae_privacy.arrow.exactness import first_difference
+    from iae_privacy.codec import CodecConfig
+    from iae_privacy.keys.keyring import Keyring
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.model.registry import ModelRegistry, transform_key
+    from iae_privacy.network.train import TrainConfig
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    keyring = Keyring.init(home / "keys")
+    Keyring.init(elsewhere / "keys")
+    source = data_dir / "health_insurance.parquet"
+    model, report = fit_model(source, transform_key(keyring, "health", 1), CodecConfig(), TrainConfig(epochs=1))
+    ModelRegistry(home / "models").save(model, "health", 1, keyring, report)
+    packed, back = tmp_path / "h.iaez", tmp_path / "h.parquet"
+    done = json.loads(run("compress", str(source), "--model", "health", "--out", str(packed), "--json",
+                          home=home).stdout)
+    assert done["rows"] == 8_802 and not done["sealed"]
+    assert "8,802 rows written" in run("decompress", str(packed), "--out", str(back), home=home).stdout
+    assert first_difference(pq.read_table(source), pq.read_table(back)) is None
+    code, text = run_main(monkeypatch, capsys, "--home", str(elsewhere), "decompress", str(packed), "--out",
+                          str(tmp_path / "x.parquet"))
+    assert code == 2 and "no model named 'health'" in text.strip().splitlines()[-1]
+    code, text = run_main(monkeypatch, capsys, "--home", str(home), "compress", str(source), "--model", "health",
+                          "--levels", "64", "--out", str(tmp_path / "y.iaez"))
+    assert code == 2 and "give --levels or --model, not both" in text
+    code, text = run_main(monkeypatch, capsys, "--home", str(home), "compress", str(data_dir / "rand_hie.parquet"),
+                          "--model", "health", "--out", str(tmp_path / "z.iaez"))
+    assert code == 2 and not (tmp_path / "z.iaez").exists() and "Traceback" not in text

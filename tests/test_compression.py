@@ -192,3 +192,36 @@ def test_the_codec_is_fitted_on_rows_from_the_whole_file_not_its_first(tmp_path)
     assert 20_000 <= len(ids) <= 21_000 and ids.max() >= 95_000 and ids.min() == 0  # the first rows: 0-19,999
     back, size = roundtrip(source, tmp_path)
     assert first_difference(pq.read_table(source), back) is None
+
+
+def test_a_file_compressed_with_a_models_codec_needs_that_model_and_holds_no_codec(data_dir, tmp_path):
+    """``--model``: the model's buckets and categories, not the file's; the file names the model."""
+    from iae_privacy.codec import CodecConfig, TableCodec
+    from iae_privacy.compression.container import _header, _segments, compressed_header
+    from iae_privacy.errors import SchemaDriftError
+
+    source = data_dir / "cps1988_wages.parquet"
+    codec = TableCodec.fit(pq.read_table(source, columns=None).to_batches(), CodecConfig(levels=512))
+    packed, back = tmp_path / "m.iaez", tmp_path / "back.parquet"
+    report = compress(source, packed, model=("wages", 3, codec), chunk_rows=10_000)
+    assert report.rows == 28_155 and report.chunks == 3
+    assert compressed_header(packed) == (28_155, ("wages", 3))
+    own = tmp_path / "own.iaez"
+    compress(source, own)
+
+    def header(path):
+        segments, f = _segments(path, None)
+        with f:
+            return _header(next(segments), path)
+
+    assert "codec" not in header(packed) and "codec" in header(own)
+    with pytest.raises(IaeError, match=f"{packed} was compressed with model wages v3: decompressing it needs that"):
+        decompress(packed, back)
+    assert not back.exists()
+    asked = []
+    assert decompress(packed, back, codec_for=lambda n, v: asked.append((n, v)) or codec) == 28_155
+    assert asked == [("wages", 3)]
+    assert first_difference(pq.read_table(source), pq.read_table(back)) is None
+    with pytest.raises(SchemaDriftError):  # another table's schema: refused before anything is written
+        compress(data_dir / "rand_hie.parquet", tmp_path / "r.iaez", model=("wages", 3, codec))
+    assert not (tmp_path / "r.iaez").exists()

@@ -34,8 +34,15 @@ def compress_command(
     level: Annotated[int, typer.Option(
         min=1, max=22, help="zstd level for the parts that are not entropy-coded (identifiers, text): 19 is "
         "the smallest, 3 to 9 several times faster.")] = 19,
-    levels: Annotated[int, typer.Option(
-        min=2, max=65_536, help="Quantile buckets per number column (their edges are stored in the file).")] = 256,
+    levels: Annotated[int | None, typer.Option(
+        min=2, max=65_536, show_default="256",
+        help="Quantile buckets per number column (their edges are stored in the file).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", metavar="NAME[:vN]",
+        help="Code with this trained model's codec (its buckets and categories, from the workspace) instead "
+        "of one fitted on DATA: smaller for many files of one dataset, and decompressing needs the model. "
+        "DATA must have the model's schema. The file still holds identifiers and text as they are: seal it "
+        "to protect them.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compress DATA losslessly: the codec's integer codes entropy-coded with models of how columns
@@ -45,17 +52,25 @@ def compress_command(
 
         iae-privacy compress data/cps1988_wages.parquet --out wages.iaez
         iae-privacy decompress wages.iaez --out wages.parquet
+        iae-privacy compress landing/day-2.parquet --model wages --seal --out day-2.iaez
     """
-    from iae_privacy.compression.container import compress
+    from iae_privacy.compression.container import LEVELS, compress
 
     if out.suffix != ".iaez":
         raise IaeError(f"{out}: a compressed file is named FILE.iaez")
     if out.resolve() == data.resolve():
         raise IaeError(f"{out}: the compressed file would replace its source")
+    if model is not None and levels is not None:
+        raise IaeError("--levels: a model's codec has its own buckets; give --levels or --model, not both")
     total = source_rows(data)  # a clear error for a missing or unreadable file
-    keyring = session(ctx).keyring() if seal else None
+    keyring = session(ctx).keyring() if seal or model is not None else None
+    coded_with = None
+    if model is not None:
+        loaded = session(ctx).workspace().models.load(model, keyring)
+        coded_with = (loaded.header.model, loaded.header.model_version, loaded.model.codec)
     with progress(f"compressing {data.name}", total) as bar:
-        report = compress(data, out, keyring=keyring, levels=levels, zstd_level=level, on_rows=_advance(bar))
+        report = compress(data, out, keyring=keyring if seal else None, levels=levels or LEVELS, zstd_level=level,
+                          on_rows=_advance(bar), model=coded_with)
     source = data.stat().st_size
     if as_json:
         print_json({"source": str(data), "out": str(out), "rows": report.rows, "chunks": report.chunks,
@@ -76,15 +91,25 @@ def decompress_command(
     as_json: JsonOption = False,
 ) -> None:
     """Give back the table compressed in COMPRESSED, bit for bit, as a Parquet file (owner-only).
-    A sealed file needs the workspace's keyring. A damaged, truncated or altered file fails and
-    writes nothing."""
-    from iae_privacy.compression.container import compressed_rows, decompress, is_sealed
+    A sealed file, or one compressed with --model, needs the workspace's keyring (and that model).
+    A damaged, truncated or altered file fails and writes nothing."""
+    from iae_privacy.compression.container import compressed_header, decompress, is_sealed
 
     if out.suffix != ".parquet":
         raise IaeError(f"{out}: the table is written to FILE.parquet")
     keyring = session(ctx).keyring() if is_sealed(compressed) else None
-    with progress(f"decompressing {compressed.name}", compressed_rows(compressed, keyring)) as bar:
-        rows = decompress(compressed, out, keyring=keyring, on_rows=_advance(bar))
+    rows, model = compressed_header(compressed, keyring)
+    codec_for = None
+    if model is not None:
+        keyring = keyring or session(ctx).keyring()
+        models = session(ctx).workspace().models
+
+        def codec_for(name: str, version: int):
+            return models.load(f"{name}:v{version}", keyring).model.codec
+
+    with progress(f"decompressing {compressed.name}", rows) as bar:
+        rows = decompress(compressed, out, keyring=keyring if is_sealed(compressed) else None,
+                          on_rows=_advance(bar), codec_for=codec_for)
     if as_json:
         print_json({"compressed": str(compressed), "out": str(out), "rows": rows})
         return

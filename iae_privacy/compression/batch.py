@@ -61,6 +61,9 @@ def _repeats(column: pa.Array) -> bool:
         return False
     import pyarrow.compute as pc
 
+    head = column.slice(0, 4_096)  # names, e-mails, ids: their first rows already tell (a third of the time)
+    if pc.count_distinct(head, mode="all").as_py() > 0.9 * len(head):
+        return False
     return pc.count_distinct(column, mode="all").as_py() < len(column) // 2
 
 

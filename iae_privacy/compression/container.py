@@ -35,8 +35,8 @@ from iae_privacy.documents import canonical, parse_json
 from iae_privacy.errors import IaeError
 from iae_privacy.files import atomic_file
 
-__all__ = ["compress", "decompress", "compressed_rows", "CompressReport", "MAGIC", "SEALED_MAGIC", "is_sealed",
-           "spread_sample"]
+__all__ = ["compress", "decompress", "compressed_rows", "compressed_header", "CompressReport", "MAGIC", "SEALED_MAGIC",
+           "is_sealed", "spread_sample"]
 
 MAGIC = b"IAEZ\x00\x01\r\n"
 SEALED_MAGIC = b"IAEZS\x01\r\n"
@@ -116,22 +116,36 @@ def is_sealed(path: Path) -> bool:
 
 
 def compress(source: Path, out: Path, *, keyring=None, levels: int = LEVELS, chunk_rows: int = CHUNK_ROWS,
-             zstd_level: int = 19, on_rows: Callable[[int, int], None] | None = None) -> CompressReport:
+             zstd_level: int = 19, on_rows: Callable[[int, int], None] | None = None,
+             model: tuple[str, int, TableCodec] | None = None) -> CompressReport:
     """Compress the Parquet file ``source`` to ``out`` (sealed with ``keyring``'s vault key when
-    one is given). Memory: one chunk. ``out`` appears whole, or not at all."""
+    one is given). Memory: one chunk. ``out`` appears whole, or not at all.
+
+    ``model`` (name, version, its codec): code with a trained model's codec instead of one fitted
+    on the file (``levels`` is then the model's); the file names the model and holds no codec, so
+    decompressing it needs that model (:func:`decompress`'s ``codec_for``). Its schema must be the
+    model's."""
     from iae_privacy.codec.table import parquet_rows
 
     started = time.perf_counter()
     total = parquet_rows(source)
-    if total:
+    if model is not None:
+        import pyarrow.parquet as pq
+
+        name, version, codec = model
+        codec.check_schema(pq.read_schema(source), str(source))
+        described = {"model": [name, version]}
+    elif total:
         config = CodecConfig(levels=levels)
         codec = TableCodec.fit(spread_sample(source, total, config.sample_rows), config)
+        described = {"codec": codec.to_dict()}
     else:  # an empty table: its schema alone
         import pyarrow.parquet as pq
 
         empty = pa.RecordBatch.from_pylist([], schema=pq.read_schema(source))
         codec = TableCodec.fit([empty], CodecConfig(levels=levels))
-    header = canonical({"format": FORMAT, "version": VERSION, "rows": total, "codec": codec.to_dict()})
+        described = {"codec": codec.to_dict()}
+    header = canonical({"format": FORMAT, "version": VERSION, "rows": total, **described})
     counted = {"rows": 0, "chunks": 0}
 
     def write_all(writer) -> None:
@@ -196,17 +210,35 @@ def _header(segment: bytes, path: Path) -> dict:
 
 def compressed_rows(path: Path, keyring=None) -> int:
     """The rows the file holds, from its header (a sealed file needs the keyring)."""
+    return compressed_header(path, keyring)[0]
+
+
+def compressed_header(path: Path, keyring=None) -> tuple[int, tuple[str, int] | None]:
+    """(rows, the model it was compressed with or None), from the file's header."""
     segments, source = _segments(path, keyring)
     try:
-        return int(_header(next(segments, b""), path)["rows"])
+        doc = _header(next(segments, b""), path)
+        return int(doc["rows"]), _model_of(doc, path)
     finally:
         if source is not None:
             source.close()
 
 
-def decompress(path: Path, out: Path, *, keyring=None, on_rows: Callable[[int, int], None] | None = None) -> int:
+def _model_of(doc: dict, path: Path) -> tuple[str, int] | None:
+    if "model" not in doc:
+        return None
+    try:
+        name, version = doc["model"]
+        return str(name), int(version)
+    except (TypeError, ValueError):
+        raise IaeError(f"{path} is damaged: its header does not read") from None
+
+
+def decompress(path: Path, out: Path, *, keyring=None, on_rows: Callable[[int, int], None] | None = None,
+               codec_for: Callable[[str, int], TableCodec] | None = None) -> int:
     """Restore the table compressed in ``path`` to the Parquet file ``out``, bit for bit; nothing
-    is written if any part of ``path`` fails its check."""
+    is written if any part of ``path`` fails its check. A file compressed with a model needs
+    ``codec_for(name, version)``: that model's codec."""
     from iae_privacy.dataset.reader import write_restored
 
     segments, source = _segments(path, keyring)
@@ -221,7 +253,12 @@ def decompress(path: Path, out: Path, *, keyring=None, on_rows: Callable[[int, i
                     raise IaeError(f"{path} has data after its end")
                 if kind == b"H" and codec is None:
                     doc = _header(segment, path)
-                    codec, total = TableCodec.from_dict(doc["codec"]), int(doc["rows"])
+                    model = _model_of(doc, path)
+                    if model is not None and codec_for is None:
+                        raise IaeError(f"{path} was compressed with model {model[0]} v{model[1]}: decompressing it "
+                                       "needs that model")
+                    codec = codec_for(*model) if model is not None else TableCodec.from_dict(doc["codec"])
+                    total = int(doc["rows"])
                 elif kind == b"C" and codec is not None:
                     batch = codec.decode(decode_batch(codec, body))
                     seen["rows"] += batch.num_rows
