@@ -34,14 +34,9 @@ from iae_privacy.compression.entropy import (
 )
 from iae_privacy.documents import canonical, parse_json
 
-__all__ = ["encode_batch", "decode_batch", "batch_rows", "zstd_compress", "zstd_decompress",
-           "DICTIONARY_MAX_DISTINCT"]
+__all__ = ["encode_batch", "decode_batch", "batch_rows", "zstd_compress", "zstd_decompress"]
 
 _U32 = struct.Struct("<I")
-DICTIONARY_MAX_DISTINCT = 0.5
-"""A number's remainders are tried as a dictionary only where its distinct values are at most this
-share of the rows: with more, each distinct value's own entry costs more than the symbols save
-(a continuous measurement), and trying costs a pass over every bucket."""
 
 
 def zstd_compress(data: bytes, level: int) -> bytes:
@@ -140,7 +135,7 @@ def encode_batch(codec: TableCodec, encoded: EncodedBatch, models: list[FeatureM
         if column.null_count:
             continue  # a remainder is never null; left as it is if it is
         values = column.to_numpy(zero_copy_only=False)
-        if not dictionaries or len(np.unique(values)) > DICTIONARY_MAX_DISTINCT * len(values):
+        if not dictionaries:
             continue  # left plain, with the rest
         best, best_size = None, len(zstd_compress(values.tobytes(), level))  # plain, with the rest
         runs = bool(np.mean(values[1:] == values[:-1]) > 0.1) if len(values) > 1 else False
