@@ -63,21 +63,31 @@ def test_any_table_comes_back_bit_for_bit(data):
         assert first_difference(pq.read_table(source), back) is None
 
 
-def test_repeated_text_and_repeated_numbers_take_their_dictionary_paths(tmp_path):
+@pytest.mark.parametrize("level", [19, 3])  # 3: remainders plain, chunks coded on a second thread
+def test_repeated_text_and_repeated_numbers_take_their_dictionary_paths(tmp_path, level):
     rng = np.random.default_rng(0)
     n = 5_000
     names = np.array(["Zoë", "Åsa", "李", "Ngozi", "", "O'Brien"], dtype=object)[rng.integers(0, 6, n)]
     table = pa.table({
         "name": pa.array([None if i % 97 == 0 else v for i, v in enumerate(names)], pa.large_string()),
         "price": pa.array(np.round(rng.choice([9.99, 19.5, 0.1, -0.0, 1e300], n), 2)),  # repeats: a dictionary
+        "cents": pa.array(rng.choice(np.arange(1_000) * 0.37, n)),  # a few distinct per bucket: a dictionary
         "amount": pa.array(rng.normal(size=n)),  # all distinct: plain
         "id": pa.array([f"id-{i}" for i in range(n)]),  # unique text: no dictionary
     })
     source = tmp_path / "s.parquet"
     pq.write_table(table, source)
-    back, size = roundtrip(source, tmp_path, chunk_rows=1_500)
+    back, size = roundtrip(source, tmp_path, chunk_rows=1_500, zstd_level=level)
     assert first_difference(pq.read_table(source), back) is None
     assert np.signbit(back.column("price").to_numpy()).any()  # -0.0 survived
+    from iae_privacy.compression.batch import _unpack  # the first chunk's head: which remainders are dictionaries
+    from iae_privacy.compression.container import _segments
+
+    segments, f = _segments(tmp_path / "t.iaez", None)
+    with f:
+        next(segments)
+        coded = [entry[0] for entry in _unpack(next(segments)[1:])[0]["dictionary"]]
+    assert (coded == ["c2.rem"]) == (level >= 10), coded  # cents' remainders, at the thorough levels only
 
 
 def test_features_and_remainders_round_trip_through_the_entropy_coder():
