@@ -10,7 +10,7 @@ The folders read as the pipeline, bottom-up (a test keeps this list whole)::
     dataset/    encoded datasets: layout, signed manifest, writer, reader, lookup, tokens, row ids
     access/     who may restore what: policy, requests, authorize -> Grant, restore, audit
     analysts/   read-only SQL, synthetic records, the attacks and the evaluation, its report
-    compression/ lossless compression of a table: the codes entropy-coded, the .iaez file
+    compression/ lossless compression of a table: the codes entropy-coded, the .iaez file, vault segments
     cli/        the ``iae-privacy`` command, one module per command group (the only part that
                 reaches the Prefect flows, and only inside commands)
 
