@@ -597,6 +597,41 @@ def test_entropy_coded_vault_segments_restore_bit_for_bit_in_a_fraction_of_the_s
     assert sum(map(len, segments)) < 0.6 * lz4_size
 
 
+def test_a_restore_from_entropy_segments_opens_no_network_and_imports_no_torch(setup, tmp_path):
+    """The codec alone restores them: a sealed model's network is built on first use only, so a
+    decode process skips torch's import (about 1.3 s); encoding with the loaded model still works."""
+    import subprocess
+    import sys
+
+    from iae_privacy.model.registry import ModelRegistry
+    from iae_privacy.network.train import TrainReport
+
+    _, keyring, sources, model = setup
+    ModelRegistry(tmp_path / "models").save(model, "p", 1, keyring, TrainReport(device="cpu", rows=9_000))
+    encode_all(tmp_path / "enc", keyring, sources, model)
+    code = f"""
+import sys
+from pathlib import Path
+from iae_privacy.dataset.store import EncodedDataset
+from iae_privacy.keys.keyring import Keyring
+from iae_privacy.model.registry import ModelRegistry
+keyring = Keyring.open(Path({str(keyring.folder)!r}))
+loaded = ModelRegistry(Path({str(tmp_path / "models")!r})).load("p", keyring)
+dataset = EncodedDataset(Path({str(tmp_path / "enc")!r}))
+rows = dataset.decode_all(loaded.model, keyring, Path({str(tmp_path / "out")!r}))
+print(rows, "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2_000:]
+    assert done.stdout.split() == ["14000", "False"]
+    for name in ("a", "b"):
+        restored = next((tmp_path / "out").glob(f"part-*-{name}.parquet"))
+        assert first_difference(pq.read_table(sources / f"{name}.parquet"), pq.read_table(restored)) is None
+    loaded = ModelRegistry(tmp_path / "models").load("p", keyring)  # the network, built when first used
+    batch = pq.read_table(sources / "b.parquet").to_batches()[0]
+    assert np.array_equal(loaded.model.encode(batch).z_public, model.encode(batch).z_public)
+
+
 def test_an_entropy_segment_that_does_not_decode_with_the_model_is_refused_by_name(setup, tmp_path):
     """A model whose codec is not the one that encoded the part (other buckets): a StoreError
     naming the vault part, never a traceback or wrong rows (the content check stands behind)."""

@@ -81,9 +81,10 @@ def read_header(path: Path) -> BundleHeader:
     return _header(doc, key_version, path)
 
 
-def open_bundle(path: Path, keyring: Keyring,
-                expect: tuple[str, int] | None = None) -> tuple[BundleHeader, SealedModel]:
-    """Open and authenticate a bundle; ``expect`` is the (model, version) it must claim to be."""
+def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = None,
+                with_tensors: bool = True) -> tuple[BundleHeader, SealedModel]:
+    """Open and authenticate a bundle; ``expect`` is the (model, version) it must claim to be.
+    ``with_tensors=False``: the metadata alone (no torch import; the tensors are left empty)."""
     def check(doc: dict) -> None:
         header = _header(doc, 0, path)
         if expect is not None and (header.model, header.model_version) != expect:
@@ -94,10 +95,12 @@ def open_bundle(path: Path, keyring: Keyring,
     payload = b"".join(segments)
     header = _header(doc, key_version, path)
     try:
-        from safetensors.torch import load as load_safetensors
-
-        tensors = load_safetensors(payload)
         metadata = _safetensors_metadata(payload)
+        tensors = {}
+        if with_tensors:
+            from safetensors.torch import load as load_safetensors
+
+            tensors = load_safetensors(payload)
     except (SafetensorError, ValueError, struct.error) as exc:
         raise BundleError(f"{WHAT} {path} authenticated but its payload is unreadable ({type(exc).__name__})") from None
     return header, SealedModel(tensors, metadata)

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from iae_privacy.codec import CodecConfig, EncodedBatch, TableCodec, read_batches
 from iae_privacy.errors import IaeError
 from iae_privacy.model.protection import Protection, protected_features, proxy_features
-from iae_privacy.network import ExactINN, NetworkConfig
-from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport, learner_threads, train
+
+if TYPE_CHECKING:  # torch and the network load where a network runs: a restore from entropy-coded
+    # vault segments needs the codec alone (about 1.3 s of imports saved on every such decode)
+    from iae_privacy.network import ExactINN, NetworkConfig
+    from iae_privacy.network.train import EpochStats, TrainConfig, TrainReport
 
 __all__ = ["LatentBatch", "Model", "fit_model", "default_public_dims"]
 
@@ -48,6 +50,8 @@ class Model:
     """Set when the codec config protects columns: how z_public is released (model/protection.py)."""
 
     def encode(self, batch: pa.RecordBatch, source: str | None = None) -> LatentBatch:
+        import torch
+
         encoded = self.codec.encode(batch, source)
         z = self.network.encode(torch.from_numpy(encoded.features)).numpy()
         k = self.network.config.public_dims
@@ -55,6 +59,8 @@ class Model:
         return LatentBatch(z[:, :k], z[:, k:], encoded, release)
 
     def decode(self, latent: LatentBatch) -> pa.RecordBatch:
+        import torch
+
         z = torch.from_numpy(np.concatenate([latent.z_public, latent.z_detail], axis=1))
         features = self.network.decode(z).numpy()
         e = latent.encoded
@@ -72,6 +78,11 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
               on_rows: Callable[[int, int], None] | None = None) -> tuple[Model, TrainReport]:
     """Fit the codec on ``path``, then train the keyed network on its features (a sample of up to
     ``codec_config.sample_rows`` rows)."""
+    import torch
+
+    from iae_privacy.network import NetworkConfig
+    from iae_privacy.network.train import TrainConfig, learner_threads, train
+
     codec = TableCodec.fit(path, codec_config)
     target = codec.config.target
     rows, features, targets = 0, [], []
@@ -147,7 +158,10 @@ def _best_favoured(x: np.ndarray, y: np.ndarray, regression: bool, network: Netw
     at k = 3: ``education`` alone lowered wage's R² from 0.147 to 0.122, one split; so fewer than
     4 public columns get none), so it is measured, not assumed. z_public does not
     change with training (only z_detail does), so the networks fitted here say what analysts get."""
+    import torch
+
     from iae_privacy.analysts.target import target_score
+    from iae_privacy.network import ExactINN
 
     if not ranked:
         return ()

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from iae_privacy.codec import TableCodec
 from iae_privacy.documents import utc_now
@@ -28,6 +28,7 @@ from iae_privacy.model.bundle import (
 
 if TYPE_CHECKING:  # torch loads only where a model is saved or loaded, not for listings or keys
     from iae_privacy.model.pipeline import Model
+    from iae_privacy.network import ExactINN
     from iae_privacy.network.train import TrainReport
 
 __all__ = ["ModelRegistry", "LoadedModel", "transform_key"]
@@ -47,6 +48,24 @@ class LoadedModel:
     model: Model
     header: BundleHeader
     training: dict[str, Any]
+
+
+class DeferredNetwork:
+    """A sealed model's network, built (and torch imported) on its first use: a restore from
+    entropy-coded vault segments runs the codec alone and never touches it. Otherwise it stands
+    for the :class:`~iae_privacy.network.ExactINN` it builds."""
+
+    def __init__(self, build: Callable[[], ExactINN]) -> None:
+        self._build: Callable[[], ExactINN] | None = build
+        self._network: ExactINN | None = None
+
+    def __getattr__(self, name: str) -> Any:  # only for what this object lacks: the network's own
+        if name.startswith("__") or name in ("_build", "_network"):
+            raise AttributeError(name)
+        if self._network is None:
+            self._network = self._build()
+            self._build = None  # the weights are not kept twice
+        return getattr(self._network, name)
 
 
 class ModelRegistry:
@@ -107,16 +126,23 @@ class ModelRegistry:
 
     def load(self, spec: str, keyring: Keyring) -> LoadedModel:
         name, version = self.resolve(spec)
-        header, sealed = open_bundle(self.path(name, version), keyring, expect=(name, version))
+        path = self.path(name, version)
+        header, sealed = open_bundle(path, keyring, expect=(name, version), with_tensors=False)
         meta = sealed.metadata
         if meta.get("format") != "iae-privacy/model/1":
             raise IaeError(f"model {name} v{version} has an unknown format {meta.get('format')!r}")
         codec = TableCodec.from_json(meta["codec_profile"])
         from iae_privacy.model.pipeline import Model
-        from iae_privacy.network import ExactINN
 
-        network = ExactINN.from_quantized_state(sealed.tensors, json.loads(meta["network"]),
-                                                transform_key(keyring, name, version))
+        facts, key = json.loads(meta["network"]), transform_key(keyring, name, version)
+
+        def build() -> ExactINN:
+            from iae_privacy.network import ExactINN
+
+            _, weighed = open_bundle(path, keyring, expect=(name, version))  # authenticated again, with its tensors
+            return ExactINN.from_quantized_state(weighed.tensors, facts, key)
+
+        network = DeferredNetwork(build)
         protection = None
         if "protection" in meta:
             from iae_privacy.model.protection import Protection
