@@ -193,13 +193,19 @@ def test_runs_are_coded_as_repeats_of_the_row_before():
     assert fill_repeats(np.array([3, 4, 1]), flags).tolist() == [3, 3, 4, 4, 4, 1]
 
 
-def test_the_codec_is_fitted_on_rows_from_the_whole_file_not_its_first(tmp_path):
-    """A table sorted by an id or a date: values at its end that the fit never saw would be escaped."""
+@pytest.mark.parametrize("row_group_size", [10_000, 100_000])
+def test_the_codec_is_fitted_on_rows_from_the_whole_file_not_its_first(tmp_path, row_group_size):
+    """A table sorted by an id or a date: values at its end that the fit never saw would be escaped.
+    With several row groups only some are read: four at even steps, the first and the last among them."""
     source = tmp_path / "sorted.parquet"
-    pq.write_table(pa.table({"id": pa.array(np.arange(100_000, dtype=np.int64))}), source, row_group_size=10_000)
+    pq.write_table(pa.table({"id": pa.array(np.arange(100_000, dtype=np.int64))}), source,
+                   row_group_size=row_group_size)
     sample = pa.Table.from_batches(list(spread_sample(source, 100_000, 20_000, batch_rows=1_000)))
     ids = sample.column("id").to_numpy()
     assert 20_000 <= len(ids) <= 21_000 and ids.max() >= 95_000 and ids.min() == 0  # the first rows: 0-19,999
+    assert ((ids >= 30_000) & (ids < 70_000)).any()  # and the middle
+    if row_group_size == 10_000:  # groups 0, 3, 6 and 9, every other batch of them
+        assert set(np.unique(ids // 10_000)) == {0, 3, 6, 9}
     back, size = roundtrip(source, tmp_path)
     assert first_difference(pq.read_table(source), back) is None
 

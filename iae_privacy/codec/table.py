@@ -89,8 +89,10 @@ def parquet_rows(path: str | Path) -> int:
         raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
 
 
-def read_batches(path: str | Path, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
-    """Stream a Parquet file as record batches, so memory does not grow with the file.
+def read_batches(path: str | Path, batch_size: int = 65_536,
+                 row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a Parquet file (``row_groups``: only those) as record batches, so memory does not
+    grow with the file.
 
     ``pre_buffer`` is off: with it (Arrow's default) the reader keeps every pre-buffered column
     chunk until it is exhausted, and memory grows with the file (measured: +430 MiB over 4M rows).
@@ -105,7 +107,7 @@ def read_batches(path: str | Path, batch_size: int = 65_536) -> Iterator[pa.Reco
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise IaeError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
     text = [i for i, f in enumerate(parquet.schema_arrow) if _is_text(f.type)]
-    batches = parquet.iter_batches(batch_size=batch_size)
+    batches = parquet.iter_batches(batch_size=batch_size, row_groups=row_groups)
     while True:
         try:
             batch = next(batches)
