@@ -63,6 +63,25 @@ def test_any_table_comes_back_bit_for_bit(data):
         assert first_difference(pq.read_table(source), back) is None
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_batch_comes_back_bit_for_bit_as_a_vault_segment_codes_it(data):
+    """A vault segment (issue 19): one batch coded whole with encoding's 4,096 levels, remainders
+    plain, the models chosen on another batch of the part (its first)."""
+    from iae_privacy.codec import CodecConfig, TableCodec
+    from iae_privacy.compression.batch import decode_batch, encode_batch
+
+    table = data.draw(table_for(data.draw(arrow_schema())))
+    codec = TableCodec.fit(table, CodecConfig())
+    batch = table.combine_chunks().to_batches()[0] if table.num_rows else \
+        pa.RecordBatch.from_pylist([], schema=table.schema)
+    first = codec.encode(batch.slice(0, max(1, batch.num_rows // 2)))
+    models = choose_models(first.features, list(codec.feature_levels)) if codec.feature_levels else ([], [])
+    coded = encode_batch(codec, codec.encode(batch), *models, 3, dictionaries=False)
+    assert first_difference(pa.Table.from_batches([batch]),
+                            pa.Table.from_batches([codec.decode(decode_batch(codec, coded))])) is None
+
+
 @pytest.mark.parametrize("level", [19, 3])  # 3: remainders plain, chunks coded on a second thread
 def test_repeated_text_and_repeated_numbers_take_their_dictionary_paths(tmp_path, level):
     rng = np.random.default_rng(0)
