@@ -111,7 +111,6 @@ class ShuffledWriter:
     def finish(self) -> int:
         """Write the row groups (:func:`~iae_privacy.dataset.layout.latent_write_options`); returns
         how many. Nothing is written if nothing was put."""
-
         if self._ipc is None:
             return 0
         self._ipc.close()
