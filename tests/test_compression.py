@@ -260,3 +260,27 @@ def test_a_file_compressed_with_a_models_codec_needs_that_model_and_holds_no_cod
     with pytest.raises(SchemaDriftError):  # another table's schema: refused before anything is written
         compress(data_dir / "rand_hie.parquet", tmp_path / "r.iaez", model=("wages", 3, codec))
     assert not (tmp_path / "r.iaez").exists()
+
+
+def test_sorted_integer_columns_go_as_differences_and_come_back_exactly():
+    """Sequential ids and row numbers (since .iaez version 2): the differences, modulo 2**bits, so
+    any values come back, the extremes of every width included."""
+    from iae_privacy.compression.batch import _from_ipc, _ipc
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    extremes = np.sort(np.concatenate([[np.iinfo(np.int64).min, np.iinfo(np.int64).max],
+                                       rng.integers(-(2**62), 2**62, n - 2)]))
+    batch = pa.RecordBatch.from_pydict({
+        "customer_id": pa.array(np.arange(n, dtype=np.int64) * 7_919 + 10_000_000),
+        "extremes": pa.array(extremes),  # differences past 2**63
+        "small": pa.array(np.sort(rng.integers(-128, 128, n)).astype(np.int8)),
+        "unsigned": pa.array(np.sort(np.append(rng.integers(0, 2**63, n - 1, dtype=np.uint64), 2**64 - 1))),
+        "shuffled": pa.array(rng.permutation(n).astype(np.int64)),  # not sorted: as it is
+        "with_null": pa.array([None] + list(range(n - 1)), pa.int64()),  # a null: as it is
+    })
+    data, dictionaries, deltas = _ipc(batch, 3)
+    assert deltas == [0, 1, 2, 3] and dictionaries == []
+    assert _from_ipc(data, dictionaries, deltas).equals(batch)
+    shuffled = _ipc(batch.select([4]), 3)[0]  # as many ids, in no order
+    assert len(_ipc(batch.select([0]), 3)[0]) < len(shuffled) / 10  # a sequential id costs almost nothing

@@ -62,26 +62,52 @@ def _repeats(column: pa.Array) -> bool:
     return pc.count_distinct(column, mode="all").as_py() < len(column) // 2
 
 
-def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int]]:
-    """Arrow IPC with zstd, text columns whose values repeat as dictionaries (their positions)."""
+def _sorted_integers(column: pa.Array) -> bool:
+    """An integer column without nulls whose values never decrease (row numbers, sequential ids):
+    stored as the differences from one row to the next, which zstd takes to almost nothing."""
+    if not pa.types.is_integer(column.type) or column.null_count or len(column) < 2:
+        return False
+    values = column.to_numpy()
+    return bool(np.all(values[1:] >= values[:-1]))
+
+
+def _delta(column: pa.Array) -> pa.Array:
+    """Each value minus the one before (the first as it is), modulo 2**bits: exact for any values."""
+    values = column.to_numpy()
+    unsigned = values.view(f"u{values.itemsize}")
+    return pa.array(np.concatenate([unsigned[:1], np.diff(unsigned)]).view(values.dtype), column.type)
+
+
+def _undelta(column: pa.Array) -> pa.Array:
+    values = column.to_numpy()
+    return pa.array(np.cumsum(values.view(f"u{values.itemsize}"), dtype=f"u{values.itemsize}").view(values.dtype),
+                    column.type)
+
+
+def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int], list[int]]:
+    """Arrow IPC with zstd: text columns whose values repeat as dictionaries, sorted integer
+    columns as differences (their positions, each)."""
     coded = [i for i, column in enumerate(batch.columns) if _repeats(column)]
-    if coded:
-        columns = [column.dictionary_encode() if i in coded else column for i, column in enumerate(batch.columns)]
+    deltas = [i for i, column in enumerate(batch.columns) if _sorted_integers(column)]
+    if coded or deltas:
+        columns = [column.dictionary_encode() if i in coded else _delta(column) if i in deltas else column
+                   for i, column in enumerate(batch.columns)]
         schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
         batch = pa.RecordBatch.from_arrays(columns, schema=schema)
     sink = io.BytesIO()
     options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
     with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
         writer.write_batch(batch)
-    return sink.getvalue(), coded
+    return sink.getvalue(), coded, deltas
 
 
-def _from_ipc(data: bytes, coded: list[int]) -> pa.RecordBatch:
+def _from_ipc(data: bytes, coded: list[int], deltas: list[int]) -> pa.RecordBatch:
     with pa.ipc.open_stream(data) as reader:
         batch = reader.read_next_batch()
-    if not coded:
+    if not coded and not deltas:
         return batch
-    columns = [column.dictionary_decode() if i in coded else column for i, column in enumerate(batch.columns)]
+    columns = [column.dictionary_decode() if i in coded else _undelta(column) if i in deltas else column
+               for i, column in enumerate(batch.columns)]
     schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -157,11 +183,12 @@ def encode_batch(codec: TableCodec, encoded: EncodedBatch, models: list[FeatureM
             continue
         keep.append(i)
     meta["dropped"] = dropped
-    meta["dictionary_columns"] = []
+    meta["dictionary_columns"], meta["delta_columns"] = [], []
     for batch in (encoded.passthrough, encoded.identifiers, detail.select(keep)):
-        data, coded = _ipc(batch, level)
+        data, coded, deltas = _ipc(batch, level)
         parts.append(data)
         meta["dictionary_columns"].append(coded)
+        meta["delta_columns"].append(deltas)
     return _pack(meta, parts)
 
 
@@ -187,8 +214,9 @@ def decode_batch(codec: TableCodec, data: bytes) -> EncodedBatch:
         deltas, tables = zstd_decompress(next(queue), deltas_size), zstd_decompress(next(queue), tables_size)
         words = next(queue)
         remainders[key] = decode_remainders(features[:, j], number_levels, deltas, tables, words, bool(repeat))
-    passthrough, identifiers, rest = (_from_ipc(next(queue), [int(i) for i in coded])
-                                      for coded in meta["dictionary_columns"])
+    deltas = meta.get("delta_columns", [[], [], []])  # none before they were made
+    passthrough, identifiers, rest = (_from_ipc(next(queue), [int(i) for i in coded], [int(i) for i in delta])
+                                      for coded, delta in zip(meta["dictionary_columns"], deltas, strict=True))
     dropped = set(meta["dropped"])
     arrays = []
     for field in codec.detail_schema:

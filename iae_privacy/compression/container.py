@@ -43,7 +43,10 @@ __all__ = ["compress", "decompress", "compressed_rows", "compressed_header", "Co
 MAGIC = b"IAEZ\x00\x01\r\n"
 SEALED_MAGIC = b"IAEZS\x01\r\n"
 FORMAT = "iae-privacy/compressed"
-VERSION = 1
+VERSION = 2
+"""2: sorted integer columns may be stored as differences, which a reader of version 1 would not
+undo (it refuses the file instead); version-1 files still read."""
+READS = (1, 2)
 KEY_AAD = b"iae-privacy/compressed/v1"
 CHUNK_ROWS = 262_144
 LEVELS = 256
@@ -228,7 +231,7 @@ def _header(segment: bytes, path: Path) -> dict:
         raise IaeError(f"{path} is damaged: its header does not read") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IaeError(f"{path} is not an iae-privacy compressed file")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READS:
         raise IaeError(f"{path}: compressed format version {doc.get('version')!r} is not supported by this release")
     return doc
 
