@@ -156,13 +156,12 @@ def encode_batch(codec: TableCodec, encoded: EncodedBatch, models: list[FeatureM
         meta["feature_tables"] = len(tables)
         parts += [packed, words]
     detail, dictionary, dropped = encoded.detail, [], []
-    for key, (j, number_levels) in _number_positions(codec).items():
+    numbers = _number_positions(codec).items() if dictionaries else ()  # else every remainder plain, with the rest
+    for key, (j, number_levels) in numbers:
         column = detail.column(key)
         if column.null_count:
             continue  # a remainder is never null; left as it is if it is
         values = column.to_numpy(zero_copy_only=False)
-        if not dictionaries:
-            continue  # left plain, with the rest
         best, best_size = None, len(zstd_compress(values.tobytes(), level))  # plain, with the rest
         runs = bool(np.mean(values[1:] == values[:-1]) > 0.1) if len(values) > 1 else False
         for repeat in (False, True) if runs else (False,):

@@ -29,7 +29,7 @@ from iae_privacy.keys.sealed import (
 if TYPE_CHECKING:  # torch loads only where weights are sealed or opened: listings and keys need none
     import torch
 
-__all__ = ["BundleError", "BundleHeader", "SealedModel", "seal_bundle", "open_bundle", "read_header",
+__all__ = ["BundleError", "BundleHeader", "SealedModel", "seal_bundle", "open_bundle", "bundle_tensors", "read_header",
            "rewrap_bundle", "MAGIC"]
 
 MAGIC = b"IAE-BUNDLE\x01"
@@ -51,6 +51,8 @@ class SealedModel:
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
+    payload: bytes | None = None
+    """The authenticated safetensors bytes, where the tensors were not read yet."""
 
 
 def _key_aad(doc: dict) -> bytes:
@@ -84,7 +86,8 @@ def read_header(path: Path) -> BundleHeader:
 def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = None,
                 with_tensors: bool = True) -> tuple[BundleHeader, SealedModel]:
     """Open and authenticate a bundle; ``expect`` is the (model, version) it must claim to be.
-    ``with_tensors=False``: the metadata alone (no torch import; the tensors are left empty)."""
+    ``with_tensors=False``: no torch import; the tensors are left empty and the authenticated
+    payload kept for :func:`bundle_tensors`."""
     def check(doc: dict) -> None:
         header = _header(doc, 0, path)
         if expect is not None and (header.model, header.model_version) != expect:
@@ -96,14 +99,21 @@ def open_bundle(path: Path, keyring: Keyring, expect: tuple[str, int] | None = N
     header = _header(doc, key_version, path)
     try:
         metadata = _safetensors_metadata(payload)
-        tensors = {}
-        if with_tensors:
-            from safetensors.torch import load as load_safetensors
+    except (ValueError, struct.error) as exc:
+        raise BundleError(f"{WHAT} {path} authenticated but its payload is unreadable ({type(exc).__name__})") from None
+    if with_tensors:
+        return header, SealedModel(bundle_tensors(payload, path), metadata)
+    return header, SealedModel({}, metadata, payload)
 
-            tensors = load_safetensors(payload)
+
+def bundle_tensors(payload: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an authenticated bundle's payload (imports torch)."""
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        return load_safetensors(payload)
     except (SafetensorError, ValueError, struct.error) as exc:
         raise BundleError(f"{WHAT} {path} authenticated but its payload is unreadable ({type(exc).__name__})") from None
-    return header, SealedModel(tensors, metadata)
 
 
 def _safetensors_metadata(payload: bytes) -> dict[str, str]:

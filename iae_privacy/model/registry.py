@@ -20,6 +20,7 @@ from iae_privacy.keys.keyring import Keyring, Purpose
 from iae_privacy.model.bundle import (
     BundleHeader,
     SealedModel,
+    bundle_tensors,
     open_bundle,
     read_header,
     rewrap_bundle,
@@ -139,8 +140,7 @@ class ModelRegistry:
         def build() -> ExactINN:
             from iae_privacy.network import ExactINN
 
-            _, weighed = open_bundle(path, keyring, expect=(name, version))  # authenticated again, with its tensors
-            return ExactINN.from_quantized_state(weighed.tensors, facts, key)
+            return ExactINN.from_quantized_state(bundle_tensors(sealed.payload, path), facts, key)
 
         network = DeferredNetwork(build)
         protection = None
