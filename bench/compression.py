@@ -109,15 +109,16 @@ def encoded_sizes(name: str, source: Path, tmp: Path, result: Result) -> bool:
     from iae_privacy.model.registry import transform_key
     from iae_privacy.network.train import TrainConfig
 
-    keyring = Keyring.init(tmp / f"{name}-keys".replace(" ", "-"))
+    slug = name.replace(" ", "-")
+    keyring = Keyring.init(tmp / f"{slug}-keys")
     model, _ = fit_model(source, transform_key(keyring, "bench", 1), CodecConfig(sample_rows=50_000),
                          TrainConfig(epochs=1))
     lz4 = copy.copy(model)
     lz4.codec = copy.copy(model.codec)
     lz4.codec.config = dataclasses.replace(model.codec.config, vault_compression="lz4")
     size = source.stat().st_size
-    latent, vault, total = _encoded_dataset_bytes(source, tmp / f"{name}-entropy".replace(" ", "-"), keyring, model)
-    _, vault_lz4, total_lz4 = _encoded_dataset_bytes(source, tmp / f"{name}-lz4".replace(" ", "-"), keyring, lz4)
+    latent, vault, total = _encoded_dataset_bytes(source, tmp / f"{slug}-entropy", keyring, model)
+    _, vault_lz4, total_lz4 = _encoded_dataset_bytes(source, tmp / f"{slug}-lz4", keyring, lz4)
     result.add(f"{name}: source Parquet file", size / 1e6, "MB")
     result.add(f"{name}: latent part", latent / 1e6, "MB")
     result.add(f"{name}: vault part, entropy-coded", vault / 1e6, "MB")

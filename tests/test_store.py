@@ -644,6 +644,15 @@ def test_an_entropy_segment_that_does_not_decode_with_the_model_is_refused_by_na
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.parquet"))
 
 
+def test_an_entropy_segment_whose_head_does_not_read_is_a_store_error_not_a_traceback():
+    """Unreachable through the sealing (a segment is authenticated first), but never a raw error."""
+    from iae_privacy.dataset.layout import ENTROPY_SEGMENT, segment_rows
+
+    for damaged in (ENTROPY_SEGMENT + b"junk", ENTROPY_SEGMENT + b"\x05\x00\x00\x00{\"x\"}"):
+        with pytest.raises(StoreError, match="a vault segment's head does not read"):
+            segment_rows(damaged)
+
+
 def _vault_segments(folder, keyring, records, decompress: bool) -> list[bytes]:
     """Every vault segment as stored (an Arrow IPC stream), or rewritten without compression."""
     from iae_privacy.dataset.layout import VAULT_MAGIC, vault_key_aad
