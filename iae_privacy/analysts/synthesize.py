@@ -126,7 +126,8 @@ class LatentDensity:
     (the density recorded at training time) smears into codes no real record has.
 
     Fitted on the z of ``FIT_ROWS`` real rows drawn uniformly from all of them, standardised per
-    dimension; the number of components (1 to 32) is the one with the lowest BIC (fitted side by
+    dimension; the number of components (1 to 32, as many as the rows support:
+    :attr:`NUMBERS_PER_PARAMETER`) is the one with the lowest BIC (fitted side by
     side, one BLAS thread each). 8,000 rows: on
     20,000, CPS 1988's quality score was 0.975 instead of 0.953, but the fit took 20 s instead of
     7 on 15 features. Sampling (:meth:`sample`) draws z, rounds it and decodes it exactly with the
@@ -134,15 +135,24 @@ class LatentDensity:
 
     FIT_ROWS = 8_000
     COMPONENTS = (1, 2, 4, 8, 16, 32)
+    NUMBERS_PER_PARAMETER = 10
+    """A component count is tried only if the mixture has at least this many numbers fitted per
+    parameter (one component always is). Full covariances grow with the square of the latent's
+    width: on RAND HIE's 50 dimensions 32 components have 42,432 parameters for 8,000 x 50
+    numbers, BIC preferred 16 (-234,000 against -168,000), and that fit alone took 8.5 of the 14 s a
+    synthesis took."""
+    TOLERANCE = 1e-3
     MARGIN = 0.02
-    OVERDRAW = 4
     """Draws that decode at most this share of a feature's range outside it are clipped into it
     (the real rows at the range's edges); draws further out are drawn again."""
+    OVERDRAW = 4
+    """Candidates drawn per record asked for, of which the records are chosen (:func:`raked_choice`)."""
 
     def __init__(self, model: Model, mixture, center: np.ndarray, scale: np.ndarray,
                  marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]],
                  shares: dict[int, np.ndarray], condition: Condition | None = None,
-                 fixed: dict[int, int] | None = None) -> None:
+                 fixed: dict[int, int] | None = None, pairs: list[PairMargin] | None = None,
+                 null_bits: dict[int, int] | None = None) -> None:
         self.model, self.mixture, self.center, self.scale = model, mixture, center, scale
         self.condition = condition
         self.fixed = fixed or {}
@@ -150,11 +160,24 @@ class LatentDensity:
         self.shares = shares
         """Other features (categories, booleans, null bits): each code's share of the real rows,
         which the drawn rows are raked to (in memory only, while synthesizing)."""
+        self.pairs = pairs or []
+        """Pairs of features whose joint shares in the real rows the drawn rows are raked to as well
+        (:meth:`PairMargin.tree`; in memory only, while synthesizing)."""
         self.marginals = marginals
-        """Number features (codes are quantile ranks): the real rows' sorted codes, to which the
-        drawn codes are mapped rank for rank (in memory only, while synthesizing)."""
+        """Number features (codes are quantile ranks): how many real rows (not null) have each
+        code, the distribution the drawn codes are mapped onto rank for rank (in memory only,
+        while synthesizing)."""
+        self.null_bits = null_bits or {}
+        """A nullable number's code position -> its null bit's: a null's code is 0, so only the
+        rows with a value are mapped (mapping all of them had put the real nulls' zeros on drawn
+        values: weight_kg's column shape 0.965 against the copula's 0.988)."""
         self.spans = spans
         """Remainder column -> (its code's position, the largest real remainder in each bucket)."""
+
+    @staticmethod
+    def component_parameters(width: int) -> int:
+        """Parameters of one full-covariance component over ``width`` dimensions: its weight, mean and covariance."""
+        return 1 + width + width * (width + 1) // 2
 
     @property
     def components(self) -> int:
@@ -189,9 +212,17 @@ class LatentDensity:
         # a uniform sample of FIT_ROWS real rows from every batch (the rows with the smallest
         # random keys): tables are often sorted, so the first rows are not a sample
         kept, keys, seen = np.zeros((0, len(levels)), dtype=np.int64), np.zeros(0), 0
+        # every feature's codes counted over all the real rows (a number's over its non-null rows)
+        null_bits = _null_bits(model)
+        tallies = [np.zeros(level) for level in levels]
         for batch in batches:
             seen += batch.num_rows
             encoded = model.codec.encode(batch)
+            for j, level in enumerate(levels):
+                column = encoded.features[:, j]
+                if j in null_bits:
+                    column = column[encoded.features[:, null_bits[j]] == 0]
+                tallies[j] += np.bincount(column, minlength=level)
             for key, (j, largest) in spans.items():
                 remainder = encoded.detail.column(key).to_numpy(zero_copy_only=False).astype(np.float64)
                 np.maximum.at(largest, encoded.features[:, j], remainder)
@@ -212,12 +243,14 @@ class LatentDensity:
         center, scale = z.mean(0), np.maximum(z.std(0), 1.0)
         scaled = (z - center) / scale
         seed = int(rng.integers(1 << 31))
-        counts = [k for k in cls.COMPONENTS if k * 20 <= len(scaled)]
+        supported = scaled.size / cls.NUMBERS_PER_PARAMETER  # parameters the rows support
+        counts = [k for k in cls.COMPONENTS
+                  if k * 20 <= len(scaled) and (k == 1 or k * cls.component_parameters(scaled.shape[1]) <= supported)]
         if not counts:
             raise IaeError("too few real records to fit a latent density for synthesis")
 
         def fitted(k: int):
-            mixture = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=200,
+            mixture = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=200, tol=cls.TOLERANCE,
                                       random_state=seed).fit(scaled)
             return mixture.bic(scaled), k, mixture
 
@@ -231,31 +264,44 @@ class LatentDensity:
 
         with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, training_threads())) as pool:
             _, _, best = min(pool.map(fitted, sorted(counts, reverse=True)), key=lambda r: (r[0], r[1]))
-        others = {j: np.bincount(x[:, j], minlength=level) / len(x)
-                  for j, level in enumerate(model.codec.feature_levels) if j not in numbers}
+        others = {j: tallies[j] / max(tallies[j].sum(), 1) for j in range(len(levels)) if j not in numbers}
         fixed = {} if condition is None else {j: int(x[0, j]) for j in condition.positions}
-        return cls(model, best, center, scale, {j: np.sort(x[:, j]) for j in numbers}, spans, others, condition,
-                   fixed)
+        return cls(model, best, center, scale, {j: tallies[j] for j in numbers}, spans, others, condition,
+                   fixed, PairMargin.tree(x, list(levels)), null_bits)
 
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator, like: np.ndarray | None = None) -> np.ndarray:
         """``n`` rows of feature codes: ``OVERDRAW`` times as many candidates (:meth:`candidates`),
-        weighted by raking so that every category, boolean and null bit takes its real share
-        (iterative proportional fitting), ``n`` of them drawn by weight; then each number's code
-        mapped onto its real distribution, rank for rank."""
+        ``n`` of them chosen (:func:`raked_choice`) so that every category, boolean and null bit
+        takes its real share; then each number's code mapped onto its real distribution, rank for
+        rank (the drawn rows' order, so their dependence on the other columns, is kept).
+
+        ``like``: rows whose marginals the sample takes instead of the real rows' (``n`` of them):
+        the shares of their codes and the distribution of their numbers' codes. Rows drawn to replace
+        dropped ones (:func:`without_copies`) take the dropped rows' marginals, so that dropping
+        does not move any column's distribution."""
         pool = self.candidates(self.OVERDRAW * n, rng)
-        weights = np.ones(len(pool))
-        for _ in range(10):
-            for j, share in self.shares.items():
-                drawn = np.bincount(pool[:, j], weights=weights, minlength=len(share)) / weights.sum()
-                factor = np.divide(share, drawn, out=np.ones_like(share), where=drawn > 0)
-                weights *= factor[pool[:, j]]
-        # a floor on every weight: a draw may never be chosen only if there are enough others
-        weights = weights + 1e-9 * weights.max() if weights.max() > 0 else np.ones(len(pool))
-        codes = pool[rng.choice(len(pool), n, replace=False, p=weights / weights.sum())]
+        shares = self.shares if like is None else self.shares_of(like)
+        # the pairs first, each feature's own shares last (met best where the pool cannot meet all);
+        # the dropped records' pairs are too few to calibrate to
+        margins = [] if like is not None else [(pair.cells(pool), pair.share) for pair in self.pairs]
+        margins += [(pool[:, j], share) for j, share in shares.items()]
+        codes = pool[raked_choice(len(pool), margins, n, rng)]
         for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
-            ranks = np.lexsort((rng.random(n), codes[:, j]))
-            codes[ranks, j] = real[((np.arange(n) + rng.random(n)) * len(real) / n).astype(np.int64)]
+            valid = codes[:, self.null_bits[j]] == 0 if j in self.null_bits else np.ones(n, dtype=bool)
+            counts = real
+            if like is not None:
+                counts = np.bincount(like[like[:, self.null_bits[j]] == 0, j] if j in self.null_bits else like[:, j],
+                                     minlength=len(real))
+            rows = np.flatnonzero(valid)
+            if len(rows) and counts.sum() > 0:
+                ranks = rows[np.lexsort((rng.random(len(rows)), codes[rows, j]))]
+                codes[ranks, j] = _quantiles(counts, len(rows), rng)
+            codes[~valid, j] = 0  # as the codec codes a null
         return codes
+
+    def shares_of(self, codes: np.ndarray) -> dict[int, np.ndarray]:
+        """Each category's, boolean's and null bit's shares among ``codes`` (as :attr:`shares`)."""
+        return {j: np.bincount(codes[:, j], minlength=len(share)) / len(codes) for j, share in self.shares.items()}
 
     def candidates(self, n: int, rng: np.random.Generator, rounds: int = 20) -> np.ndarray:
         """``n`` rows of codes as drawn. A draw that decodes to a code well outside some feature's
@@ -290,6 +336,114 @@ class LatentDensity:
         bound = np.asarray(self.model.network.output_bound, dtype=np.float64)
         z = np.rint(np.clip(draws, -bound, bound)).astype(np.int64)
         return self.model.network.decode(torch.from_numpy(z)).numpy()
+
+
+Margin = tuple[np.ndarray, np.ndarray]
+"""(each candidate's cell, each cell's share in the real rows): what :func:`raked_choice` calibrates to."""
+
+
+def raked_choice(m: int, margins: list[Margin], n: int, rng: np.random.Generator) -> np.ndarray:
+    """Which ``n`` of ``m`` candidates to keep so that in each margin (a cell per candidate, a
+    share per cell) each cell takes about its share: every candidate's inclusion probability is
+    raked (iterative proportional fitting, each at most 1, summing to ``n``) and the candidates are
+    chosen by systematic sampling in a random order, which keeps each with exactly its
+    probability. (A weighted draw without replacement does not: its inclusion probabilities
+    flatten towards 1 for heavily weighted candidates, which left the codes a mixture draws too
+    rarely short of their share.) The margins given last are met best."""
+    p = np.full(m, n / m)
+    reachable = []  # a cell no candidate is in takes no share: the others' shares grow to make up for it
+    for cells, share in margins:
+        share = np.where(np.bincount(cells, minlength=len(share))[: len(share)] > 0, share, 0.0)
+        reachable.append((cells, share / share.sum() if share.sum() > 0 else share))
+    for _ in range(50):
+        for cells, share in reachable:
+            have = np.bincount(cells, weights=p, minlength=len(share))
+            factor = np.divide(n * share, have, out=np.ones(len(share)), where=have > 0)
+            p = np.minimum(p * factor[cells], 1.0)
+        for _ in range(20):  # the sum back to n, none above 1
+            free = p < 1.0
+            rest = n - (m - free.sum())
+            if not free.any() or rest <= 0 or p[free].sum() <= 0:
+                break
+            p[free] *= rest / p[free].sum()
+            if (p <= 1.0).all():
+                break
+            p = np.minimum(p, 1.0)
+    p = np.minimum(p, 1.0)
+    if p.sum() <= 0:
+        p = np.full(m, n / m)
+    p *= n / p.sum()  # where capping left the sum short, the uncapped candidates take it (rounding aside)
+    # sorted by the margins' cells (the last margin first, ties at random): systematic sampling
+    # then stratifies on them, and each cell's count is within one of its expectation (in a
+    # random order it varied as much as in a random draw: region's distance 0.004-0.009)
+    order = np.lexsort((rng.random(m), *(cells for cells, _ in margins)))
+    edges = np.cumsum(p[order])
+    chosen = np.unique(order[np.minimum(np.searchsorted(edges, rng.random() + np.arange(n), side="right"), m - 1)])
+    if len(chosen) < n:  # rounding at the edges: the rest by probability
+        rest = np.setdiff1d(np.arange(m), chosen)
+        weights = p[rest] + 1e-12
+        chosen = np.concatenate([chosen, rng.choice(rest, n - len(chosen), replace=False, p=weights / weights.sum())])
+    return chosen[rng.permutation(n)]
+
+
+@dataclass(frozen=True)
+class PairMargin:
+    """Two features' joint shares in the real rows, each feature coarsened to at most
+    ``2 ** PAIR_BITS`` cells (a number's code is a quantile rank: its octile)."""
+
+    child: int
+    parent: int
+    child_shift: int
+    parent_shift: int
+    child_cells: int
+    share: np.ndarray
+
+    PAIR_BITS: ClassVar[int] = 3
+
+    def cells(self, codes: np.ndarray) -> np.ndarray:
+        parent, child = codes[:, self.parent] >> self.parent_shift, codes[:, self.child] >> self.child_shift
+        return parent * self.child_cells + child
+
+    @classmethod
+    def tree(cls, codes: np.ndarray, levels: list[int]) -> list[PairMargin]:
+        """The pairs of a Chow-Liu tree over the coarsened ``codes`` (the compressor's,
+        :func:`iae_privacy.compression.entropy.choose_models`: a pair is an edge only where the
+        bits it saves pay for its table, so a dependence the rows do not show is not one), with
+        their real shares: the two-way marginals that marginal-based synthesizers (MST, McKenna
+        et al. 2021) fit, here calibrated to."""
+        from iae_privacy.compression.entropy import choose_models
+
+        shifts = [max(0, (max(level, 1) - 1).bit_length() - cls.PAIR_BITS) for level in levels]
+        cells = [((max(level, 1) - 1) >> shift) + 1 for level, shift in zip(levels, shifts)]
+        coarse = codes >> np.asarray(shifts, dtype=np.int64)
+        models, _ = choose_models(coarse, cells)
+        pairs = []
+        for j, model in enumerate(models):
+            p = model.parent
+            if p >= 0:
+                joint = np.bincount(coarse[:, p] * cells[j] + coarse[:, j], minlength=cells[p] * cells[j])
+                pairs.append(cls(j, p, shifts[j], shifts[p], cells[j], joint / len(codes)))
+        return pairs
+
+
+def _null_bits(model: Model) -> dict[int, int]:
+    """A nullable number's code position -> its null bit's position (the feature before it)."""
+    positions, offset = {}, 0
+    for spec in model.codec.columns:
+        if spec.feature is not None:
+            offset += spec.feature.width
+            if isinstance(spec.feature, NumberColumn) and spec.feature.null_bit:
+                positions[offset - 1] = offset - 2
+    return positions
+
+
+def _quantiles(counts: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` codes, sorted, spread over the distribution ``counts`` (how many rows have each
+    code) as evenly as ``m`` draws allow: the code at each of ``m`` stratified points of its
+    cumulative distribution."""
+    cumulative = np.cumsum(counts)
+    points = (np.arange(m) + rng.random(m)) * (cumulative[-1] / m)
+    return np.minimum(np.searchsorted(cumulative, points, side="right"), len(counts) - 1)
 
 
 def _number_codes(model: Model) -> dict[int, str | None]:
@@ -449,19 +603,39 @@ def without_copies(density: LatentDensity, codes: np.ndarray, real_batches: Call
                    columns: list[str], rng: np.random.Generator,
                    rounds: int = 20) -> tuple[pa.Table, np.ndarray, int]:
     """(records, their codes, how many were replaced): every record whose ``columns`` equal a real
-    record's (``real_batches()`` streams them all, each round) is drawn again until none does.
-    On a table of few columns with few values each (a fifth of health insurance's draws equal a
-    real record) that takes several rounds; refused if it does not get there in ``rounds``."""
-    dropped = 0
+    record's (``real_batches()`` streams them all) is replaced by one that does not.
+
+    The replacements must not move any column's distribution: the records dropped lean to common
+    values (on health insurance, nine categories and two small integers, a fifth of all draws
+    equal a real record), and drawing their replacements like any other record left the
+    categories those copies lean to short (education's total variation distance 0.011 -> 0.031).
+    So ``OVERDRAW`` candidates per dropped record are drawn with the dropped records' marginals
+    (:meth:`LatentDensity.sample` ``like``), those equal to a real record are set aside, and the
+    replacements are chosen among the rest with the dropped records' shares
+    (:func:`raked_choice`). Refused if some are still missing after ``rounds`` rounds."""
+    table = pa.Table.from_batches([density.records(codes, rng)])
+    hits = matching_rows(table, real_batches(), columns)
+    keep = np.setdiff1d(np.arange(len(codes)), hits)
+    codes, table, missing = codes[keep], table.take(pa.array(keep)), codes[hits]
     for _ in range(rounds):
-        table = pa.Table.from_batches([density.records(codes, rng)])
-        hits = matching_rows(table, real_batches(), columns)
-        if not len(hits):
-            return table, codes, dropped
-        dropped += len(hits)
-        keep = np.setdiff1d(np.arange(len(codes)), hits)
-        codes = np.concatenate([codes[keep], density.sample(len(hits), rng)])
-    raise IaeError(f"synthetic records kept equalling real ones after {dropped} replacements; refusing")
+        if not len(missing):
+            return table, codes, len(hits)
+        pool = density.sample(density.OVERDRAW * len(missing), rng,
+                              like=np.repeat(missing, density.OVERDRAW, axis=0))
+        drawn = pa.Table.from_batches([density.records(pool, rng)])
+        fresh = np.setdiff1d(np.arange(len(pool)), matching_rows(drawn, real_batches(), columns))
+        margins = [(pool[fresh, j], share) for j, share in density.shares_of(missing).items()]
+        taken = fresh[raked_choice(len(fresh), margins, min(len(missing), len(fresh)), rng)]
+        codes = np.concatenate([codes, pool[taken]])
+        table = pa.concat_tables([table, drawn.take(pa.array(taken))])
+        if len(taken) < len(missing):  # the rest next round, as a random part of what is still missing
+            missing = missing[rng.choice(len(missing), len(missing) - len(taken), replace=False)]
+        else:
+            missing = missing[:0]
+    if not len(missing):
+        return table, codes, len(hits)
+    raise IaeError(f"synthetic records kept equalling real ones ({len(missing)} of {len(hits)} replacements not "
+                   "found); refusing")
 
 
 def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: LoadedModel, keyring: Keyring, rows: int,
