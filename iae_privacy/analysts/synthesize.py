@@ -3,7 +3,10 @@
 At synthesis time (an authorised, audited request) a Gaussian mixture is fitted over the exact
 latent ``z`` of up to 8,000 real records (:class:`LatentDensity`; the number of components by
 BIC). Synthetic ``z`` is drawn from it and decoded by the network to feature codes; a draw that
-decodes well outside some feature's range is drawn again. Each number's code (a quantile rank) is
+decodes well outside some feature's range is drawn again. Of four candidates per record, the
+records are chosen so that each category takes its real share and each pair of a Chow-Liu tree
+its real joint share (:func:`raked_choice`, :class:`PairMargin`); a declared analysis target is
+drawn given the other features (:class:`TargetDonors`). Each number's code (a quantile rank) is
 then mapped, rank for rank, onto the real codes' distribution (the drawn rows' order, so their
 dependence, is kept), and the number is drawn within the span real values cover in its bucket: not
 at the bucket's edge, which is a training value. The codec turns codes into values. Columns the
@@ -152,7 +155,7 @@ class LatentDensity:
                  marginals: dict[int, np.ndarray], spans: dict[str, tuple[int, np.ndarray]],
                  shares: dict[int, np.ndarray], condition: Condition | None = None,
                  fixed: dict[int, int] | None = None, pairs: list[PairMargin] | None = None,
-                 null_bits: dict[int, int] | None = None) -> None:
+                 null_bits: dict[int, int] | None = None, target: TargetDonors | None = None) -> None:
         self.model, self.mixture, self.center, self.scale = model, mixture, center, scale
         self.condition = condition
         self.fixed = fixed or {}
@@ -167,6 +170,8 @@ class LatentDensity:
         """Number features (codes are quantile ranks): how many real rows (not null) have each
         code, the distribution the drawn codes are mapped onto rank for rank (in memory only,
         while synthesizing)."""
+        self.target = target
+        """The declared analysis target's codes, drawn given the other features (:class:`TargetDonors`)."""
         self.null_bits = null_bits or {}
         """A nullable number's code position -> its null bit's: a null's code is 0, so only the
         rows with a value are mapped (mapping all of them had put the real nulls' zeros on drawn
@@ -266,14 +271,17 @@ class LatentDensity:
             _, _, best = min(pool.map(fitted, sorted(counts, reverse=True)), key=lambda r: (r[0], r[1]))
         others = {j: tallies[j] / max(tallies[j].sum(), 1) for j in range(len(levels)) if j not in numbers}
         fixed = {} if condition is None else {j: int(x[0, j]) for j in condition.positions}
+        target = TargetDonors.fit(model, x, set(fixed))
         return cls(model, best, center, scale, {j: tallies[j] for j in numbers}, spans, others, condition,
-                   fixed, PairMargin.tree(x, list(levels)), null_bits)
+                   fixed, PairMargin.tree(x, list(levels)), null_bits, target)
 
     def sample(self, n: int, rng: np.random.Generator, like: np.ndarray | None = None) -> np.ndarray:
         """``n`` rows of feature codes: ``OVERDRAW`` times as many candidates (:meth:`candidates`),
         ``n`` of them chosen (:func:`raked_choice`) so that every category, boolean and null bit
-        takes its real share; then each number's code mapped onto its real distribution, rank for
-        rank (the drawn rows' order, so their dependence on the other columns, is kept).
+        takes its real share, and the pairs of a Chow-Liu tree their joint shares; a declared
+        target's codes drawn given the others (:class:`TargetDonors`); then each number's code
+        mapped onto its real distribution, rank for rank (the drawn rows' order, so their
+        dependence on the other columns, is kept).
 
         ``like``: rows whose marginals the sample takes instead of the real rows' (``n`` of them):
         the shares of their codes and the distribution of their numbers' codes. Rows drawn to replace
@@ -286,6 +294,8 @@ class LatentDensity:
         margins = [] if like is not None else [(pair.cells(pool), pair.share) for pair in self.pairs]
         margins += [(pool[:, j], share) for j, share in shares.items()]
         codes = pool[raked_choice(len(pool), margins, n, rng)]
+        if self.target is not None:
+            codes = self.target.draw(codes, rng)
         for j, real in self.marginals.items():  # the real marginal, the drawn rows' order kept
             valid = codes[:, self.null_bits[j]] == 0 if j in self.null_bits else np.ones(n, dtype=bool)
             counts = real
@@ -424,6 +434,77 @@ class PairMargin:
                 joint = np.bincount(coarse[:, p] * cells[j] + coarse[:, j], minlength=cells[p] * cells[j])
                 pairs.append(cls(j, p, shifts[j], shifts[p], cells[j], joint / len(codes)))
         return pairs
+
+
+class TargetDonors:
+    """The declared analysis target's codes (``train --target``), drawn given the other features:
+    a decision tree (regression for a number, whose codes are quantile ranks; classification for
+    a category or boolean) fitted on the real rows' codes with at least :attr:`MIN_LEAF` rows per
+    leaf, and each synthetic record takes the target's codes of a real row drawn at random from
+    the leaf its other codes fall in (synthpop's CART method: Reiter 2005; Nowok, Raab and Dibben
+    2016). A number's code is taken to its quantile cell (:attr:`CELLS`) and drawn within it, and
+    its value within its bucket, as every number's is.
+
+    Why: a model trained on the records learns the target from all the other columns at once,
+    and a mixture over z keeps their joint dependence only in part: train-on-synthetic R² of
+    health insurance's age was 0.14x-0.46x of train-on-real (the same number of records), and
+    0.81x-0.90x with the target drawn so. In memory only, while synthesizing."""
+
+    MIN_LEAF = 20
+    CELLS = 64
+    """A number target takes its donor's code to one of this many quantile cells, and a code within
+    the cell at random: the donor's own bucket put CPS 1988's synthetic records closer to the
+    training records than held-out real records are (median distance 0.0216 against 0.0223)."""
+
+    def __init__(self, positions: list[int], others: list[int], tree, donors: np.ndarray, leaves: np.ndarray,
+                 shift: int = 0, levels: int = 0) -> None:
+        self.positions, self.others, self.tree = positions, others, tree
+        self.shift, self.levels = shift, levels
+        """A number target's code: the donor's, its lowest ``shift`` bits drawn at random (below ``levels``)."""
+        self.donors = donors
+        """The real rows' target codes, sorted by leaf."""
+        self.leaves = leaves
+        """Their leaves, sorted."""
+
+    @classmethod
+    def fit(cls, model: Model, x: np.ndarray, fixed: set[int]) -> TargetDonors | None:
+        """None without a declared target that the network models, or when the records' target is
+        fixed by a condition, or with too few rows."""
+        from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+        name = model.codec.config.target
+        start, positions, number = 0, [], False
+        for spec in model.codec.columns:
+            if spec.feature is None:
+                continue
+            if spec.name == name:
+                positions, number = list(range(start, start + spec.feature.width)), isinstance(spec.feature,
+                                                                                               NumberColumn)
+            start += spec.feature.width
+        others = [j for j in range(x.shape[1]) if j not in positions]
+        if not positions or fixed & set(positions) or not others or len(x) < 2 * cls.MIN_LEAF:
+            return None
+        learner = DecisionTreeRegressor if number else DecisionTreeClassifier
+        tree = learner(min_samples_leaf=cls.MIN_LEAF, random_state=0).fit(x[:, others], x[:, positions[-1]])
+        leaves = tree.apply(x[:, others])
+        order = np.argsort(leaves, kind="stable")
+        levels = int(model.codec.feature_levels[positions[-1]]) if number else 0
+        shift = max(0, (max(levels, 1) - 1).bit_length() - (cls.CELLS - 1).bit_length())
+        return cls(positions, others, tree, x[order][:, positions], leaves[order], shift, levels)
+
+    def draw(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``codes`` with the target's codes taken from a real row of each one's leaf."""
+        leaf = self.tree.apply(codes[:, self.others])
+        first = np.searchsorted(self.leaves, leaf, side="left")
+        count = np.searchsorted(self.leaves, leaf, side="right") - first
+        donor = first + np.minimum((rng.random(len(codes)) * count).astype(np.int64), count - 1)
+        out = codes.copy()
+        out[:, self.positions] = self.donors[donor]
+        if self.shift:
+            code = out[:, self.positions[-1]]
+            within = rng.integers(0, 1 << self.shift, len(codes))
+            out[:, self.positions[-1]] = np.minimum(((code >> self.shift) << self.shift) + within, self.levels - 1)
+        return out
 
 
 def _null_bits(model: Model) -> dict[int, int]:
@@ -619,7 +700,7 @@ def without_copies(density: LatentDensity, codes: np.ndarray, real_batches: Call
     codes, table, missing = codes[keep], table.take(pa.array(keep)), codes[hits]
     for _ in range(rounds):
         if not len(missing):
-            return table, codes, len(hits)
+            break
         pool = density.sample(density.OVERDRAW * len(missing), rng,
                               like=np.repeat(missing, density.OVERDRAW, axis=0))
         drawn = pa.Table.from_batches([density.records(pool, rng)])
@@ -632,8 +713,9 @@ def without_copies(density: LatentDensity, codes: np.ndarray, real_batches: Call
             missing = missing[rng.choice(len(missing), len(missing) - len(taken), replace=False)]
         else:
             missing = missing[:0]
-    if not len(missing):
-        return table, codes, len(hits)
+    if not len(missing):  # in a random order: the replacements were appended
+        order = rng.permutation(len(codes))
+        return table.take(pa.array(order)), codes[order], len(hits)
     raise IaeError(f"synthetic records kept equalling real ones ({len(missing)} of {len(hits)} replacements not "
                    "found); refusing")
 
@@ -677,6 +759,9 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
     report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
               "real_records_compared": sum(p.rows for p in manifest.parts),
               "latent_density": {"kind": "Gaussian mixture over z", "components": density.components},
+              **({} if density.target is None else {
+                  "target_drawn_given_the_others": {"column": model.codec.config.target,
+                                                    "smallest_leaf": TargetDonors.MIN_LEAF}}),
               **({} if condition is None else {"condition_column": condition.column,
                                                "compared_with": "the real records of the same group"}),
               "feature_columns": columns, "null_columns": [n for n in model.codec.schema.names if n not in columns],

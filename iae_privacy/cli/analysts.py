@@ -32,10 +32,12 @@ def synthesize_command(
     """Sample synthetic records from the dataset's model, authorised and audited like a decode.
 
     A Gaussian mixture is fitted over the latent of the real records, drawn from and decoded
-    exactly by the network; categories are brought to their real shares and numbers to their real
-    distributions (docs/synthesis.md). Any synthetic record whose modelled columns equal a real
-    record's is replaced. Identifier, passthrough and vault columns are null, except a passthrough
-    column the request conditions on. OUT.fidelity.json compares synthetic and real columns.
+    exactly by the network; categories are brought to their real shares, pairs of related columns
+    to their real joint shares and numbers to their real distributions, and a target declared at
+    training (train --target) is drawn given the other columns (docs/synthesis.md). Any
+    synthetic record whose modelled columns equal a real record's is replaced. Identifier,
+    passthrough and vault columns are null, except a passthrough column the request conditions
+    on. OUT.fidelity.json compares synthetic and real columns.
 
         iae-privacy request encoded/patients --as admin --synthesize 10000 --out synth.json
         iae-privacy synthesize encoded/patients --request synth.json --out synthetic.parquet
