@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import Result
+from iae_privacy.analysts.quality import frame, is_numeric, measurable, quality
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TABLES = {"cps1988_wages": "wage", "rand_hie": "meddol", "health_insurance": "age", "patients": "billed_amount"}
@@ -53,11 +54,6 @@ TRAIN_FRACTION = 0.8
 
 
 # -- baselines (fitted on the training rows only) ---------------------------------------------
-
-def _is_numeric(column: pa.ChunkedArray) -> bool:
-    t = column.type
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-
 
 def independent_marginals(train: pa.Table, n: int, rng: np.random.Generator) -> pa.Table:
     """Each column drawn on its own from its training values (nulls included)."""
@@ -76,7 +72,7 @@ def gaussian_copula(train: pa.Table, n: int, rng: np.random.Generator) -> pa.Tab
     order, scores = [], []
     for name in train.column_names:
         values = train.column(name).to_pandas()
-        if _is_numeric(train.column(name)):
+        if is_numeric(train.column(name)):
             keys = values.to_numpy(dtype=np.float64, na_value=-np.inf)
             ranking = np.argsort(np.lexsort((rng.random(m), keys)), kind="stable")
         else:
@@ -94,21 +90,6 @@ def gaussian_copula(train: pa.Table, n: int, rng: np.random.Generator) -> pa.Tab
 
 
 # -- measures ---------------------------------------------------------------------------------
-
-def measurable(table: pa.Table) -> pa.Table:
-    """Dates, times and durations as integers, decimals as floats: what the measures take."""
-    columns = []
-    for name in table.column_names:
-        column, t = table.column(name), table.schema.field(name).type
-        if pa.types.is_temporal(t):
-            column = column.cast(pa.int32() if pa.types.is_date32(t) else pa.int64()).cast(pa.int64())
-        elif pa.types.is_decimal(t):
-            column = column.cast(pa.float64())
-        elif pa.types.is_dictionary(t):
-            column = column.cast(t.value_type)
-        columns.append(column)
-    return pa.table(columns, names=table.column_names)
-
 
 def anonymeter(train: pa.Table, holdout: pa.Table, secret: str, generators: dict[str, pa.Table],
                tmp: Path) -> dict | None:
@@ -130,45 +111,18 @@ def anonymeter(train: pa.Table, holdout: pa.Table, secret: str, generators: dict
     return json.loads(done.stdout)
 
 
-def _metadata(table: pa.Table) -> dict:
-    columns = {}
-    for name in table.column_names:
-        t = table.schema.field(name).type
-        columns[name] = {"sdtype": "boolean" if pa.types.is_boolean(t) else
-                         "numerical" if _is_numeric(table.column(name)) else "categorical"}
-    return {"columns": columns}
-
-
-def quality(real: pa.Table, synthetic: pa.Table) -> tuple[float, float, float]:
-    """SDMetrics' QualityReport: (score, column shapes, column pair trends)."""
-    from sdmetrics.reports.single_table import QualityReport
-
-    report = QualityReport()
-    report.generate(_frame(real), _frame(synthetic), _metadata(real), verbose=False)
-    properties = report.get_properties().set_index("Property")["Score"]
-    return float(report.get_score()), float(properties["Column Shapes"]), float(properties["Column Pair Trends"])
-
-
-def _frame(table: pa.Table):
-    frame = table.to_pandas()
-    for name in table.column_names:
-        if not _is_numeric(table.column(name)) and not pa.types.is_boolean(table.schema.field(name).type):
-            frame[name] = frame[name].astype("object")
-    return frame
-
-
 def train_on(train: pa.Table, test: pa.Table, target: str) -> float:
     """R2 on ``test`` of gradient boosting fitted on ``train`` to predict ``target`` (a number)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.metrics import r2_score
 
     def xy(table: pa.Table):
-        frame = _frame(table)
-        y = frame.pop(target).astype(float)
-        for name in frame.columns:
-            if frame[name].dtype == object:
-                frame[name] = frame[name].astype("category")
-        return frame, y.to_numpy()
+        x = frame(table)
+        y = x.pop(target).astype(float)
+        for name in x.columns:
+            if x[name].dtype == object:
+                x[name] = x[name].astype("category")
+        return x, y.to_numpy()
 
     x_train, y_train = xy(train)
     x_test, y_test = xy(test)
@@ -189,7 +143,7 @@ def _embedding(train: pa.Table, tables: list[pa.Table]) -> list[np.ndarray]:
     blocks: list[list[np.ndarray]] = [[] for _ in tables]
     for name in train.column_names:
         base = train.column(name).to_pandas()
-        if _is_numeric(train.column(name)):
+        if is_numeric(train.column(name)):
             sorted_values = np.sort(base.dropna().to_numpy(dtype=np.float64))
             for out, table in zip(blocks, tables):
                 values = table.column(name).to_pandas().to_numpy(dtype=np.float64, na_value=np.nan)
@@ -213,7 +167,7 @@ def unique_training_values(train: pa.Table, table: pa.Table) -> float:
     """Per 1,000 numeric values of ``table``: how many occur in exactly one training record."""
     hits = total = 0
     for name in train.column_names:
-        if not _is_numeric(train.column(name)):
+        if not is_numeric(train.column(name)):
             continue
         counts = train.column(name).drop_null().value_counts()
         once = counts.field("values").filter(pa.compute.equal(counts.field("counts"), 1))

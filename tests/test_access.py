@@ -381,6 +381,10 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
     assert "diagnosis_code" in features and "email" not in features
     assert set(report["total_variation_distance"]) >= {"diagnosis_code", "visits"}
     assert set(report["beside_baselines"]) == {"iae-privacy", "gaussian_copula", "independent_marginals"}
+    scored = report["sdmetrics_beside_baselines"]  # SDMetrics' quality report, ours beside the two baselines
+    assert scored["records_scored"] == 400  # all of them: fewer than REPORT_ROWS
+    for name in ("iae-privacy", "gaussian_copula", "independent_marginals"):
+        assert 0.5 < scored[name]["quality_score"] <= 1 and 0.5 < scored[name]["column_shapes"] <= 1, name
     real = pd.concat([pq.read_table(s).select(features).to_pandas() for s in world.sources])
     fake = synthetic.select(features).to_pandas()
     rows = lambda frame: {repr(t) for t in frame.itertuples(index=False)}  # noqa: E731

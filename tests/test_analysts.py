@@ -436,7 +436,14 @@ def test_the_fidelity_report_sets_synthetic_codes_beside_a_copula_and_independen
     # the copula keeps a and b together, independent marginals do not: their correlation is lost
     assert copula["correlation_max_difference"] < 0.1 < independent["correlation_max_difference"]
     assert all(0 <= f["mean_total_variation_distance"] < 0.1 for f in compared.values())
+    scored = {"records_scored": 3_000, "compared_with": "half of them",
+              **{name: {"quality_score": 0.9, "column_shapes": 0.95, "column_pair_trends": None} for name in compared}}
     text = fidelity_markdown({"rows": 3_000, "replaced_for_equalling_a_real_record": 0,
                               "latent_density": {"kind": "Gaussian mixture over z", "components": 4},
-                              "beside_baselines": compared})
+                              "beside_baselines": compared, "sdmetrics_beside_baselines": scored})
     assert "| gaussian_copula |" in text and "| independent_marginals |" in text
+    assert "| iae-privacy | 0.9000 | 0.9500 | n/a |" in text  # SDMetrics' scores; no pair of columns: n/a
+    skipped = fidelity_markdown({"rows": 1, "replaced_for_equalling_a_real_record": 0,
+                                 "latent_density": {"kind": "Gaussian mixture over z", "components": 1},
+                                 "sdmetrics_beside_baselines": {"skipped": "SDMetrics is not installed"}})
+    assert "not run (SDMetrics is not installed)" in skipped

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from iae_privacy.analysts.quality import beside_baselines
 from iae_privacy.codec import EncodedBatch, Role
 from iae_privacy.codec.columns import BooleanColumn, CategoryColumn, NumberColumn, array_to_ipc
 from iae_privacy.codec.roles import dense_values
@@ -687,6 +688,17 @@ def fidelity_markdown(report: dict) -> str:
                      f"{figures['correlation_mean_difference']:.4f} | {figures['correlation_max_difference']:.4f} |")
     lines += ["", "Each baseline is fitted on half of the real rows compared with (drawn at random) and all are "
               "compared with the other half: lower is closer to the real records."]
+    scored = report.get("sdmetrics_beside_baselines", {})
+    if "skipped" in scored:
+        lines += ["", f"SDMetrics' quality report: not run ({scored['skipped']})."]
+    elif scored:
+        lines += ["", f"SDMetrics' quality report ({scored['records_scored']:,} records each, against "
+                  f"{scored['compared_with']}; higher is closer):", "",
+                  "| generator | quality score | column shapes | column pair trends |", "| --- | ---: | ---: | ---: |"]
+        for name in ("iae-privacy", "gaussian_copula", "independent_marginals"):
+            figures = scored[name]
+            lines.append(f"| {name} | " + " | ".join("n/a" if figures[k] is None else f"{figures[k]:.4f}" for k in (
+                "quality_score", "column_shapes", "column_pair_trends")) + " |")
     return "\n".join(lines)
 
 
@@ -749,22 +761,25 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
         for record in sorted(manifest.parts, key=lambda p: p.part):
             yield from dataset.decode_part(record, model, keyring, manifest.dataset)
 
-    def reference_codes() -> np.ndarray:
-        codes, n = [], 0
+    def reference_records() -> tuple[np.ndarray, pa.Table]:
+        codes, records, n = [], [], 0
         for batch in real_batches():
             if condition is not None:
                 batch = condition.select(batch)
             codes.append(model.codec.encode(batch).features)
+            records.append(batch.select(columns))
             n += batch.num_rows
             if n >= reference_rows:
                 break
-        return np.concatenate(codes)[:reference_rows]
+        return np.concatenate(codes)[:reference_rows], pa.Table.from_batches(records).slice(0, reference_rows)
 
     density = LatentDensity.fit(model, real_batches(), rng, condition)
     table, codes, dropped = without_copies(density, density.sample(rows, rng), real_batches, columns, rng)
-    reference = reference_codes()
+    reference, reference_table = reference_records()
     quality = fidelity(model, codes, reference)
     compared = compared_with_baselines(model, codes, reference, rng) if len(reference) >= 4 else {}
+    scored = beside_baselines(density, table.select(columns), reference_table, reference, rng)
+    del reference_table
     write_restored(out, iter(table.to_batches()))
     report = {"rows": rows, "replaced_for_equalling_a_real_record": dropped,
               "real_records_compared": sum(p.rows for p in manifest.parts),
@@ -778,7 +793,7 @@ def synthesize_records(dataset: EncodedDataset, manifest: Manifest, loaded: Load
               "total_variation_distance": quality.columns,
               "correlation_max_difference": quality.correlation_max_difference,
               "correlation_mean_difference": quality.correlation_mean_difference,
-              "beside_baselines": compared}
+              "beside_baselines": compared, "sdmetrics_beside_baselines": scored}
     write_private(out.with_name(out.name + ".fidelity.json"), json.dumps(report, indent=1).encode())
     if on_rows is not None:
         on_rows(rows, rows)

@@ -367,12 +367,18 @@ def decode_command(
     if result.synthetic:
         import json
 
-        compared = json.loads(out.with_name(out.name + ".fidelity.json").read_text()).get("beside_baselines", {})
+        report = json.loads(out.with_name(out.name + ".fidelity.json").read_text())
+        compared, scored = report.get("beside_baselines", {}), report.get("sdmetrics_beside_baselines", {})
         if compared:
             console.print("mean total variation distance to real records (lower is closer): "
                           + ", ".join(f"{name} {figures['mean_total_variation_distance']:.4f}"
                                       for name, figures in compared.items())
                           + f" (details: {out}.fidelity.json)", highlight=False)
+        if scored and "skipped" not in scored:
+            console.print("SDMetrics quality score (higher is closer): "
+                          + ", ".join(f"{name} {scored[name]['quality_score']:.3f}"
+                                      for name in ("iae-privacy", "gaussian_copula", "independent_marginals")),
+                          highlight=False)
 
 
 @app.command("models")
