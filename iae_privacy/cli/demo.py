@@ -190,8 +190,12 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
     run_decode(encoded=str(encoded), request=str(request), out=str(synthetic), home=str(home))
     report = json.loads(synthetic.with_name(synthetic.name + ".fidelity.json").read_text())
     tvd = report["total_variation_distance"]
+    scored = report.get("sdmetrics_beside_baselines", {})
+    sdmetrics = "" if "iae-privacy" not in scored else \
+        f"; SDMetrics quality score {scored['iae-privacy']['quality_score']:.3f} (a Gaussian copula fitted on " \
+        f"half the real records: {scored['gaussian_copula']['quality_score']:.3f})"
     console.print(f"admin sampled {report['rows']:,} synthetic patients ({synthetic}): none equals a real record "
                   f"({report['replaced_for_equalling_a_real_record']} replaced); mean per-column total variation "
                   f"distance to the real data {sum(tvd.values()) / len(tvd):.2f}, largest correlation difference "
-                  f"{report['correlation_max_difference']:.2f} (details in {synthetic.name}.fidelity.json)",
+                  f"{report['correlation_max_difference']:.2f}{sdmetrics} (details in {synthetic.name}.fidelity.json)",
                   highlight=False)
