@@ -360,10 +360,12 @@ def raked_choice(m: int, margins: list[Margin], n: int, rng: np.random.Generator
     """Which ``n`` of ``m`` candidates to keep so that in each margin (a cell per candidate, a
     share per cell) each cell takes about its share: every candidate's inclusion probability is
     raked (iterative proportional fitting, each at most 1, summing to ``n``) and the candidates are
-    chosen by systematic sampling in a random order, which keeps each with exactly its
-    probability. (A weighted draw without replacement does not: its inclusion probabilities
-    flatten towards 1 for heavily weighted candidates, which left the codes a mixture draws too
-    rarely short of their share.) The margins given last are met best."""
+    chosen by systematic sampling, which keeps each with exactly its probability. (A weighted draw
+    without replacement does not: its inclusion probabilities flatten towards 1 for heavily
+    weighted candidates, which left the codes a mixture draws too rarely short of their share.)
+    The margins given last are met best."""
+    if n <= 0 or m <= 0:
+        return np.zeros(0, dtype=np.int64)
     p = np.full(m, n / m)
     reachable = []  # a cell no candidate is in takes no share: the others' shares grow to make up for it
     for cells, share in margins:
@@ -446,8 +448,8 @@ class TargetDonors:
     a category or boolean) fitted on the real rows' codes (:attr:`MAX_LEAVES` leaves of at least
     :attr:`MIN_LEAF` rows), and each synthetic record takes the target's codes of a real row
     drawn at random from the leaf its other codes fall in (synthpop's CART method: Reiter 2005;
-    Nowok, Raab and Dibben 2016). A number's code is taken to its quantile cell (:attr:`CELLS`) and drawn within it, and
-    its value within its bucket, as every number's is.
+    Nowok, Raab and Dibben 2016). A number's code is taken to its quantile cell (:attr:`CELLS`)
+    and drawn within it, and its value within its bucket, as every number's is.
 
     Why: a model trained on the records learns the target from all the other columns at once,
     and a mixture over z keeps their joint dependence only in part: train-on-synthetic R² of
