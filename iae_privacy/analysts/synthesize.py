@@ -49,7 +49,8 @@ from iae_privacy.model.pipeline import Model
 if TYPE_CHECKING:
     from iae_privacy.model.registry import LoadedModel
 
-__all__ = ["Condition", "LatentDensity", "sample_codes", "records_from_codes", "Fidelity", "fidelity",
+__all__ = ["Condition", "LatentDensity", "PairMargin", "TargetDonors", "raked_choice", "feature_positions",
+           "without_copies", "sample_codes", "records_from_codes", "Fidelity", "fidelity",
            "feature_columns", "matching_rows", "synthesize_records", "copula_codes", "marginal_codes",
            "compared_with_baselines"]
 
@@ -104,11 +105,7 @@ class Condition:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise IaeError(f"--where: column {column!r} holds {value_type}; the value given cannot be read as "
                            "one") from None
-        positions: tuple[int, ...] = ()
-        if feature is not None:
-            start = sum(s.feature.width for s in model.codec.columns[: spec.index] if s.feature is not None)
-            positions = tuple(range(start, start + feature.width))
-        return cls(column, spec.index, value, positions)
+        return cls(column, spec.index, value, tuple(feature_positions(model, column)))
 
     def select(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The rows of ``batch`` that have the value."""
@@ -485,14 +482,8 @@ class TargetDonors:
         from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
         name = model.codec.config.target
-        start, positions, number = 0, [], False
-        for spec in model.codec.columns:
-            if spec.feature is None:
-                continue
-            if spec.name == name:
-                positions, number = list(range(start, start + spec.feature.width)), isinstance(spec.feature,
-                                                                                               NumberColumn)
-            start += spec.feature.width
+        positions = feature_positions(model, name) if name else []
+        number = any(spec.name == name and isinstance(spec.feature, NumberColumn) for spec in model.codec.columns)
         others = [j for j in range(x.shape[1]) if j not in positions]
         if not positions or fixed & set(positions) or not others or len(x) < 2 * cls.MIN_LEAF:
             return None
@@ -518,6 +509,19 @@ class TargetDonors:
             within = rng.integers(0, 1 << self.shift, len(codes))
             out[:, self.positions[-1]] = np.minimum(((code >> self.shift) << self.shift) + within, self.levels - 1)
         return out
+
+
+def feature_positions(model: Model, column: str) -> list[int]:
+    """The positions of ``column``'s features (its null bit, then its code) among the model's
+    features; none for a column the network does not model."""
+    start = 0
+    for spec in model.codec.columns:
+        if spec.feature is None:
+            continue
+        if spec.name == column:
+            return list(range(start, start + spec.feature.width))
+        start += spec.feature.width
+    return []
 
 
 def _null_bits(model: Model) -> dict[int, int]:
