@@ -421,6 +421,24 @@ def test_the_pairs_raked_to_are_the_dependent_ones():
     assert pair.share.reshape(8, 8)[np.arange(8), 7 - np.arange(8)].sum() > 0.8  # the anti-diagonal
 
 
+def test_the_sdmetrics_section_says_why_it_was_not_run(monkeypatch):
+    """Too few real records to score against, or SDMetrics not installed (an extra): the section
+    says so instead of failing the request."""
+    import sys
+
+    import pyarrow as pa
+
+    from iae_privacy.analysts.quality import beside_baselines
+
+    records = pa.table({"a": pa.array(range(50), pa.int64())})
+    few = pa.table({"a": pa.array(range(10), pa.int64())})
+    rng = np.random.default_rng(0)
+    assert beside_baselines(None, records, few, np.zeros((10, 1), np.int64), rng) == {
+        "skipped": "too few real records to score against"}
+    monkeypatch.setitem(sys.modules, "sdmetrics", None)  # what an install without the extra has
+    assert "not installed" in beside_baselines(None, records, records, np.zeros((50, 1), np.int64), rng)["skipped"]
+
+
 def test_the_fidelity_report_sets_synthetic_codes_beside_a_copula_and_independent_marginals():
     from types import SimpleNamespace
 
