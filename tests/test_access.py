@@ -385,6 +385,8 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
     assert scored["records_scored"] == 400  # all of them: fewer than REPORT_ROWS
     for name in ("iae-privacy", "gaussian_copula", "independent_marginals"):
         assert 0.5 < scored[name]["quality_score"] <= 1 and 0.5 < scored[name]["column_shapes"] <= 1, name
+        assert set(scored[name]["by_column"]) == set(features), name  # each column's scores, for the picture
+    assert (tmp_path / "synthetic.parquet.fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     real = pd.concat([pq.read_table(s).select(features).to_pandas() for s in world.sources])
     fake = synthetic.select(features).to_pandas()
     rows = lambda frame: {repr(t) for t in frame.itertuples(index=False)}  # noqa: E731

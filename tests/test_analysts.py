@@ -375,35 +375,51 @@ def test_a_nullable_numbers_drawn_values_take_the_real_distribution_of_its_value
     assert (codes[~valued, 1] == 0).all()
 
 
-def test_a_declared_targets_codes_come_from_real_rows_in_the_leaf_of_the_others():
-    """The target (a number, with its null bit) is drawn given the other features: from a real row
-    whose other codes fall in the same tree leaf, not a leaf's average; with no declared target,
-    or one a condition fixes, nothing is drawn so."""
+def test_a_declared_target_is_drawn_given_the_other_features():
+    """The target is drawn given the other features by gradient boosting: a number (with its
+    null bit) as the prediction plus a real row's residual, so within the band the others give it
+    and spread over it, not at its mean, with the real share of nulls; a category from the
+    predicted probabilities. With no declared target, or one a condition fixes, nothing is drawn
+    so."""
     from types import SimpleNamespace
 
     import pyarrow as pa
 
-    from iae_privacy.analysts.synthesize import TargetDonors
+    from iae_privacy.analysts.synthesize import TargetDraw
     from iae_privacy.codec.columns import NumberColumn
 
     target = NumberColumn(1, "y", pa.int64(), True, [0], 0, 0)
     config = SimpleNamespace(target="y")
     columns = [SimpleNamespace(name="a", feature=SimpleNamespace(width=1)), SimpleNamespace(name="id", feature=None),
                SimpleNamespace(name="y", feature=target)]
-    # y's 100 codes: each donor's code kept to its cell of 2 (64 cells at most), drawn within it
     model = SimpleNamespace(codec=SimpleNamespace(config=config, columns=columns, feature_levels=[10, 2, 100]))
     rng = np.random.default_rng(2)
     a = rng.integers(0, 10, 4_000)
-    real = np.stack([a, np.zeros_like(a), a * 10 + rng.integers(0, 10, len(a))], axis=1)  # y within a's band
-    donors = TargetDonors.fit(model, real, set())
+    null = (rng.random(len(a)) < 0.2).astype(np.int64)
+    real = np.stack([a, null, np.where(null == 0, a * 10 + rng.integers(0, 10, len(a)), 0)], axis=1)  # y in a's band
     drawn = np.stack([rng.integers(0, 10, 2_000), np.ones(2_000, np.int64), rng.integers(0, 100, 2_000)], axis=1)
-    out = donors.draw(drawn, rng)
+    out = TargetDraw.fit(model, real, set()).draw(drawn, rng)
     assert (out[:, 0] == drawn[:, 0]).all()  # the others are kept
-    assert (out[:, 2] // 10 == out[:, 0]).all() and (out[:, 1] == 0).all()  # a real row's codes, null bit too
-    assert min(len(np.unique(out[out[:, 0] == v, 2])) for v in range(10)) >= 8  # drawn, not averaged
-    assert TargetDonors.fit(model, real, {2}) is None
+    valued = out[:, 1] == 0
+    assert 0.15 < 1 - valued.mean() < 0.25 and (out[~valued, 2] == 0).all()  # nulls as often as in the real rows
+    assert (out[valued, 2] // 10 == out[valued, 0]).mean() > 0.95  # in the band the others give
+    assert min(len(np.unique(out[valued & (out[:, 0] == v), 2])) for v in range(10)) >= 8  # drawn, not averaged
+    assert TargetDraw.fit(model, real, {2}) is None
+    mostly_null = real.copy()
+    mostly_null[60:, 1], mostly_null[60:, 2] = 1, 0
+    assert TargetDraw.fit(model, mostly_null, set()) is None  # 60 rows with a value: too few to learn from
+    # a category: drawn from the probabilities the others give it (here it is a's remainder by 3)
+    columns[2] = SimpleNamespace(name="y", feature=SimpleNamespace(width=1))
+    model.codec.feature_levels = [10, 3]
+    real = np.stack([a, a % 3], axis=1)
+    out = TargetDraw.fit(model, real, set()).draw(drawn[:, [0, 1]], rng)
+    assert (out[:, 0] == drawn[:, 0]).all() and (out[:, 1] == out[:, 0] % 3).mean() > 0.95
+    real[0, 1] = 2 if real[0, 0] % 3 != 2 else 0  # a class of one row: no stratified early stopping, no failure
+    model.codec.feature_levels = [10, 4]
+    real[1, 1] = 3
+    assert TargetDraw.fit(model, real, set()).draw(drawn[:, [0, 1]], rng).shape == (2_000, 2)
     config.target = None
-    assert TargetDonors.fit(model, real, set()) is None
+    assert TargetDraw.fit(model, real, set()) is None
 
 
 def test_the_pairs_raked_to_are_the_dependent_ones():
@@ -442,6 +458,7 @@ def test_the_sdmetrics_section_says_why_it_was_not_run(monkeypatch):
 def test_the_fidelity_report_sets_synthetic_codes_beside_a_copula_and_independent_marginals():
     from types import SimpleNamespace
 
+    from iae_privacy.analysts.quality import plot_fidelity
     from iae_privacy.analysts.synthesize import compared_with_baselines, fidelity_markdown
 
     rng = np.random.default_rng(5)
@@ -454,14 +471,22 @@ def test_the_fidelity_report_sets_synthetic_codes_beside_a_copula_and_independen
     # the copula keeps a and b together, independent marginals do not: their correlation is lost
     assert copula["correlation_max_difference"] < 0.1 < independent["correlation_max_difference"]
     assert all(0 <= f["mean_total_variation_distance"] < 0.1 for f in compared.values())
+    by_column = {"a": {"shape": 0.97, "pair_trends": None}}
     scored = {"records_scored": 3_000, "compared_with": "half of them",
-              **{name: {"quality_score": 0.9, "column_shapes": 0.95, "column_pair_trends": None} for name in compared}}
-    text = fidelity_markdown({"rows": 3_000, "replaced_for_equalling_a_real_record": 0,
-                              "latent_density": {"kind": "Gaussian mixture over z", "components": 4},
-                              "beside_baselines": compared, "sdmetrics_beside_baselines": scored})
+              **{name: {"quality_score": 0.9, "column_shapes": 0.95, "column_pair_trends": None,
+                        "by_column": by_column} for name in compared}}
+    report = {"rows": 3_000, "replaced_for_equalling_a_real_record": 0,
+              "latent_density": {"kind": "Gaussian mixture over z", "components": 4},
+              "beside_baselines": compared, "sdmetrics_beside_baselines": scored}
+    text = fidelity_markdown(report)
     assert "| gaussian_copula |" in text and "| independent_marginals |" in text
     assert "| iae-privacy | 0.9000 | 0.9500 | n/a |" in text  # SDMetrics' scores; no pair of columns: n/a
-    skipped = fidelity_markdown({"rows": 1, "replaced_for_equalling_a_real_record": 0,
-                                 "latent_density": {"kind": "Gaussian mixture over z", "components": 1},
-                                 "sdmetrics_beside_baselines": {"skipped": "SDMetrics is not installed"}})
-    assert "not run (SDMetrics is not installed)" in skipped
+    assert "| a | 0.9700 / 0.9700 / 0.9700 | n/a / n/a / n/a |" in text  # per column, the three generators
+    skipped = {"rows": 1, "replaced_for_equalling_a_real_record": 0,
+               "latent_density": {"kind": "Gaussian mixture over z", "components": 1},
+               "sdmetrics_beside_baselines": {"skipped": "SDMetrics is not installed"}}
+    assert "not run (SDMetrics is not installed)" in fidelity_markdown(skipped)
+    # the picture: SDMetrics' scores, or without them the report's own measures, or nothing to draw
+    png = b"\x89PNG\r\n\x1a\n"
+    assert plot_fidelity(report)[:8] == png and plot_fidelity({**skipped, "beside_baselines": compared})[:8] == png
+    assert plot_fidelity(skipped) is None

@@ -83,7 +83,9 @@ class Restorer:
                                   principal=grant.principal, dataset=grant.dataset, granted_in=grant.audit_seq,
                                   rows=rows)
             except AuditError:
-                written = [out, out.with_name(out.name + ".fidelity.json")] if grant.synthesize else \
+                if grant.synthesize:
+                    from iae_privacy.analysts.synthesize import report_paths  # imported above, as it wrote them
+                written = [out, *report_paths(out)] if grant.synthesize else \
                     [out] if out.suffix == ".parquet" else dataset.restored_paths(manifest, out, self.keyring)
                 for path in written:
                     path.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ Dates, times and durations are measured as integers, decimals as floats (what SD
 
 from __future__ import annotations
 
+import io
 import math
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,8 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from iae_privacy.analysts.synthesize import LatentDensity
 
-__all__ = ["REPORT_ROWS", "is_numeric", "measurable", "metadata", "frame", "quality", "beside_baselines"]
+__all__ = ["REPORT_ROWS", "is_numeric", "measurable", "metadata", "frame", "scored", "quality", "beside_baselines",
+           "plot_fidelity"]
 
 REPORT_ROWS = 2_000
 """Records of each side scored (a random part of larger sets): the report's pair trends take time
@@ -70,9 +72,11 @@ def frame(table: pa.Table):
     return out
 
 
-def quality(real: pa.Table, synthetic: pa.Table) -> tuple[float, float, float]:
+def scored(real: pa.Table, synthetic: pa.Table) -> tuple[tuple[float, float, float], dict[str, dict[str, float]]]:
     """SDMetrics' QualityReport of ``synthetic`` against ``real`` (measurable tables of the same
-    columns): (score, column shapes, column pair trends; NaN where there is no pair)."""
+    columns): ((score, column shapes, column pair trends; NaN where there is no pair), per
+    column: its shape's score and the mean score of the pairs it is in). Scores only: the
+    report's details also hold the real correlations, which are left out."""
     import warnings
 
     with warnings.catch_warnings():  # its notices (the single-table report's deprecation, constant
@@ -82,13 +86,32 @@ def quality(real: pa.Table, synthetic: pa.Table) -> tuple[float, float, float]:
         report = QualityReport()
         report.generate(frame(real), frame(synthetic.select(real.column_names).cast(real.schema)), metadata(real),
                         verbose=False)
+        shapes = report.get_details(property_name="Column Shapes")
+        pairs = report.get_details(property_name="Column Pair Trends")
     properties = report.get_properties().set_index("Property")["Score"]
-    return float(report.get_score()), float(properties["Column Shapes"]), float(properties["Column Pair Trends"])
+    per_column = {}
+    for name in real.column_names:
+        shape = shapes.loc[shapes["Column"] == name, "Score"]
+        in_pairs = pairs.loc[(pairs["Column 1"] == name) | (pairs["Column 2"] == name), "Score"] \
+            if len(pairs) else shapes.iloc[:0]["Score"]
+        per_column[name] = {"shape": _rounded(shape.mean()) if len(shape) else None,
+                            "pair_trends": _rounded(in_pairs.mean()) if len(in_pairs) else None}
+    return (float(report.get_score()), float(properties["Column Shapes"]),
+            float(properties["Column Pair Trends"])), per_column
 
 
-def _figures(score: tuple[float, float, float]) -> dict[str, float | None]:
-    return {name: (None if math.isnan(value) else round(value, 4))
-            for name, value in zip(("quality_score", "column_shapes", "column_pair_trends"), score)}
+def quality(real: pa.Table, synthetic: pa.Table) -> tuple[float, float, float]:
+    """(score, column shapes, column pair trends) of :func:`scored`."""
+    return scored(real, synthetic)[0]
+
+
+def _rounded(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def _figures(score: tuple[float, float, float], per_column: dict) -> dict:
+    return {**{name: _rounded(value) for name, value in
+               zip(("quality_score", "column_shapes", "column_pair_trends"), score)}, "by_column": per_column}
 
 
 def beside_baselines(density: LatentDensity, records: pa.Table, real: pa.Table, real_codes: np.ndarray,
@@ -120,4 +143,82 @@ def beside_baselines(density: LatentDensity, records: pa.Table, real: pa.Table, 
                   "gaussian_copula": decoded(copula_codes(real_codes[fitted], n, rng)),
                   "independent_marginals": decoded(marginal_codes(real_codes[fitted], n, rng))}
     return {"records_scored": n, "compared_with": "a random half of the real records compared with",
-            **{name: _figures(quality(reference, table)) for name, table in generators.items()}}
+            **{name: _figures(*scored(reference, table)) for name, table in generators.items()}}
+
+
+GENERATORS = ("iae-privacy", "gaussian_copula", "independent_marginals")
+
+
+def plot_fidelity(report: dict) -> bytes | None:
+    """The fidelity report's scores as a PNG's bytes (scores only, never data): SDMetrics' quality
+    score, column shapes and pair trends per generator, and each column's shape score and the
+    mean score of its pairs per generator; without SDMetrics' section, each generator's mean
+    total variation distance and correlation differences. None when there is nothing to plot."""
+    from iae_privacy.analysts.report import pyplot
+
+    sdm = report.get("sdmetrics_beside_baselines", {})
+    plain = report.get("beside_baselines", {})
+    if ("skipped" in sdm or not sdm) and not plain:
+        return None
+    plt = pyplot()
+    if "skipped" in sdm or not sdm:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        measures = ("mean_total_variation_distance", "correlation_mean_difference", "correlation_max_difference")
+        _grouped_bars(ax, [m.replace("_", " ") for m in measures],
+                      {g: [plain[g][m] for m in measures] for g in GENERATORS if g in plain})
+        ax.set_ylabel("lower is closer to the real records")
+        fig.suptitle(f"{report['rows']:,} synthetic records beside two baselines (feature codes; SDMetrics' "
+                     "report not run)", fontsize=10)
+    else:
+        columns = list(sdm[GENERATORS[0]].get("by_column", {}))
+        panels = [("shape", "column shape, per column")]
+        if any(sdm[g]["by_column"][c]["pair_trends"] is not None for g in GENERATORS for c in columns):
+            panels.append(("pair_trends", "mean pair trend of each column"))
+        fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5 + 5 * len(panels), max(4, 0.3 * len(columns) + 2)),
+                                 dpi=100, squeeze=False)
+        overall = ("quality_score", "column_shapes", "column_pair_trends")
+        _grouped_bars(axes[0][0], [m.replace("_", " ") for m in overall],
+                      {g: [sdm[g][m] for m in overall] for g in GENERATORS}, labelled=True)
+        axes[0][0].set_title("SDMetrics' quality report", fontsize=10)
+        for ax, (measure, title) in zip(axes[0][1:], panels):
+            _grouped_bars(ax, columns, {g: [sdm[g]["by_column"][c][measure] for c in columns] for g in GENERATORS},
+                          horizontal=True)
+            ax.set_title(title, fontsize=10)
+        fig.suptitle(f"{report['rows']:,} synthetic records beside two baselines fitted on the same real records "
+                     f"({sdm['records_scored']:,} scored each; 1 = as the real records)", fontsize=10)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    return png.getvalue()
+
+
+def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], horizontal: bool = False,
+                  labelled: bool = False) -> None:
+    """Bars of each series side by side per label, the value axis zoomed to the values drawn
+    (scores of different generators differ in the second decimal)."""
+    width = 0.8 / max(len(series), 1)
+    positions = np.arange(len(labels))
+    values = [v for vs in series.values() for v in vs if v is not None]
+    if values and min(values) > 0.5:  # scores (at most 1): from a little below the lowest
+        low, high = max(0.0, np.floor((min(values) - 0.02) * 20) / 20), 1.0
+    else:  # distances: from 0
+        low, high = 0.0, (max(values, default=0.0) * 1.05) or 1.0
+    for i, (name, vs) in enumerate(series.items()):
+        heights = np.array([np.nan if v is None else v - low for v in vs])
+        at = positions + (i - (len(series) - 1) / 2) * width
+        bars = (ax.barh if horizontal else ax.bar)(at, heights, width, label=name.replace("_", " "),
+                                                   **({"left": low} if horizontal else {"bottom": low}))
+        if labelled:
+            ax.bar_label(bars, labels=["" if v is None else f"{v:.3f}" for v in vs], fontsize=6, rotation=90,
+                         padding=2)
+    if horizontal:
+        ax.set_yticks(positions, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(low, high)
+    else:
+        ax.set_xticks(positions, labels, fontsize=8)
+        ax.set_ylim(low, high + (0.03 if labelled else 0))
+    ax.grid(True, alpha=0.3, axis="x" if horizontal else "y")

@@ -1,4 +1,5 @@
-"""Pictures for reports: training loss, and the evaluation's curves (losses and rates, never data)."""
+"""Pictures for reports: training loss, and the evaluation's curves (losses and rates, never data);
+the synthesis fidelity report's scores are drawn in :mod:`iae_privacy.analysts.quality`."""
 
 from __future__ import annotations
 
@@ -6,16 +7,12 @@ from pathlib import Path
 
 from iae_privacy.network.train import EpochStats
 
-__all__ = ["plot_loss", "plot_tradeoff", "plot_inversion"]
+__all__ = ["pyplot", "plot_loss", "plot_tradeoff", "plot_inversion"]
 
 
 def plot_loss(history: list[EpochStats], path: Path, title: str) -> Path:
     """Train and validation loss per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     epochs = [s.epoch for s in history]
     ax.plot(epochs, [s.train_loss for s in history], marker="o", label="train")
@@ -33,7 +30,8 @@ def plot_loss(history: list[EpochStats], path: Path, title: str) -> Path:
     return path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +43,7 @@ def _pyplot():
 def plot_tradeoff(points: list, metric: str, path: Path) -> Path:
     """The paired curve: utility ratio (latent / raw) against each attack's success, one point per k;
     a solid line for z_public, dashed for PCA-k, dotted for the autoencoder-k, a star for a sealed model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=100)
     attacks = [("inversion exact match (largest m)", lambda p: p.inversion[-1]["exact"], "o", "C0"),
                ("linkage to own record", lambda p: p.linkage, "s", "C1"),
@@ -82,7 +80,7 @@ def plot_tradeoff(points: list, metric: str, path: Path) -> Path:
 
 def plot_inversion(point, path: Path) -> Path:
     """Per feature, for one k: exact-match rate of the known-plaintext inversion against its baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(point.inversion_columns)
     attack = [point.inversion_columns[n]["exact"] for n in names]
     baseline = [point.inversion_columns[n]["baseline_exact"] for n in names]

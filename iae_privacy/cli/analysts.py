@@ -37,7 +37,8 @@ def synthesize_command(
     training (train --target) is drawn given the other columns (docs/synthesis.md). Any
     synthetic record whose modelled columns equal a real record's is replaced. Identifier,
     passthrough and vault columns are null, except a passthrough column the request conditions
-    on. OUT.fidelity.json compares synthetic and real columns.
+    on. OUT.fidelity.json compares synthetic and real columns, beside a Gaussian copula and
+    independent marginals; OUT.fidelity.png draws those scores.
 
         iae-privacy request encoded/patients --as admin --synthesize 10000 --out synth.json
         iae-privacy synthesize encoded/patients --request synth.json --out synthetic.parquet

@@ -367,13 +367,15 @@ def decode_command(
     if result.synthetic:
         import json
 
-        report = json.loads(out.with_name(out.name + ".fidelity.json").read_text())
+        from iae_privacy.analysts.synthesize import report_paths
+
+        report = json.loads(report_paths(out)[0].read_text())
         compared, scored = report.get("beside_baselines", {}), report.get("sdmetrics_beside_baselines", {})
         if compared:
             console.print("mean total variation distance to real records (lower is closer): "
                           + ", ".join(f"{name} {figures['mean_total_variation_distance']:.4f}"
                                       for name, figures in compared.items())
-                          + f" (details: {out}.fidelity.json)", highlight=False)
+                          + f" (details: {out}.fidelity.json, pictured in {out}.fidelity.png)", highlight=False)
         if scored and "skipped" not in scored:
             console.print("SDMetrics quality score (higher is closer): "
                           + ", ".join(f"{name} {scored[name]['quality_score']:.3f}"

@@ -197,5 +197,6 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
     console.print(f"admin sampled {report['rows']:,} synthetic patients ({synthetic}): none equals a real record "
                   f"({report['replaced_for_equalling_a_real_record']} replaced); mean per-column total variation "
                   f"distance to the real data {sum(tvd.values()) / len(tvd):.2f}, largest correlation difference "
-                  f"{report['correlation_max_difference']:.2f}{sdmetrics} (details in {synthetic.name}.fidelity.json)",
+                  f"{report['correlation_max_difference']:.2f}{sdmetrics} (details in {synthetic.name}.fidelity.json, "
+                  "pictured in .fidelity.png)",
                   highlight=False)
