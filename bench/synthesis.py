@@ -15,7 +15,7 @@ wants synthetic records for that analysis would.
 
 Measures: SDMetrics' QualityReport (column shapes, column pair trends, their mean: the quality
 score); train-on-synthetic / test-on-real R2 for the table's target against train-on-real, each
-generator's records as many as the training rows;
+generator's records as many as the training rows, the mean over three sets;
 distance to the closest training record (synthetic vs held-out rows, median and 5th percentile,
 on rank-scaled numbers and one-hot categories); exact copies of a training record; values that
 occur in exactly one training record, per 1,000 synthetic values of the numeric columns;
@@ -50,6 +50,10 @@ PATIENTS = 20_000
 ANONYMETER = Path(__file__).resolve().parent / ".anonymeter" / "bin" / "python"
 ANONYMETER_GENERATORS = ("iae-privacy", "Gaussian copula", "independent marginals")
 SYNTHETIC_ROWS = 5_000
+DRAWS = 3
+"""Train-on-synthetic is the mean over this many sets of records from each generator."""
+NO_SIGNAL = 0.05
+"""Below this train-on-real R2 the target has nothing to keep: train-on-synthetic is given as it is."""
 TRAIN_FRACTION = 0.8
 
 
@@ -185,9 +189,10 @@ def exact_copies(train: pa.Table, synthetic: pa.Table) -> int:
 
 # -- the run ----------------------------------------------------------------------------------
 
-def _ours(train_path: Path, target: str, n: int, tmp: Path) -> tuple[pa.Table, pa.Table, pa.Table, float]:
+def _ours(train_path: Path, target: str, n: int, tmp: Path) -> tuple[pa.Table, list[pa.Table], pa.Table, float]:
     """From one model trained on the training rows with ``target`` declared (``train --target``):
-    (``n`` records of iae-privacy's sampler, as many as the training rows for train-on-synthetic,
+    (``n`` records of iae-privacy's sampler, ``DRAWS`` sets of as many as the training rows for
+    train-on-synthetic,
     ``n`` of the sampler before issue 18, seconds to fit the density and draw and write 10,000)."""
     from iae_privacy.analysts import synthesize as synth
     from iae_privacy.codec import CodecConfig
@@ -211,7 +216,8 @@ def _ours(train_path: Path, target: str, n: int, tmp: Path) -> tuple[pa.Table, p
                                            columns, rng)
         return table.select(columns)
 
-    return drawn(n), drawn(real.num_rows), pa.Table.from_batches([before]).select(columns), seconds
+    return drawn(n), [drawn(real.num_rows) for _ in range(DRAWS)], pa.Table.from_batches([before]).select(columns), \
+        seconds
 
 
 def run(rows: int) -> Result:
@@ -236,18 +242,27 @@ def run(rows: int) -> Result:
             ours, ours_full, before, seconds = _ours(train_path, target, SYNTHETIC_ROWS, tmp)
             # the columns synthetic records hold: the model's features (identifiers are not synthesized)
             table, train, holdout = (measurable(t.select(ours.column_names)) for t in (table, train, holdout))
-            ours, ours_full, before = measurable(ours), measurable(ours_full), measurable(before)
+            ours, before = measurable(ours), measurable(before)
             # train-on-synthetic on as many records as the real training rows (on 5,000 it measured
             # the smaller sample too: 5,000 real rows give 0.89x-0.95x of all of them)
-            full = {"iae-privacy": ours_full,
-                    "Gaussian copula": gaussian_copula(train, train.num_rows, np.random.default_rng(4)),
-                    "independent marginals": independent_marginals(train, train.num_rows, np.random.default_rng(5))}
+            full = {"iae-privacy": [measurable(t) for t in ours_full],
+                    "Gaussian copula": [gaussian_copula(train, train.num_rows, np.random.default_rng(4 + 10 * i))
+                                        for i in range(DRAWS)],
+                    "independent marginals": [independent_marginals(train, train.num_rows,
+                                                                    np.random.default_rng(5 + 10 * i))
+                                              for i in range(DRAWS)]}
             generators = {
                 "iae-privacy": ours,
                 "iae-privacy (Gaussian z, before)": before,
                 "Gaussian copula": gaussian_copula(train, SYNTHETIC_ROWS, np.random.default_rng(2)),
                 "independent marginals": independent_marginals(train, SYNTHETIC_ROWS, np.random.default_rng(3)),
             }
+            # the ceiling of the quality score: as many real training rows, scored the same way (SDMetrics
+            # scores only strongly associated pairs, and bins numbers by their range: health insurance's
+            # married x family scores 0.69 for real rows)
+            score, _, pairs = quality(holdout, train.slice(0, SYNTHETIC_ROWS).select(table.column_names))
+            result.add(f"{name}: real training rows (reference): quality score", score, "")
+            result.add(f"{name}: real training rows (reference): column pair trends", pairs, "")
             real_r2 = train_on(train, holdout, target)
             result.add(f"{name}: train-on-real R2 ({target})", real_r2, "")
             reference = holdout.slice(0, SYNTHETIC_ROWS)
@@ -266,10 +281,21 @@ def run(rows: int) -> Result:
                 result.add(f"{name}: {generator}: quality score (shapes / pair trends)", score, "")
                 result.add(f"{name}: {generator}: column shapes", shapes, "")
                 result.add(f"{name}: {generator}: column pair trends", pairs, "")
-                if generator in full:
-                    records = full[generator].select(table.column_names).cast(table.schema)
-                    result.add(f"{name}: {generator}: train-on-synthetic R2 / train-on-real "
-                               f"({records.num_rows:,} records)", train_on(records, holdout, target) / real_r2, "x")
+                if generator in full:  # the mean of DRAWS sets (one set moves by up to 0.15 from run to run)
+                    r2 = [train_on(records.select(table.column_names).cast(table.schema), holdout, target)
+                          for records in full[generator]]
+                    sets = f"mean of {DRAWS} sets of {train.num_rows:,} records"
+                    if real_r2 < NO_SIGNAL:  # a ratio to nothing means nothing (the synthetic patients)
+                        result.add(f"{name}: {generator}: train-on-synthetic R2 ({sets}; train-on-real "
+                                   f"{real_r2:.3f}: no signal to keep)", float(np.mean(r2)), "")
+                        judged = False
+                    else:
+                        ratios = [value / real_r2 for value in r2]
+                        result.add(f"{name}: {generator}: train-on-synthetic R2 / train-on-real, {sets} (lowest "
+                                   f"{min(ratios):.2f}x, highest {max(ratios):.2f}x)", float(np.mean(ratios)), "x")
+                        judged = generator == "iae-privacy"
+                    if judged:
+                        met &= float(np.mean(ratios)) >= 0.9
                 distance = closest(train_emb, embedded)
                 result.add(f"{name}: {generator}: synthetic-to-train distance, median", float(np.median(distance)), "")
                 result.add(f"{name}: {generator}: synthetic-to-train distance, 5th pct",
@@ -290,7 +316,8 @@ def run(rows: int) -> Result:
                 print("Anonymeter is not installed (make bench installs it in bench/.anonymeter): its risks are "
                       "left out")
             met &= scores["iae-privacy"] >= scores["Gaussian copula"] and seconds <= 10
-    result.target = ("quality score >= the Gaussian copula's on every table; 10,000 records in <= 10 s "
-                     "(the other measures are reported beside it)")
+    result.target = ("quality score >= the Gaussian copula's on every table; train-on-synthetic >= 0.9x "
+                     "train-on-real (mean of three sets); 10,000 records in <= 10 s (the other measures are "
+                     "reported beside them)")
     result.target_met = met
     return result
