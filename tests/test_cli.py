@@ -501,6 +501,27 @@ def test_keys_policy_audit_and_request_commands_import_neither_torch_nor_prefect
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
+def test_the_installed_command_exits_with_the_commands_status_and_output(tmp_path):
+    """`iae-privacy` is `entry`: main, then out without the interpreter's teardown. Its status,
+    its output and the files a command wrote are those of main."""
+    import subprocess
+    import sys
+
+    from iae_privacy.keys.keyring import Keyring
+
+    def entry(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from iae_privacy.cli import entry; entry()", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    done = entry("--home", str(tmp_path), "keys", "init")
+    assert done.returncode == 0, done.stderr
+    Keyring.open(tmp_path / "keys")  # written whole
+    assert entry("--help").returncode == 0 and "Usage" in entry("--help").stdout
+    failed = entry("--home", str(tmp_path), "decode", str(tmp_path), "--request", str(tmp_path / "none.json"),
+                   "--out", str(tmp_path / "o.parquet"))
+    assert failed.returncode == 2 and "no such request file" in failed.stderr
+
+
 @pytest.mark.slow
 def test_the_workspace_server_is_started_once_and_used_by_later_commands(tmp_path, data_dir):
     import os

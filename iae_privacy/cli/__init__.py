@@ -16,7 +16,7 @@ from iae_privacy.cli.app import app
 from iae_privacy.cli.common import err_console, printable
 from iae_privacy.errors import IaeError
 
-__all__ = ["app", "main", "printable"]
+__all__ = ["app", "main", "entry", "printable"]
 
 
 def main() -> None:
@@ -47,6 +47,36 @@ def main() -> None:
                            f"'prefect server start' and set PREFECT_API_URL), or give it longer with "
                            f"{PREFECT_STARTUP}"))
         _fail(withheld(exc, "the command"))
+
+
+def entry() -> None:
+    """The ``iae-privacy`` command: :func:`main`, then out without the interpreter's teardown.
+
+    Once a command is done, its other threads are joined and the exit handlers run (Prefect
+    flushes its logs and events to its API there, and stops a temporary server); what Python
+    does after that (freeing every module and object Prefect and pyarrow loaded) took 0.5 s of
+    a 4.2 s one-record ``decode`` from the shell, and writes nothing: every file the commands
+    write is closed before they return. A traceback (``IAE_DEBUG=1``) or an interruption leaves
+    the usual way."""
+    import atexit
+    import os
+    import threading
+
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    if isinstance(code, str):  # as sys.exit does with a message
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 PREFECT_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
