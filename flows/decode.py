@@ -101,6 +101,14 @@ def _again(state: State) -> State:
 
 def run_decode(encoded: str, request: str, out: str, home: str = ".", with_row_id: bool = False) -> DecodeResult:
     """Run :func:`decode_flow`; a refusal raises its :class:`~iae_privacy.errors.AccessRefused`, a
-    failed restore its :class:`IaeError`, each with the reason."""
-    return decode_flow(encoded=encoded, request=request, out=out, home=home, with_row_id=with_row_id,
-                       return_state=True).result()
+    failed restore its :class:`IaeError`, each with the reason.
+
+    Without Prefect's flow-run heartbeat: its thread sleeps in steps of 1 s and the run waits for
+    it to wake before finishing (0.55 s of a 4 s one-record decode from the shell), and an
+    interrupted restore is what the audit log's own running markers find
+    (:meth:`~iae_privacy.access.restore.Restorer.recover_interrupted`), heartbeat or not."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return decode_flow(encoded=encoded, request=request, out=out, home=home, with_row_id=with_row_id,
+                           return_state=True).result()
