@@ -176,7 +176,8 @@ def plot_fidelity(report: dict) -> bytes | None:
             panels.append(("pair_trends", "mean pair trend of each column"))
         fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5 + 5 * len(panels), max(4, 0.3 * len(columns) + 2)),
                                  dpi=100, squeeze=False)
-        overall = ("quality_score", "column_shapes", "column_pair_trends")
+        overall = [m for m in ("quality_score", "column_shapes", "column_pair_trends")
+                   if any(sdm[g][m] is not None for g in GENERATORS)]  # no pair scored: no pair trends
         _grouped_bars(axes[0][0], [m.replace("_", " ") for m in overall],
                       {g: [sdm[g][m] for m in overall] for g in GENERATORS}, labelled=True)
         axes[0][0].set_title("SDMetrics' quality report", fontsize=10)

@@ -198,5 +198,5 @@ def _demo_one_record(access, encoded: Path, token: str) -> None:
                   f"({report['replaced_for_equalling_a_real_record']} replaced); mean per-column total variation "
                   f"distance to the real data {sum(tvd.values()) / len(tvd):.2f}, largest correlation difference "
                   f"{report['correlation_max_difference']:.2f}{sdmetrics} (details in {synthetic.name}.fidelity.json, "
-                  "pictured in .fidelity.png)",
+                  f"pictured in {synthetic.name}.fidelity.png)",
                   highlight=False)
