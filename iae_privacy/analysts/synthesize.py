@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +48,7 @@ from iae_privacy.keys.keyring import Keyring
 from iae_privacy.model.pipeline import Model
 
 if TYPE_CHECKING:
+    from iae_privacy.codec.table import ColumnSpec
     from iae_privacy.model.registry import LoadedModel
 
 __all__ = ["Condition", "LatentDensity", "PairMargin", "TargetDraw", "raked_choice", "feature_positions",
@@ -137,7 +138,7 @@ class LatentDensity:
 
     FIT_ROWS = 8_000
     SAMPLE_ROWS = 50_000
-    """Real rows (a uniform sample) the pairs' shares and the target's tree are fitted on; the
+    """Real rows (a uniform sample) the pairs' shares and the target's model are fitted on; the
     mixture takes the first :attr:`FIT_ROWS` of them (its fit's cost grows with the rows, theirs
     hardly)."""
     COMPONENTS = (1, 2, 4, 8, 16, 32)
@@ -554,40 +555,36 @@ class TargetDraw:
         return out
 
 
+def _code_positions(model: Model) -> Iterator[tuple[ColumnSpec, int]]:
+    """Each column the network models, with the position of its code among the model's features
+    (its null bit, where it has one, is the feature before)."""
+    offset = 0
+    for spec in model.codec.columns:
+        if spec.feature is not None:
+            offset += spec.feature.width
+            yield spec, offset - 1
+
+
 def feature_positions(model: Model, column: str) -> list[int]:
     """The positions of ``column``'s features (its null bit, then its code) among the model's
     features; none for a column the network does not model."""
-    start = 0
-    for spec in model.codec.columns:
-        if spec.feature is None:
-            continue
+    for spec, code in _code_positions(model):
         if spec.name == column:
-            return list(range(start, start + spec.feature.width))
-        start += spec.feature.width
+            return list(range(code + 1 - spec.feature.width, code + 1))
     return []
 
 
 def _category_codes(model: Model) -> set[int]:
     """The positions of the category features' codes that a gradient boosting model can take as
     categories (fewer than 255 of them)."""
-    positions, offset = set(), 0
-    for spec in model.codec.columns:
-        if spec.feature is not None:
-            offset += spec.feature.width
-            if isinstance(spec.feature, CategoryColumn) and spec.feature.levels < 255:
-                positions.add(offset - 1)
-    return positions
+    return {code for spec, code in _code_positions(model)
+            if isinstance(spec.feature, CategoryColumn) and spec.feature.levels < 255}
 
 
 def _null_bits(model: Model) -> dict[int, int]:
     """A nullable number's code position -> its null bit's position (the feature before it)."""
-    positions, offset = {}, 0
-    for spec in model.codec.columns:
-        if spec.feature is not None:
-            offset += spec.feature.width
-            if isinstance(spec.feature, NumberColumn) and spec.feature.null_bit:
-                positions[offset - 1] = offset - 2
-    return positions
+    return {code: code - 1 for spec, code in _code_positions(model)
+            if isinstance(spec.feature, NumberColumn) and spec.feature.null_bit}
 
 
 def _quantiles(counts: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -602,13 +599,8 @@ def _quantiles(counts: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarr
 def _number_codes(model: Model) -> dict[int, str | None]:
     """The number features' codes (quantile ranks): position among the model's features ->
     the codec's remainder column for it (None: every bucket is one value)."""
-    positions, offset = {}, 0
-    for spec in model.codec.columns:
-        if spec.feature is not None:
-            offset += spec.feature.width
-            if isinstance(spec.feature, NumberColumn):
-                positions[offset - 1] = spec.feature._remainder_key if spec.feature.remainder_type else None
-    return positions
+    return {code: spec.feature._remainder_key if spec.feature.remainder_type else None
+            for spec, code in _code_positions(model) if isinstance(spec.feature, NumberColumn)}
 
 
 def records_from_codes(model: Model, codes: np.ndarray,
