@@ -395,6 +395,27 @@ def test_synthetic_records_are_authorised_audited_and_equal_no_real_record(world
     assert (granted["scope"], granted["rows"], synthesized["outcome"]) == ("synthetic", 400, "synthesized")
 
 
+def test_synthetic_records_and_their_report_are_removed_when_the_outcome_cannot_be_audited(world, tmp_path,
+                                                                                           monkeypatch):
+    """The records, the fidelity report and its picture are written before the outcome's audit
+    entry; if that entry cannot be written (a fault injected here: a full disk would stop the
+    records' writes first), all three go."""
+    request = world.request(synthesize=200)
+    grant = world.access.authorize(world.encoded, request)
+    append = world.access.audit.append
+
+    def failing(event: str, outcome: str, **fields):
+        if outcome == "synthesized":
+            raise AuditError("the audit log cannot be written (injected)")
+        return append(event, outcome, **fields)
+
+    monkeypatch.setattr(world.access.audit, "append", failing)
+    out = tmp_path / "synthetic.parquet"
+    with pytest.raises(AuditError, match="injected"):
+        world.access.restore(grant, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_synthetic_records_of_one_group_all_have_its_value(world, tmp_path):
     """Issue 18: request --synthesize N --where COLUMN=VALUE, on a passthrough column, a category
     and a boolean; the audit names the column, not the value."""
