@@ -113,6 +113,9 @@ def _one_key(path: Path, column: str, target: str, roles: dict) -> dict[str, flo
         "protected, ranking, exact z_public": c.get("ranking_exact", float("nan")),
         "protected, ranking, released": c.get("ranking_released", float("nan")),
         "protected, ranking, baseline": c.get("ranking_baseline", float("nan")),
+        "protected, known plaintext, the passthrough columns alone": c["known_plaintext_passthrough"],
+        "protected, known plaintext, exact z_public + passthrough": c["known_plaintext_exact_with_passthrough"],
+        "protected, known plaintext, released + passthrough": c["known_plaintext_released_with_passthrough"],
     }
 
 
@@ -132,15 +135,17 @@ def run(rows: int) -> Result:
                            "%" if percent else "")
                 spread.append(f"{name} {key}: {min(values):.3g}-{max(values):.3g}")
             mean = {key: float(np.mean(values)) for key, values in figures.items()}
-            released = mean["protected, known plaintext, released"]
-            baseline = mean["protected, known plaintext, baseline"]
+            utility = next(v for k, v in mean.items() if k.startswith("target"))
             checks += [mean["read-out R2, exact z_public"] >= mean["read-out R2, PCA-k"] - 0.005,
                        mean["decode R2, z_public (z_detail = 0)"] >= mean["decode R2, PCA-k"],
-                       released <= baseline + 0.05,
-                       next(v for k, v in mean.items() if k.startswith("target")) >= 0.85]
-    result.target = ("per table: exact z_public read-out >= PCA-k's (within 0.005) and decode >= PCA-k's; "
-                     "protected column known-plaintext on the release <= baseline + 5 points; "
-                     "target utility >= 0.85x raw without the protected column")
+                       mean["protected, known plaintext, released"] <= mean["protected, known plaintext, baseline"] + 0.05,
+                       mean["protected, ranking, released"] <= mean["protected, ranking, baseline"] + 0.05,
+                       np.isnan(utility) or utility >= 0.85]
+    result.target = ("per table, the mean over the keys: exact z_public read-out >= PCA-k's (within 0.005) and "
+                     "decode >= PCA-k's; the protected column from the release, known plaintext and ranking, <= the "
+                     "majority baseline + 5 points; target utility >= 0.85x raw without the protected column (where "
+                     "the raw columns predict the target at all: not the synthetic patients, whose columns are "
+                     "independent)")
     result.target_met = all(checks)
     result.notes = "spread over keys (min-max): " + "; ".join(spread)
     return result

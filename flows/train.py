@@ -174,4 +174,10 @@ def protection_rows(protection: dict) -> list[dict]:
             rows.append({"column": c["column"], "attack": "ranking, 0 leaked (accuracy)",
                          "exact z_public": round(c["ranking_exact"], 4), "released": round(c["ranking_released"], 4),
                          "baseline": round(c["ranking_baseline"], 4)})
+        if "known_plaintext_passthrough" in c:  # baseline: what the passthrough columns tell on their own
+            rows.append({"column": c["column"],
+                         "attack": f"known plaintext with the passthrough columns ({score}; baseline: them alone)",
+                         "exact z_public": round(c["known_plaintext_exact_with_passthrough"], 4),
+                         "released": round(c["known_plaintext_released_with_passthrough"], 4),
+                         "baseline": round(c["known_plaintext_passthrough"], 4)})
     return rows

@@ -156,6 +156,60 @@ def test_the_calibrated_release_is_the_exact_latent_when_that_hides_the_groups_a
                           loud.release(z[:50], features[:50]))
 
 
+def test_the_release_is_calibrated_against_what_the_passthrough_columns_already_tell():
+    """Passthrough columns are in analysts' files whatever z_public holds: the calibration attacker
+    gets them beside the release, and the release must add (almost) nothing to what they tell."""
+    rng = np.random.default_rng(6)
+    n = 5_000
+    group = rng.integers(0, 2, n)
+    features = np.stack([group, rng.integers(0, 5, n)], axis=1)
+    z = np.rint(rng.standard_normal((n, 3)) * 50)
+    z[:, 0] += 150 * group  # one column gives the group away
+    fit, held = slice(0, 3_500), slice(3_500, n)
+    blind = Protection.fit_calibrated(z[fit], features[fit], [("g", 0, -1)])
+    assert blind.transfer or np.any(blind.noise)
+    # a passthrough column that is the group itself: nothing done to z_public can take it back,
+    # so analysts get z_public as it is rather than a release that costs them for nothing
+    copy = Protection.fit_calibrated(z[fit], features[fit], [("g", 0, -1)], known=group[fit, None].astype(float))
+    assert not copy.transfer and not np.any(copy.noise)
+    # one that tells it 80 % of the time: the release adds no more than the tolerance to it
+    known = np.where(rng.random(n) < 0.8, group, 1 - group)[:, None].astype(np.float64)
+    aware = Protection.fit_calibrated(z[fit], features[fit], [("g", 0, -1)], known=known[fit])
+    attack = [column_attack(np.hstack([latent, known[held]]), group[held], 700, np.random.default_rng(1), True)[0]
+              for latent in (z[held], aware.release(z[held], features[held]))]
+    alone = column_attack(known[held], group[held], 700, np.random.default_rng(1), True)[0]
+    assert attack[1] <= alone + 0.05 < attack[0], (attack, alone)
+
+
+def test_the_train_report_attacks_the_protected_column_with_the_passthrough_columns_too():
+    import pyarrow as pa
+
+    from iae_privacy.analysts.protection import measure, numeric_columns
+    from iae_privacy_flows.train import protection_rows
+
+    rng = np.random.default_rng(8)
+    n = 3_000
+    group = rng.integers(0, 2, n)
+    told = np.where(rng.random(n) < 0.8, group, 1 - group)
+    batch = pa.record_batch({"site": pa.array([["north", "south"][g] if i % 50 else None for i, g in enumerate(told)]),
+                             "amount": pa.array(np.where(np.arange(n) % 7 == 0, np.nan, rng.random(n))),
+                             "none": pa.array([None] * n, pa.int64())})
+    known = numeric_columns([batch.slice(0, 1_000), batch.slice(1_000)], n - 10)
+    # a text null is a value of its own; a number's null or NaN gets a 0/1 column beside it
+    assert known.shape == (n - 10, 5) and np.isfinite(known).all()
+    assert numeric_columns([batch.select([])], n) is None and numeric_columns([], n) is None
+    features = np.stack([group, rng.integers(0, 5, n)], axis=1)[: n - 10]
+    z = np.rint(rng.standard_normal((n - 10, 3)) * 50)
+    report = measure(z, z.round(2), features, [("g", 0, -1)], ["g", "other"], known=known)
+    (g,) = report["columns"]
+    assert 0.75 <= g["known_plaintext_passthrough"] <= 0.85 and g["known_plaintext_exact"] <= g["baseline"] + 0.05
+    assert g["known_plaintext_released_with_passthrough"] <= g["known_plaintext_passthrough"] + 0.05
+    (row,) = [r for r in protection_rows(report) if "passthrough" in r["attack"]]
+    assert row["baseline"] == round(g["known_plaintext_passthrough"], 4)
+    assert not any("passthrough" in r["attack"] for r in protection_rows(measure(z, z, features, [("g", 0, -1)],
+                                                                                 ["g", "other"])))
+
+
 def test_a_proxy_of_the_protected_column_is_found_and_given_no_weight_in_z_public():
     """``fchild`` in RAND: a feature that is the protected column for part of the rows (here: the
     group among the rows where another flag is set). Fair PCA removes group means, not that; the

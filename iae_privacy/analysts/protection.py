@@ -8,7 +8,10 @@ For each protected column, on rows the release was not fitted on, two attacks on
   (:func:`iae_privacy.analysts.attacks.column_attack`); accuracy against the majority class, or
   R² against the mean for a number;
 * **zero-leak ranking** (categorical columns): one latent column sorted and cut by the column's
-  known marginal (:func:`iae_privacy.analysts.attacks.ranking_attack`).
+  known marginal (:func:`iae_privacy.analysts.attacks.ranking_attack`);
+* **with the passthrough columns** (where the dataset has any): the known-plaintext attack on
+  what analysts' files hold beside the latent, the passthrough columns alone (what the data team
+  already hands over), and on them together with the exact z_public and with the release.
 
 And the utility cost: how well gradient boosting reads the other features back from each (mean
 R² over up to :data:`UTILITY_FEATURES` of them; analysts' own models see the release only).
@@ -19,16 +22,39 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from iae_privacy.analysts.attacks import column_attack, ranking_attack
 from iae_privacy.model.protection import MAX_GROUPS
 
-__all__ = ["measure", "readout_r2", "LEAKED_ROWS", "UTILITY_FEATURES"]
+__all__ = ["measure", "numeric_columns", "readout_r2", "LEAKED_ROWS", "UTILITY_FEATURES"]
 
 LEAKED_ROWS = 1_000
 UTILITY_FEATURES = 8
 ATTACKED_ROWS = 6_000
 """Held-out rows the attacks use at most (the training report stays quick)."""
+
+
+def numeric_columns(batches: list[pa.RecordBatch], rows: int) -> np.ndarray | None:
+    """The first ``rows`` rows of ``batches`` (the passthrough columns) as an attacker's numbers,
+    (rows, columns) float64: a number as itself, anything else as the rank of its text; a null or
+    NaN as one value below the column's least, with a 0/1 column saying which rows have one. None
+    when there is no column."""
+    from iae_privacy.analysts.target import target_values
+
+    if not batches or batches[0].num_columns == 0:
+        return None
+    table = pa.Table.from_batches(batches).slice(0, rows)
+    out = []
+    for column in table.columns:
+        values = target_values(column)[0].astype(np.float64)
+        missing = ~np.isfinite(values)
+        if missing.any():
+            floor = values[~missing].min() - 1 if (~missing).any() else 0.0
+            out += [np.where(missing, floor, values), missing.astype(np.float64)]
+        else:
+            out.append(values)
+    return np.column_stack(out)
 
 
 def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> float:
@@ -50,11 +76,13 @@ def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
 
 
 def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, protected: list[tuple[str, int, int]],
-            feature_names: list[str], seed: int = 0) -> dict[str, Any]:
-    """The figures of the train report's protection section (aggregates and names only)."""
+            feature_names: list[str], seed: int = 0, known: np.ndarray | None = None) -> dict[str, Any]:
+    """The figures of the train report's protection section (aggregates and names only).
+    ``known``: the same rows' passthrough columns (:func:`numeric_columns`), if any."""
     rows = min(len(z_exact), ATTACKED_ROWS)
     pick = np.random.default_rng(seed).permutation(len(z_exact))[:rows]
     exact, released, codes = z_exact[pick].astype(np.float64), z_released[pick], features[pick]
+    beside = None if known is None else known[pick]
     m = min(LEAKED_ROWS, rows // 2)
     columns = []
     for name, f, null in protected:
@@ -68,6 +96,11 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
             entry[f"learner_{label}"] = learner
             if categorical:
                 entry[f"ranking_{label}"], entry["ranking_baseline"], _ = ranking_attack(latent, target)
+        if beside is not None:  # the same leaked rows: the same generator's first draw
+            for label, latent in (("passthrough", beside), ("exact_with_passthrough", np.hstack([exact, beside])),
+                                  ("released_with_passthrough", np.hstack([released, beside]))):
+                entry[f"known_plaintext_{label}"] = column_attack(latent, target, m, np.random.default_rng(seed),
+                                                                  categorical)[0]
         columns.append(entry)
     theirs = {f for _, f, _ in protected} | {n for _, _, n in protected}
     others = [j for j in range(codes.shape[1]) if j not in theirs][:UTILITY_FEATURES]

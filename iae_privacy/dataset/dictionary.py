@@ -74,13 +74,16 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
         lines += ["", "## Protected columns", "",
                   "Not in the table in any form. What attacks recovered of each from this table (held-out rows), "
                   "beside always guessing the most common value:", "",
-                  "| column | known plaintext, 1,000 leaked rows | zero-leak ranking | baseline |",
-                  "| --- | ---: | ---: | ---: |"]
+                  "| column | known plaintext, 1,000 leaked rows | zero-leak ranking | baseline | "
+                  "known plaintext with the passthrough columns (them alone) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for c in protection["columns"]:
             ranking = _percent(c["ranking_released"]) if "ranking_released" in c else "n/a"
             score = _percent if c["kind"] == "category" else (lambda v: f"R² {v:.2f}")
+            beside = (f"{score(c['known_plaintext_released_with_passthrough'])} "
+                      f"({score(c['known_plaintext_passthrough'])})") if "known_plaintext_passthrough" in c else "n/a"
             lines.append(f"| `{c['column']}` | {score(c['known_plaintext_released'])} | {ranking} | "
-                         f"{score(c['baseline'])} |")
+                         f"{score(c['baseline'])} | {beside} |")
     target = training.get("target") or {}
     if target:
         favoured = ", ".join(f"`{name}`" for name in target.get("favoured", [])) or "none"

@@ -85,11 +85,15 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
 
     codec = TableCodec.fit(path, codec_config)
     target = codec.config.target
-    rows, features, targets = 0, [], []
+    protected = protected_features(codec)
+    rows, features, targets, passthrough = 0, [], [], []
     for batch in read_batches(path):
-        features.append(codec.encode(batch, source=str(path)).features)
+        encoded = codec.encode(batch, source=str(path))
+        features.append(encoded.features)
         if target is not None:
             targets.append(batch.column(target))
+        if protected:
+            passthrough.append(encoded.passthrough)
         rows += batch.num_rows
         if rows >= codec.config.sample_rows:
             break
@@ -99,7 +103,6 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
         raise IaeError(f"{path}: no feature columns for the network; every column is an identifier, "
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
-    protected = protected_features(codec)
     theirs = {f for _, f, null in protected for f in (f, null) if f >= 0}
     favoured, hidden, y = (), (), None
     if protected:
@@ -131,11 +134,14 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     protection, released = None, z[held]  # what analysts get of the held-out rows
     with learner_threads():
         if protected:
-            from iae_privacy.analysts.protection import measure  # sklearn, only where columns are protected
+            from iae_privacy.analysts.protection import measure, numeric_columns  # sklearn: only where protected
 
-            protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured)
+            known = numeric_columns(passthrough, len(x))  # what analysts get beside z_public, if anything
+            protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured,
+                                                   None if known is None else known[fit])
             released = protection.release(z[held], x[held])
-            report.protection = measure(z[held], released, x[held], protected, codec.feature_names)
+            report.protection = measure(z[held], released, x[held], protected, codec.feature_names,
+                                        known=None if known is None else known[held])
             report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
         if target is not None:
             report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs, released)

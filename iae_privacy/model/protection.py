@@ -318,11 +318,19 @@ class Protection:
 
     @classmethod
     def fit_calibrated(cls, z_public: np.ndarray, features: np.ndarray,
-                       columns: list[tuple[str, int, int]], favoured: tuple[int, ...] = ()) -> Protection:
+                       columns: list[tuple[str, int, int]], favoured: tuple[int, ...] = (),
+                       known: np.ndarray | None = None) -> Protection:
         """:meth:`fit` on 70 % of the rows (in the order given: shuffle them first), then the
         release calibrated on the other 30 % (up to :data:`CALIBRATION_ROWS`) against gradient
         boosting (3-fold cross-validated), until it tells the joint groups apart no better than
-        always guessing the most common one, plus :data:`TOLERANCE`:
+        always guessing the most common one, plus :data:`TOLERANCE`.
+
+        ``known`` (the same rows' passthrough columns as numbers, if the dataset has any) is what
+        analysts' files hold beside the release, and the attacker gets it too: the release must then
+        add no more than :data:`TOLERANCE` to what those columns tell on their own (when that is
+        more than the most common group's share). The data team declared them non-sensitive; noise
+        on z_public cannot take back what they give away, and a release calibrated without them
+        would both cost analysts for nothing and understate what the files tell together.
 
         1. the exact z_public, first as it is, then with Gaussian noise aimed at the columns the
            attacker reads the groups from: each round raises, by one of :data:`NOISE_LEVELS`, the
@@ -351,9 +359,16 @@ class Protection:
             return protection
         share = counts.max() / len(z)
         attacker = HistGradientBoostingClassifier(max_iter=100, random_state=0)
+        beside = None if known is None else np.asarray(known, dtype=np.float64)[cut:][:CALIBRATION_ROWS]
+        if beside is not None:  # what the passthrough columns tell on their own
+            share = max(share, cross_val_score(attacker, beside, groups, cv=3).mean())
+
+        def shown(released: np.ndarray) -> np.ndarray:  # what analysts' files hold
+            return released if beside is None else np.hstack([released, beside])
 
         def hidden() -> bool:
-            return cross_val_score(attacker, protection.release(z, codes), groups, cv=3).mean() <= share + TOLERANCE
+            return cross_val_score(attacker, shown(protection.release(z, codes)), groups, cv=3).mean() <= \
+                share + TOLERANCE
 
         top, k = len(NOISE_LEVELS) - 1, z.shape[1]
         steps = np.zeros(k, dtype=np.int64)
@@ -365,10 +380,10 @@ class Protection:
             if hidden():
                 passed.append((False, protection.noise))
                 break
-            released, half = protection.release(z, codes), len(z) * 2 // 3
+            released, half = shown(protection.release(z, codes)), len(z) * 2 // 3
             fitted = attacker.fit(released[:half], groups[:half])
             importance = permutation_importance(fitted, released[half:], groups[half:], n_repeats=3,
-                                                random_state=0).importances_mean
+                                                random_state=0).importances_mean[:k]
             importance = np.where(steps < top, importance, -np.inf)
             if spare.any() and np.isfinite(importance[~spare]).any():
                 importance[spare] = -np.inf  # the target's own columns last: noise the others first
