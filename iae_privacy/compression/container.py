@@ -43,10 +43,11 @@ __all__ = ["compress", "decompress", "compressed_rows", "compressed_header", "Co
 MAGIC = b"IAEZ\x00\x01\r\n"
 SEALED_MAGIC = b"IAEZS\x01\r\n"
 FORMAT = "iae-privacy/compressed"
-VERSION = 2
-"""2: sorted integer columns may be stored as differences, which a reader of version 1 would not
-undo (it refuses the file instead); version-1 files still read."""
-READS = (1, 2)
+VERSION = 3
+"""2: sorted integer columns may be stored as differences; 3: text and binary columns as their
+lengths and their bytes apart. A reader of an earlier version would not undo either (it refuses
+the file instead); files of versions 1 and 2 still read."""
+READS = (1, 2, 3)
 KEY_AAD = b"iae-privacy/compressed/v1"
 CHUNK_ROWS = 262_144
 LEVELS = 256
