@@ -158,8 +158,27 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
                               description=f"{result.model}:v{result.version}: what attacks recover of the protected "
                               "columns from the exact z_public and from the release analysts get (held-out rows)"
                               + (f"; proxies given no weight in z_public: {', '.join(result.protection['proxies'])}"
-                                 if result.protection.get("proxies") else ""))
+                                 if result.protection.get("proxies") else "")
+                              + "".join(f"; warning: {w}" for w in passthrough_warnings(result.protection)))
     return result
+
+
+def passthrough_warnings(protection: dict) -> list[str]:
+    """One line per protected column that the passthrough columns alone give away beyond the
+    release's tolerance: no release can take that back (docs/threat-model.md)."""
+    from iae_privacy.model.protection import TOLERANCE
+
+    lines = []
+    for c in protection.get("columns", []):
+        alone = c.get("known_plaintext_passthrough")
+        if alone is None or alone <= c["baseline"] + TOLERANCE:
+            continue
+        told = f"{alone:.1%} against {c['baseline']:.1%} for always guessing the most common value" \
+            if c["kind"] == "category" else f"R2 {alone:.2f} against 0 for the mean"
+        lines.append(f"the passthrough columns alone give {c['column']} away ({told}, known plaintext): analysts get "
+                     "them as they are, and the release only adds no more than its tolerance to what they tell. "
+                     "Declare the columns that carry it protected, or leave them out of the table")
+    return lines
 
 
 def protection_rows(protection: dict) -> list[dict]:

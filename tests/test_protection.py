@@ -185,7 +185,7 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     import pyarrow as pa
 
     from iae_privacy.analysts.protection import measure, numeric_columns
-    from iae_privacy_flows.train import protection_rows
+    from iae_privacy_flows.train import passthrough_warnings, protection_rows
 
     rng = np.random.default_rng(8)
     n = 3_000
@@ -206,6 +206,10 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     assert g["known_plaintext_released_with_passthrough"] <= g["known_plaintext_passthrough"] + 0.05
     (row,) = [r for r in protection_rows(report) if "passthrough" in r["attack"]]
     assert row["baseline"] == round(g["known_plaintext_passthrough"], 4)
+    (warning,) = passthrough_warnings(report)  # train says so: no release takes that back
+    assert warning.startswith("the passthrough columns alone give g away (") and "%" in warning
+    quiet = measure(z, z, features, [("g", 0, -1)], ["g", "other"], known=known[:, 1:])  # amount: says nothing
+    assert passthrough_warnings(quiet) == [] and "known_plaintext_passthrough" in quiet["columns"][0]
     assert not any("passthrough" in r["attack"] for r in protection_rows(measure(z, z, features, [("g", 0, -1)],
                                                                                  ["g", "other"])))
 
