@@ -130,29 +130,33 @@ def _join_text(lengths: pa.Array, body: bytes, kind: str) -> pa.Array:
                                  null_count=lengths.null_count)
 
 
+def _with_columns(batch: pa.RecordBatch, columns: list[pa.Array]) -> pa.RecordBatch:
+    """``batch``'s fields (names, metadata) over ``columns``, of whatever types they now have."""
+    schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int], list[int], list[list], list[bytes]]:
     """Arrow IPC with zstd: text columns whose values repeat as dictionaries, sorted integer
     columns as differences (their positions, each), the other text and binary columns as their
     lengths, with their bytes apart (``[position, kind, bytes]`` each, and the bytes)."""
     coded = [i for i, column in enumerate(batch.columns) if _repeats(column)]
     deltas = [i for i, column in enumerate(batch.columns) if _sorted_integers(column)]
-    texts = [[i, _text_kind(column)] for i, column in enumerate(batch.columns)
-             if i not in coded and _text_kind(column) is not None]
-    bodies = []
-    if coded or deltas or texts:
+    texts, bodies = [], []
+    if coded or deltas or any(_text_kind(column) for column in batch.columns):
         columns = []
         for i, column in enumerate(batch.columns):
             if i in coded:
                 column = column.dictionary_encode()
             elif i in deltas:
                 column = _delta(column)
-            elif len(bodies) < len(texts) and i == texts[len(bodies)][0]:
+            elif _text_kind(column) is not None:
+                kind = _text_kind(column)
                 column, body = _split_text(column)
-                texts[len(bodies)].append(len(body))
+                texts.append([i, kind, len(body)])
                 bodies.append(body)
             columns.append(column)
-        schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
-        batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+        batch = _with_columns(batch, columns)
     sink = io.BytesIO()
     options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", level))
     with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
@@ -167,17 +171,9 @@ def _from_ipc(data: bytes, coded: list[int], deltas: list[int], texts: list[list
     if not coded and not deltas and not texts:
         return batch
     joined = {int(i): (kind, body) for (i, kind, _), body in zip(texts, bodies, strict=True)}
-    columns = []
-    for i, column in enumerate(batch.columns):
-        if i in coded:
-            column = column.dictionary_decode()
-        elif i in deltas:
-            column = _undelta(column)
-        elif i in joined:
-            column = _join_text(column, joined[i][1], joined[i][0])
-        columns.append(column)
-    schema = pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)], metadata=batch.schema.metadata)
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    return _with_columns(batch, [column.dictionary_decode() if i in coded else _undelta(column) if i in deltas
+                                 else _join_text(column, joined[i][1], joined[i][0]) if i in joined else column
+                                 for i, column in enumerate(batch.columns)])
 
 
 def _pack(meta: dict, parts: list[bytes]) -> bytes:
