@@ -48,7 +48,9 @@ def markdown(run: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (`python -m bench`); numbers from one run on the machine below.",
+        "Written by `make bench` (`python -m bench`). `--only` reruns some benchmarks and keeps the others' "
+        "figures: each section says when and on which CPU it was measured, and figures from two sections "
+        "compare only when those agree. The last run:",
         "",
         f"- date: {run['date']}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory']} memory, GPU: {m['gpu']}",
@@ -58,7 +60,11 @@ def markdown(run: dict) -> str:
     ]
     for r in run["results"]:
         status = {True: "met", False: "NOT met", None: "no target"}[r["target_met"]]
-        lines += [f"## {r['benchmark']}: {r['description']}", "", f"{r['rows']:,} rows.", "",
+        when = r.get("measured", {})
+        lines += [f"## {r['benchmark']}: {r['description']}", "",
+                  f"{r['rows']:,} rows. Measured {when.get('date', 'at an unrecorded date')} on "
+                  f"{when.get('cpu', 'an unrecorded CPU')}"
+                  + (f" ({when['cores']} cores)" if "cores" in when else "") + ".", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {x['name']} | {_format(x['value'], x['unit'])} |" for x in r["metrics"]]
         if r["target"]:
@@ -80,15 +86,18 @@ def main() -> None:
     json_path = args.out / "benchmarks.json"
     if args.only and json_path.exists():
         previous = {r["benchmark"]: r for r in json.loads(json_path.read_text())["results"]}
+    here = machine()
     for name in args.only or BENCHMARKS:
         run_one, rows = BENCHMARKS[name]
         print(f"running {name} on {args.rows or rows:,} rows ...", flush=True)
-        result = run_one(args.rows or rows).to_dict()
+        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        result = {**run_one(args.rows or rows).to_dict(),
+                  "measured": {"date": started, "cpu": here["cpu"], "cores": here["cores"]}}
         previous[name] = result
         for metric in result["metrics"]:
             print(f"  {metric['name']}: {_format(metric['value'], metric['unit'])}")
     run = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "machine": machine(),
+           "machine": here,
            "results": [previous[n] for n in BENCHMARKS if n in previous]}
     args.out.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(run, indent=1) + "\n")
