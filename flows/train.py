@@ -178,6 +178,17 @@ def passthrough_warnings(protection: dict) -> list[str]:
         lines.append(f"the passthrough columns alone give {c['column']} away ({told}, known plaintext): analysts get "
                      "them as they are, and the release only adds no more than its tolerance to what they tell. "
                      "Declare the columns that carry it protected, or leave them out of the table")
+    for c in protection.get("columns", []):
+        lookup = c.get("known_plaintext_released_with_tokens")
+        if lookup is None:
+            continue
+        before = c.get("known_plaintext_released_with_passthrough", c["known_plaintext_released"])
+        if lookup > before + TOLERANCE:
+            lines.append(f"the identifier tokens carry {c['column']} from leaked rows to the rows that share them "
+                         f"({lookup:.3f} against {before:.3f} without them, known plaintext; {c['token_rows']:.1%} "
+                         "of attacked rows share a token with a leaked row): a value constant per identifier travels "
+                         "with its token. Declare such an identifier vault (sealed, no token) unless analysts must "
+                         "join on it")
     return lines
 
 
@@ -199,4 +210,12 @@ def protection_rows(protection: dict) -> list[dict]:
                          "exact z_public": round(c["known_plaintext_exact_with_passthrough"], 4),
                          "released": round(c["known_plaintext_released_with_passthrough"], 4),
                          "baseline": round(c["known_plaintext_passthrough"], 4)})
+        if "known_plaintext_released_with_tokens" in c:  # what leaked rows' tokens carry to the rows sharing them
+            rows.append({"column": c["column"],
+                         "attack": "known plaintext with the identifier tokens"
+                                   + (" and the passthrough columns" if "known_plaintext_passthrough" in c else "")
+                                   + f" ({score}; {c['token_rows']:.1%} of rows share a token with a leaked row)",
+                         "exact z_public": round(c["known_plaintext_exact_with_tokens"], 4),
+                         "released": round(c["known_plaintext_released_with_tokens"], 4),
+                         "baseline": round(c["baseline"], 4)})
     return rows

@@ -184,7 +184,7 @@ def test_the_release_is_calibrated_against_what_the_passthrough_columns_already_
 def test_the_train_report_attacks_the_protected_column_with_the_passthrough_columns_too():
     import pyarrow as pa
 
-    from iae_privacy.analysts.protection import measure, numeric_columns
+    from iae_privacy.analysts.protection import equal_values, measure, numeric_columns
     from iae_privacy_flows.train import passthrough_warnings, protection_rows
 
     rng = np.random.default_rng(8)
@@ -210,6 +210,23 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     assert warning.startswith("the passthrough columns alone give g away (") and "%" in warning
     quiet = measure(z, z, features, [("g", 0, -1)], ["g", "other"], known=known[:, 1:])  # amount: says nothing
     assert passthrough_warnings(quiet) == [] and "known_plaintext_passthrough" in quiet["columns"][0]
+    # a person id (an identifier: analysts see its token) whose people each have one group, three
+    # rows each: a leaked row gives its group to its person's other rows
+    person = rng.permutation(np.repeat(np.arange(n // 3 + 1), 3)[:n])
+    group_of = rng.integers(0, 2, n // 3 + 1)
+    features[:, 0] = group_of[person[: n - 10]]
+    ids = pa.record_batch({"person": pa.array([None if i % 101 == 0 else f"p{p}" for i, p in enumerate(person)])})
+    shared = equal_values([ids], n - 10)
+    assert shared.shape == (n - 10, 1) and (shared[:, 0] == -1).sum() == len(range(0, n - 10, 101))
+    report = measure(z, z, features, [("g", 0, -1)], ["g", "other"], known=known[:, 1:], shared=shared)
+    (g,) = report["columns"]
+    # 1,000 of 2,990 rows leaked: an attacked row's two other rows are both unleaked 44 % of the time
+    assert 0.45 < g["token_rows"] < 0.65
+    assert g["known_plaintext_released_with_tokens"] >= g["known_plaintext_released_with_passthrough"] + \
+        0.5 * g["token_rows"] - 0.03
+    assert any(w.startswith("the identifier tokens carry g ") for w in passthrough_warnings(report))
+    assert any(r["attack"].startswith("known plaintext with the identifier tokens and the passthrough")
+               for r in protection_rows(report))
     assert not any("passthrough" in r["attack"] for r in protection_rows(measure(z, z, features, [("g", 0, -1)],
                                                                                  ["g", "other"])))
 
@@ -287,3 +304,14 @@ def test_the_analysis_target_is_declared_in_the_config_and_conflicts_are_refused
     source = write_synthetic_patients(tmp_path / "q.parquet", 600, seed=2)
     with pytest.raises(IaeError, match="the analysis target 'admitted_at' is neither a number nor a category"):
         fit_model(source, bytes(32), CodecConfig(target="admitted_at"), TrainConfig(epochs=0))
+
+
+def test_a_token_shared_with_a_leaked_row_gives_that_rows_value():
+    from iae_privacy.analysts.attacks import token_lookup
+
+    shared = np.array([[0, 5], [1, -1], [0, 7], [2, 7], [-1, 5], [3, -1]])
+    leaked, held = np.array([0, 1]), np.array([2, 3, 4, 5])
+    covered, given = token_lookup(shared, leaked, held, np.array([9, 4]), True)
+    assert covered.tolist() == [True, False, True, False] and given[covered].tolist() == [9, 9]
+    numbers = token_lookup(shared, np.array([0, 2, 1]), held[1:], np.array([1.0, 3.0, 8.0]), False)
+    assert numbers[0].tolist() == [True, True, False] and numbers[1][:2].tolist() == [3.0, 1.0]  # 7: rows 2; 5: row 0

@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["InversionResult", "known_plaintext_inversion", "linkage", "quasi_identifier_recovery",
            "attribute_inference", "fit_inverter", "ranking_attack", "twin_lookup", "column_attack",
-           "best_column_learner", "CLASSIFY_LEVELS", "row_order_attack"]
+           "best_column_learner", "token_lookup", "CLASSIFY_LEVELS", "row_order_attack"]
 
 
 def _learners(m: int):
@@ -326,12 +326,17 @@ def best_column_learner(x: np.ndarray, y: np.ndarray, categorical: bool):
 
 
 def column_attack(latent: np.ndarray, target: np.ndarray, m: int, rng: np.random.Generator,
-                  categorical: bool) -> tuple[float, float, str]:
+                  categorical: bool, shared: np.ndarray | None = None) -> tuple[float, float, str]:
     """The known-plaintext attack on one column: (score on the rows not leaked, the baseline's,
     the learner used). The attacker holds ``m`` leaked (latent, value) pairs and picks a learner
     by cross-validation on them (:func:`best_column_learner`). Score: accuracy for a categorical
     ``target`` (baseline: the share of the most common class among the attacked rows), R² for a
-    number (baseline 0: the mean)."""
+    number (baseline 0: the mean).
+
+    ``shared`` (rows x identifier columns, equal values as equal integers, -1 for a null): the
+    identifier tokens analysts see, equal where the values are. A row that shares one with a leaked
+    row is given that leaked row's value (a number: the mean of those it shares with) instead of
+    the learner's guess: what is constant per person, per account, per site travels with the token."""
     order = rng.permutation(len(latent))
     leaked, held = order[:m], order[m:]
     x, y = latent[leaked], target[leaked]
@@ -343,8 +348,34 @@ def column_attack(latent: np.ndarray, target: np.ndarray, m: int, rng: np.random
         baseline = 0.0
     fitted, name = best_column_learner(x, y, categorical)
     guess = fitted.predict(latent[held])
+    if shared is not None:
+        covered, value = token_lookup(shared, leaked, held, y, categorical)
+        guess = np.where(covered, value, guess)
+        name += " + token lookup"
     if categorical:
         return float((guess == target[held]).mean()), baseline, name
     truth = target[held].astype(np.float64)
     variance = truth.var()
     return (float(1 - ((guess - truth) ** 2).mean() / variance) if variance > 0 else 0.0), baseline, name
+
+
+def token_lookup(shared: np.ndarray, leaked: np.ndarray, held: np.ndarray, values: np.ndarray,
+                 categorical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each ``held`` row shares an identifier value with a ``leaked`` one, the value it is
+    given then: the first such leaked row's, or their mean for a number), the identifier columns of
+    ``shared`` tried in order. ``values``: the leaked rows' values, in the order of ``leaked``."""
+    covered = np.zeros(len(held), dtype=bool)
+    given = np.zeros(len(held), dtype=values.dtype if categorical else np.float64)
+    for c in range(shared.shape[1]):
+        keys, ok = shared[leaked, c], shared[leaked, c] >= 0
+        known, first, inverse = np.unique(keys[ok], return_index=True, return_inverse=True)
+        if not len(known):
+            continue
+        per_key = values[ok][first] if categorical else \
+            np.bincount(inverse, weights=values[ok].astype(np.float64)) / np.bincount(inverse)
+        theirs = shared[held, c]
+        at = np.minimum(np.searchsorted(known, theirs), len(known) - 1)
+        hit = (theirs >= 0) & (known[at] == theirs) & ~covered
+        given[hit] = per_key[at[hit]]
+        covered |= hit
+    return covered, given

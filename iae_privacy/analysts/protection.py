@@ -11,7 +11,11 @@ For each protected column, on rows the release was not fitted on, two attacks on
   known marginal (:func:`iae_privacy.analysts.attacks.ranking_attack`);
 * **with the passthrough columns** (where the dataset has any): the known-plaintext attack on
   what analysts' files hold beside the latent, the passthrough columns alone (what the data team
-  already hands over), and on them together with the exact z_public and with the release.
+  already hands over), and on them together with the exact z_public and with the release;
+* **with the identifier tokens** (where the dataset has identifiers): the release (and the
+  passthrough columns) as above, and each attacked row that shares a token with a leaked row
+  given that row's value (:func:`iae_privacy.analysts.attacks.token_lookup`): a value constant per
+  person travels with the person's token, which no release hides.
 
 And the utility cost: how well gradient boosting reads the other features back from each (mean
 R² over up to :data:`UTILITY_FEATURES` of them; analysts' own models see the release only).
@@ -24,10 +28,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from iae_privacy.analysts.attacks import column_attack, ranking_attack
+from iae_privacy.analysts.attacks import column_attack, ranking_attack, token_lookup
 from iae_privacy.model.protection import MAX_GROUPS
 
-__all__ = ["measure", "numeric_columns", "readout_r2", "LEAKED_ROWS", "UTILITY_FEATURES"]
+__all__ = ["measure", "numeric_columns", "equal_values", "readout_r2", "LEAKED_ROWS", "UTILITY_FEATURES"]
 
 LEAKED_ROWS = 1_000
 UTILITY_FEATURES = 8
@@ -57,6 +61,18 @@ def numeric_columns(batches: list[pa.RecordBatch], rows: int) -> np.ndarray | No
     return np.column_stack(out)
 
 
+def equal_values(batches: list[pa.RecordBatch], rows: int) -> np.ndarray | None:
+    """The first ``rows`` rows of ``batches`` (the identifier columns) as what their tokens show:
+    (rows, columns) int64, equal values as equal integers, a null as -1. None when there is no column."""
+    import pyarrow.compute as pc
+
+    if not batches or batches[0].num_columns == 0:
+        return None
+    table = pa.Table.from_batches(batches).slice(0, rows)
+    return np.column_stack([pc.dictionary_encode(column.combine_chunks()).indices.fill_null(-1)
+                            .to_numpy(zero_copy_only=False).astype(np.int64) for column in table.columns])
+
+
 def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> float:
     """Mean held-out R² of gradient boosting reading each feature (column of ``codes``) from ``latent``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -76,13 +92,16 @@ def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
 
 
 def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, protected: list[tuple[str, int, int]],
-            feature_names: list[str], seed: int = 0, known: np.ndarray | None = None) -> dict[str, Any]:
+            feature_names: list[str], seed: int = 0, known: np.ndarray | None = None,
+            shared: np.ndarray | None = None) -> dict[str, Any]:
     """The figures of the train report's protection section (aggregates and names only).
-    ``known``: the same rows' passthrough columns (:func:`numeric_columns`), if any."""
+    ``known``: the same rows' passthrough columns (:func:`numeric_columns`), if any; ``shared``:
+    their identifier columns (:func:`equal_values`), if any."""
     rows = min(len(z_exact), ATTACKED_ROWS)
     pick = np.random.default_rng(seed).permutation(len(z_exact))[:rows]
     exact, released, codes = z_exact[pick].astype(np.float64), z_released[pick], features[pick]
     beside = None if known is None else known[pick]
+    tokens = None if shared is None else shared[pick]
     m = min(LEAKED_ROWS, rows // 2)
     columns = []
     for name, f, null in protected:
@@ -101,6 +120,14 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
                                   ("released_with_passthrough", np.hstack([released, beside]))):
                 entry[f"known_plaintext_{label}"] = column_attack(latent, target, m, np.random.default_rng(seed),
                                                                   categorical)[0]
+        if tokens is not None:  # the same leaked rows again, and what their tokens carry to others
+            for label, latent in (("exact", exact), ("released", released)):
+                shown = latent if beside is None else np.hstack([latent, beside])
+                entry[f"known_plaintext_{label}_with_tokens"] = column_attack(
+                    shown, target, m, np.random.default_rng(seed), categorical, tokens)[0]
+            order = np.random.default_rng(seed).permutation(rows)
+            entry["token_rows"] = float(token_lookup(tokens, order[:m], order[m:], target[order[:m]],
+                                                     categorical)[0].mean())
         columns.append(entry)
     theirs = {f for _, f, _ in protected} | {n for _, _, n in protected}
     others = [j for j in range(codes.shape[1]) if j not in theirs][:UTILITY_FEATURES]

@@ -75,15 +75,16 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
                   "Not in the table in any form. What attacks recovered of each from this table (held-out rows), "
                   "beside always guessing the most common value:", "",
                   "| column | known plaintext, 1,000 leaked rows | zero-leak ranking | baseline | "
-                  "known plaintext with the passthrough columns (them alone) |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+                  "known plaintext with the passthrough columns (them alone) | with the identifier tokens too |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for c in protection["columns"]:
             ranking = _percent(c["ranking_released"]) if "ranking_released" in c else "n/a"
             score = _percent if c["kind"] == "category" else (lambda v: f"R² {v:.2f}")
             beside = (f"{score(c['known_plaintext_released_with_passthrough'])} "
                       f"({score(c['known_plaintext_passthrough'])})") if "known_plaintext_passthrough" in c else "n/a"
+            tokens = score(c["known_plaintext_released_with_tokens"]) if "token_rows" in c else "n/a"
             lines.append(f"| `{c['column']}` | {score(c['known_plaintext_released'])} | {ranking} | "
-                         f"{score(c['baseline'])} | {beside} |")
+                         f"{score(c['baseline'])} | {beside} | {tokens} |")
     target = training.get("target") or {}
     if target:
         favoured = ", ".join(f"`{name}`" for name in target.get("favoured", [])) or "none"

@@ -86,14 +86,15 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     codec = TableCodec.fit(path, codec_config)
     target = codec.config.target
     protected = protected_features(codec)
-    rows, features, targets, passthrough = 0, [], [], []
+    rows, features, targets, passthrough, identifiers = 0, [], [], [], []
     for batch in read_batches(path):
         encoded = codec.encode(batch, source=str(path))
         features.append(encoded.features)
         if target is not None:
             targets.append(batch.column(target))
-        if protected:
+        if protected:  # what analysts' files hold beside z_public, for the attacks
             passthrough.append(encoded.passthrough)
+            identifiers.append(encoded.identifiers)
         rows += batch.num_rows
         if rows >= codec.config.sample_rows:
             break
@@ -134,14 +135,20 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
     protection, released = None, z[held]  # what analysts get of the held-out rows
     with learner_threads():
         if protected:
-            from iae_privacy.analysts.protection import measure, numeric_columns  # sklearn: only where protected
+            from iae_privacy.analysts.protection import (  # sklearn: only where columns are protected
+                equal_values,
+                measure,
+                numeric_columns,
+            )
 
             known = numeric_columns(passthrough, len(x))  # what analysts get beside z_public, if anything
             protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured,
                                                    None if known is None else known[fit])
             released = protection.release(z[held], x[held])
+            shared = equal_values(identifiers, len(x))  # equal values, equal tokens
             report.protection = measure(z[held], released, x[held], protected, codec.feature_names,
-                                        known=None if known is None else known[held])
+                                        known=None if known is None else known[held],
+                                        shared=None if shared is None else shared[held])
             report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
         if target is not None:
             report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs, released)
