@@ -159,13 +159,13 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
                               "columns from the exact z_public and from the release analysts get (held-out rows)"
                               + (f"; proxies given no weight in z_public: {', '.join(result.protection['proxies'])}"
                                  if result.protection.get("proxies") else "")
-                              + "".join(f"; warning: {w}" for w in passthrough_warnings(result.protection)))
+                              + "".join(f"; warning: {w}" for w in protection_warnings(result.protection)))
     return result
 
 
-def passthrough_warnings(protection: dict) -> list[str]:
-    """One line per protected column that the passthrough columns alone give away beyond the
-    release's tolerance: no release can take that back (docs/threat-model.md)."""
+def protection_warnings(protection: dict) -> list[str]:
+    """One line per protected column that the passthrough columns alone, or the identifier tokens,
+    give away beyond the release's tolerance: no release can take that back (docs/threat-model.md)."""
     from iae_privacy.model.protection import TOLERANCE
 
     lines = []

@@ -185,7 +185,7 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     import pyarrow as pa
 
     from iae_privacy.analysts.protection import equal_values, measure, numeric_columns
-    from iae_privacy_flows.train import passthrough_warnings, protection_rows
+    from iae_privacy_flows.train import protection_rows, protection_warnings
 
     rng = np.random.default_rng(8)
     n = 3_000
@@ -206,10 +206,10 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     assert g["known_plaintext_released_with_passthrough"] <= g["known_plaintext_passthrough"] + 0.05
     (row,) = [r for r in protection_rows(report) if "passthrough" in r["attack"]]
     assert row["baseline"] == round(g["known_plaintext_passthrough"], 4)
-    (warning,) = passthrough_warnings(report)  # train says so: no release takes that back
+    (warning,) = protection_warnings(report)  # train says so: no release takes that back
     assert warning.startswith("the passthrough columns alone give g away (") and "%" in warning
     quiet = measure(z, z, features, [("g", 0, -1)], ["g", "other"], known=known[:, 1:])  # amount: says nothing
-    assert passthrough_warnings(quiet) == [] and "known_plaintext_passthrough" in quiet["columns"][0]
+    assert protection_warnings(quiet) == [] and "known_plaintext_passthrough" in quiet["columns"][0]
     # a person id (an identifier: analysts see its token) whose people each have one group, three
     # rows each: a leaked row gives its group to its person's other rows
     person = rng.permutation(np.repeat(np.arange(n // 3 + 1), 3)[:n])
@@ -224,7 +224,7 @@ def test_the_train_report_attacks_the_protected_column_with_the_passthrough_colu
     assert 0.45 < g["token_rows"] < 0.65
     assert g["known_plaintext_released_with_tokens"] >= g["known_plaintext_released_with_passthrough"] + \
         0.5 * g["token_rows"] - 0.03
-    assert any(w.startswith("the identifier tokens carry g ") for w in passthrough_warnings(report))
+    assert any(w.startswith("the identifier tokens carry g ") for w in protection_warnings(report))
     assert any(r["attack"].startswith("known plaintext with the identifier tokens and the passthrough")
                for r in protection_rows(report))
     assert not any("passthrough" in r["attack"] for r in protection_rows(measure(z, z, features, [("g", 0, -1)],

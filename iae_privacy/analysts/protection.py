@@ -121,13 +121,14 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
                 entry[f"known_plaintext_{label}"] = column_attack(latent, target, m, np.random.default_rng(seed),
                                                                   categorical)[0]
         if tokens is not None:  # the same leaked rows again, and what their tokens carry to others
-            for label, latent in (("exact", exact), ("released", released)):
-                shown = latent if beside is None else np.hstack([latent, beside])
-                entry[f"known_plaintext_{label}_with_tokens"] = column_attack(
-                    shown, target, m, np.random.default_rng(seed), categorical, tokens)[0]
             order = np.random.default_rng(seed).permutation(rows)
             entry["token_rows"] = float(token_lookup(tokens, order[:m], order[m:], target[order[:m]],
                                                      categorical)[0].mean())
+            for label, latent in (("exact", exact), ("released", released)):
+                without = f"known_plaintext_{label}" + ("" if beside is None else "_with_passthrough")
+                shown = latent if beside is None else np.hstack([latent, beside])
+                entry[f"known_plaintext_{label}_with_tokens"] = entry[without] if not entry["token_rows"] else \
+                    column_attack(shown, target, m, np.random.default_rng(seed), categorical, tokens)[0]
         columns.append(entry)
     theirs = {f for _, f, _ in protected} | {n for _, _, n in protected}
     others = [j for j in range(codes.shape[1]) if j not in theirs][:UTILITY_FEATURES]

@@ -194,9 +194,9 @@ def train_command(
                       f"R2 {utility['readout_r2_released']:.2f} (from the exact z_public "
                       f"{utility['readout_r2_exact']:.2f}). The per-feature table above is the exact z_public's; "
                       "analysts' latent tables hold the release", highlight=False)
-        from iae_privacy_flows.train import passthrough_warnings
+        from iae_privacy_flows.train import protection_warnings
 
-        for warning in passthrough_warnings(result.protection):
+        for warning in protection_warnings(result.protection):
             console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         if result.protection.get("proxies"):
             console.print("proxies of the protected columns, given no weight in z_public (they restore from the "
