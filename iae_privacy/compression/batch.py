@@ -95,7 +95,7 @@ def _text_kind(column: pa.Array) -> str | None:
     return next((name for name, t in _TEXT_TYPES.items() if column.type == t), None)
 
 
-def _split_text(column: pa.Array) -> tuple[pa.Array, bytes]:
+def _split_text(column: pa.Array, kind: str) -> tuple[pa.Array, bytes]:
     """(each value's length, null where the value is; every value's bytes, one after another).
     Arrow IPC stores a text column's offsets, which grow row by row, so that zstd keeps 6-9 bits
     of each row's (a fixed-width id, an e-mail: 100,000 synthetic patients); their lengths take
@@ -104,8 +104,8 @@ def _split_text(column: pa.Array) -> tuple[pa.Array, bytes]:
 
     lengths = pc.binary_length(column)
     if column.null_count:  # a null's slot may hold bytes in memory: nulls made empty, the values alone kept
-        column = pc.fill_null(column, pa.scalar(b"" if "binary" in str(column.type) else "", column.type))
-    wide = 8 if "large" in str(column.type) else 4
+        column = pc.fill_null(column, pa.scalar(b"" if kind.endswith("binary") else "", column.type))
+    wide = 8 if kind.startswith("large") else 4
     offsets = np.frombuffer(column.buffers()[1], dtype=f"<i{wide}", count=len(column) + 1,
                             offset=column.offset * wide) if len(column) else np.zeros(1, np.int64)
     data = column.buffers()[2]
@@ -117,7 +117,7 @@ def _split_text(column: pa.Array) -> tuple[pa.Array, bytes]:
 def _join_text(lengths: pa.Array, body: bytes, kind: str) -> pa.Array:
     """What :func:`_split_text` split."""
     type_ = _TEXT_TYPES[kind]
-    wide = np.int64 if "large" in kind else np.int32
+    wide = np.int64 if kind.startswith("large") else np.int32
     counts = lengths.fill_null(0).to_numpy(zero_copy_only=False).astype(wide)
     offsets = np.zeros(len(counts) + 1, dtype=wide)
     np.cumsum(counts, out=offsets[1:])
@@ -150,9 +150,8 @@ def _ipc(batch: pa.RecordBatch, level: int) -> tuple[bytes, list[int], list[int]
                 column = column.dictionary_encode()
             elif i in deltas:
                 column = _delta(column)
-            elif _text_kind(column) is not None:
-                kind = _text_kind(column)
-                column, body = _split_text(column)
+            elif (kind := _text_kind(column)) is not None:
+                column, body = _split_text(column, kind)
                 texts.append([i, kind, len(body)])
                 bodies.append(body)
             columns.append(column)
