@@ -164,8 +164,9 @@ def train_flow(data: str, model: str, home: str = ".", epochs: int = 30, device:
 
 
 def protection_warnings(protection: dict) -> list[str]:
-    """One line per protected column that the passthrough columns alone, or the identifier tokens,
-    give away beyond the release's tolerance: no release can take that back (docs/threat-model.md)."""
+    """One line per protected column that the passthrough columns alone, the declared target alone,
+    or the identifier tokens give away beyond the release's tolerance: no release can take that back
+    (docs/threat-model.md)."""
     from iae_privacy.model.protection import TOLERANCE
 
     lines = []
@@ -173,11 +174,17 @@ def protection_warnings(protection: dict) -> list[str]:
         alone = c.get("known_plaintext_passthrough")
         if alone is None or alone <= c["baseline"] + TOLERANCE:
             continue
-        told = f"{alone:.1%} against {c['baseline']:.1%} for always guessing the most common value" \
-            if c["kind"] == "category" else f"R2 {alone:.2f} against 0 for the mean"
-        lines.append(f"the passthrough columns alone give {c['column']} away ({told}, known plaintext): analysts get "
+        lines.append(f"the passthrough columns alone give {c['column']} away ({_told(c, alone)}, known plaintext): "
+                     "analysts get "
                      "them as they are, and the release only adds no more than its tolerance to what they tell. "
                      "Declare the columns that carry it protected, or leave them out of the table")
+    for c in protection.get("columns", []):
+        alone = c.get("known_plaintext_target")
+        if alone is not None and alone > c["baseline"] + TOLERANCE:
+            lines.append(f"the declared target {c['target']} alone tells {c['column']} ({_told(c, alone)}, known "
+                         "plaintext): the latent table keeps the target for analysts to model, so they can tell "
+                         "this much. If that is too much, declare no target: the release then blurs it like any "
+                         "other correlate")
     for c in protection.get("columns", []):
         lookup = c.get("known_plaintext_released_with_tokens")
         if lookup is None:
@@ -190,6 +197,11 @@ def protection_warnings(protection: dict) -> list[str]:
                          "with its token. Declare such an identifier vault (sealed, no token) unless analysts must "
                          "join on it")
     return lines
+
+
+def _told(column: dict, figure: float) -> str:
+    return f"{figure:.1%} against {column['baseline']:.1%} for always guessing the most common value" \
+        if column["kind"] == "category" else f"R2 {figure:.2f} against 0 for the mean"
 
 
 def protection_rows(protection: dict) -> list[dict]:
@@ -210,6 +222,12 @@ def protection_rows(protection: dict) -> list[dict]:
                          "exact z_public": round(c["known_plaintext_exact_with_passthrough"], 4),
                          "released": round(c["known_plaintext_released_with_passthrough"], 4),
                          "baseline": round(c["known_plaintext_passthrough"], 4)})
+        if "known_plaintext_target" in c:  # the declared target's own values: analysts model it
+            alone = round(c["known_plaintext_target"], 4)
+            rows.append({"column": c["column"],
+                         "attack": f"known plaintext, the declared target {c['target']} alone ({score}; the latent "
+                                   "table keeps it for analysts to model: theirs by design)",
+                         "exact z_public": alone, "released": alone, "baseline": round(c["baseline"], 4)})
         if "known_plaintext_released_with_tokens" in c:  # what leaked rows' tokens carry to the rows sharing them
             rows.append({"column": c["column"],
                          "attack": "known plaintext with the identifier tokens"

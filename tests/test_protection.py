@@ -284,6 +284,46 @@ def test_a_declared_targets_best_predictor_gets_a_public_column_of_its_own():
     assert best_match((5,)) > 0.999 > 0.9 > best_match(())
 
 
+def test_a_declared_target_that_tells_the_protected_column_keeps_its_axis_and_the_report_says_so():
+    """The declared target is what analysts model: with ``kept`` its z_public column is the target
+    itself, group differences included (the fair projection would blur it for the protected
+    column's sake), the release is calibrated against what it tells, and the report says how much."""
+    import torch
+
+    from iae_privacy.analysts.protection import measure
+    from iae_privacy.network import ExactINN, NetworkConfig
+    from iae_privacy_flows.train import protection_rows, protection_warnings
+
+    rng = np.random.default_rng(12)
+    n = 6_000
+    group = rng.integers(0, 2, n)
+    spend = np.clip(np.rint(40 + 12 * group + rng.normal(0, 10, n)), 0, 99)  # the target: higher in group 1
+    x = np.column_stack([group, spend, rng.integers(0, 50, (n, 3))]).astype(np.int64)
+    config = NetworkConfig(levels=(2, 100, 50, 50, 50), public_dims=2)
+
+    def axis(kept: tuple[int, ...]) -> tuple[float, float]:
+        model = ExactINN.fitted(config, bytes(range(32)), torch.as_tensor(x), ((0, -1),), (1,), (), kept).freeze()
+        z = model.encode(torch.as_tensor(x))[:, :2].numpy().astype(np.float64)
+        best = int(np.argmax([abs(np.corrcoef(z[:, j], spend)[0, 1]) for j in range(2)]))
+        return abs(np.corrcoef(z[:, best], spend)[0, 1]), abs(z[group == 1, best].mean() - z[group == 0, best].mean())
+
+    projected, kept = axis(()), axis((1,))
+    assert kept[0] > 0.999 and projected[0] < 0.95  # the target as it is, not less its group difference
+    assert projected[1] < 0.01 * kept[1]
+    z = np.rint(rng.standard_normal((n, 2)) * 50)
+    z[:, 0] = spend * 7
+    report = measure(z, z, x, [("g", 0, -1)], ["g", "spend", "a", "b", "c"],
+                     declared=("spend", x[:, [1]].astype(np.float64)))
+    (g,) = report["columns"]
+    assert g["target"] == "spend" and g["known_plaintext_target"] > g["baseline"] + 0.1
+    (row,) = [r for r in protection_rows(report) if "declared target" in r["attack"]]
+    assert row["released"] == round(g["known_plaintext_target"], 4) and "spend alone" in row["attack"]
+    (warning,) = protection_warnings(report)
+    assert warning.startswith("the declared target spend alone tells g (")
+    assert not any("declared target" in r["attack"] for r in protection_rows(measure(z, z, x, [("g", 0, -1)],
+                                                                                    ["g", "spend", "a", "b", "c"])))
+
+
 def test_the_analysis_target_is_declared_in_the_config_and_conflicts_are_refused(tmp_path):
     config = tmp_path / "d.toml"
     config.write_text('[columns]\nrace = "protected"\n[analysis]\ntarget = "wage"\n')

@@ -12,6 +12,9 @@ For each protected column, on rows the release was not fitted on, two attacks on
 * **with the passthrough columns** (where the dataset has any): the known-plaintext attack on
   what analysts' files hold beside the latent, the passthrough columns alone (what the data team
   already hands over), and on them together with the exact z_public and with the release;
+* **the declared target alone** (where the target is a feature the network models): the
+  known-plaintext attack on the target's own values, which the latent table keeps for analysts
+  to model: what they tell is theirs by design, and the release is calibrated against it;
 * **with the identifier tokens** (where the dataset has identifiers): the release (and the
   passthrough columns) as above, and each attacked row that shares a token with a leaked row
   given that row's value (:func:`iae_privacy.analysts.attacks.token_lookup`): a value constant per
@@ -93,10 +96,11 @@ def readout_r2(latent: np.ndarray, codes: np.ndarray, rng: np.random.Generator) 
 
 def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, protected: list[tuple[str, int, int]],
             feature_names: list[str], seed: int = 0, known: np.ndarray | None = None,
-            shared: np.ndarray | None = None) -> dict[str, Any]:
+            shared: np.ndarray | None = None, declared: tuple[str, np.ndarray] | None = None) -> dict[str, Any]:
     """The figures of the train report's protection section (aggregates and names only).
     ``known``: the same rows' passthrough columns (:func:`numeric_columns`), if any; ``shared``:
-    their identifier columns (:func:`equal_values`), if any."""
+    their identifier columns (:func:`equal_values`), if any; ``declared``: the declared target's
+    name and its own feature codes on the same rows, where z_public keeps them."""
     rows = min(len(z_exact), ATTACKED_ROWS)
     pick = np.random.default_rng(seed).permutation(len(z_exact))[:rows]
     exact, released, codes = z_exact[pick].astype(np.float64), z_released[pick], features[pick]
@@ -120,6 +124,10 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
                                   ("released_with_passthrough", np.hstack([released, beside]))):
                 entry[f"known_plaintext_{label}"] = column_attack(latent, target, m, np.random.default_rng(seed),
                                                                   categorical)[0]
+        if declared is not None:  # what the declared target tells on its own: analysts model it
+            entry["target"] = declared[0]
+            entry["known_plaintext_target"] = column_attack(declared[1][pick], target, m, np.random.default_rng(seed),
+                                                            categorical)[0]
         if tokens is not None:  # the same leaked rows again, and what their tokens carry to others
             order = np.random.default_rng(seed).permutation(rows)
             entry["token_rows"] = float(token_lookup(tokens, order[:m], order[m:], target[order[:m]],

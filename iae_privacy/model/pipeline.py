@@ -105,7 +105,7 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
                          "passthrough or vault column")
     network = NetworkConfig(levels=levels, public_dims=public_dims or default_public_dims(len(levels)))
     theirs = {f for _, f, null in protected for f in (f, null) if f >= 0}
-    favoured, hidden, y = (), (), None
+    favoured, hidden, kept, y = (), (), (), None
     if protected:
         with learner_threads():
             hidden = proxy_features(x, protected)
@@ -118,13 +118,17 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
                            f"{MAX_TARGET_CLASSES} values ({len(np.unique(y)):,} distinct in the sample): declare a "
                            "column analysts will predict")
         own = [j for j, name in enumerate(codec.feature_names) if name.split("#")[0] == target]
+        # the target's own values: analysts model it, so what it tells about the protected columns
+        # on its own is theirs by design (unless it is one of their proxies: then protection wins)
+        kept = tuple(j for j in own if j not in hidden) if protected else ()
         with learner_threads():
             favoured = tuple(own) if own else favoured_features(x, y, regression, theirs | set(hidden),
                                                                   network.public_dims // 4)
             favoured = _best_favoured(x, y, regression, network, key, tuple((f, n) for _, f, n in protected),
-                                      favoured, hidden)
+                                      favoured, hidden, kept)
+        kept = tuple(j for j in kept if j in favoured)
     model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows,
-                          tuple((f, null) for _, f, null in protected), favoured, hidden)
+                          tuple((f, null) for _, f, null in protected), favoured, hidden, kept)
     if not protected and target is None:
         return Model(codec, model), report
     # fitted on most of the sample, measured on the rest, picked at random (files are often sorted
@@ -142,13 +146,16 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
             )
 
             known = numeric_columns(passthrough, len(x))  # what analysts get beside z_public, if anything
+            by_design = known if not kept else x[:, kept].astype(np.float64) if known is None else \
+                np.hstack([known, x[:, kept]])  # and the declared target's own values, which they model
             protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured,
-                                                   None if known is None else known[fit])
+                                                   None if by_design is None else by_design[fit])
             released = protection.release(z[held], x[held])
             shared = equal_values(identifiers, len(x))  # equal values, equal tokens
             report.protection = measure(z[held], released, x[held], protected, codec.feature_names,
                                         known=None if known is None else known[held],
-                                        shared=None if shared is None else shared[held])
+                                        shared=None if shared is None else shared[held],
+                                        declared=(target, x[held][:, kept].astype(np.float64)) if kept else None)
             report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
         if target is not None:
             report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs, released)
@@ -163,7 +170,7 @@ CHOICE_ROWS = 6_000
 
 def _best_favoured(x: np.ndarray, y: np.ndarray, regression: bool, network: NetworkConfig, key: bytes,
                    protected: tuple[tuple[int, int], ...], ranked: tuple[int, ...],
-                   hidden: tuple[int, ...]) -> tuple[int, ...]:
+                   hidden: tuple[int, ...], kept: tuple[int, ...] = ()) -> tuple[int, ...]:
     """How many of the ``ranked`` predictors of the target get public axes of their own: none, the
     first, the first two, ... whichever the exact z_public predicts the target best from on held-out
     sample rows (gradient boosting, 3-fold cross-validated; more only where they gain 0.01). A
@@ -186,7 +193,7 @@ def _best_favoured(x: np.ndarray, y: np.ndarray, regression: bool, network: Netw
     best, best_score = (), -np.inf
     for m in range(len(ranked) + 1):
         choice = ranked[:m]
-        inn = ExactINN.fitted(network, key, torch.from_numpy(x[fitted]), protected, choice, hidden).freeze()
+        inn = ExactINN.fitted(network, key, torch.from_numpy(x[fitted]), protected, choice, hidden, kept).freeze()
         z = inn.encode(torch.from_numpy(x[scored])).numpy()[:, :k].astype(np.float64)
         score = target_score(z, y[scored], regression, folds=3)
         if score > best_score + 0.01:

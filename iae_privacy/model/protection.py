@@ -330,7 +330,11 @@ class Protection:
         add no more than :data:`TOLERANCE` to what those columns tell on their own (when that is
         more than the most common group's share). The data team declared them non-sensitive; noise
         on z_public cannot take back what they give away, and a release calibrated without them
-        would both cost analysts for nothing and understate what the files tell together.
+        would both cost analysts for nothing and understate what the files tell together. A declared
+        analysis target the network models is passed here too (its own codes): z_public keeps it for
+        analysts to model (:meth:`iae_privacy.network.model.ExactINN.fitted`, ``kept``), so what
+        it tells on its own is theirs by design, and the attacker holding it exactly is an upper
+        bound on one holding its released column.
 
         1. the exact z_public, first as it is, then with Gaussian noise aimed at the columns the
            attacker reads the groups from: each round raises, by one of :data:`NOISE_LEVELS`, the

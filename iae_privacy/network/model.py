@@ -361,7 +361,7 @@ class ExactINN(nn.Module):
     @torch.no_grad()
     def fitted(cls, config: NetworkConfig, key: bytes, x: torch.Tensor,
                protected: tuple[tuple[int, int], ...] = (), favoured: tuple[int, ...] = (),
-               hidden: tuple[int, ...] = ()) -> ExactINN:
+               hidden: tuple[int, ...] = (), kept: tuple[int, ...] = ()) -> ExactINN:
         r"""A network fitted to the principal components of ``x`` (feature codes), ready to train.
 
         Architecture 2. With :math:`h` the upscaled features, :math:`W = (V_k R)^\top D_\sigma^{-1}`
@@ -389,7 +389,11 @@ class ExactINN(nn.Module):
         of the target reads its predictors from one column each, not from mixtures of many, and
         the release's noise (``model/protection.py``) can spare them when they do not give the
         protected groups away. ``hidden`` features (proxies of the protected columns,
-        :func:`iae_privacy.model.protection.proxy_features`) get zero coefficients too.
+        :func:`iae_privacy.model.protection.proxy_features`) get zero coefficients too. A ``kept``
+        favoured feature (the declared target's own values) is its public axis as it is, its
+        groups' mean differences included: analysts model the target, so what it tells about the
+        protected columns on its own is theirs by design (the release is calibrated against it,
+        :meth:`iae_privacy.model.protection.Protection.fit_calibrated`).
 
         All are shears, exactly invertible once rounded. ``z_public`` then carries what PCA-k
         carries, in columns trees read better, and decoding with ``z_detail = 0`` is PCA-k's
@@ -400,7 +404,7 @@ class ExactINN(nn.Module):
         model = cls(config, key)
         if config.architecture != 2:
             return model
-        lifts = model._principal_lifts(x.to(torch.float64), protected, favoured, hidden)
+        lifts = model._principal_lifts(x.to(torch.float64), protected, favoured, hidden, kept)
         if lifts is not None:
             weights, bits = lifts
             model = cls(replace(config, lift_bits=bits), key)
@@ -412,8 +416,8 @@ class ExactINN(nn.Module):
         return model
 
     def _principal_lifts(self, x: torch.Tensor, protected: tuple[tuple[int, int], ...] = (),
-                         favoured: tuple[int, ...] = (), hidden: tuple[int, ...] = ()
-                         ) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+                         favoured: tuple[int, ...] = (), hidden: tuple[int, ...] = (),
+                         kept: tuple[int, ...] = ()) -> tuple[dict[str, Any], tuple[int, ...]] | None:
         """The lifting steps' weights fitted to ``x`` (see :meth:`fitted`) and their clamps' bits;
         None when there is nothing to fit (one side empty, or one row)."""
         from scipy.linalg import lu, qr
@@ -431,7 +435,9 @@ class ExactINN(nn.Module):
             away = away - _group_directions(standardised, x.numpy(), protected)
             covariance = away @ covariance @ away
         own = [f for pair in protected for f in pair if f >= 0] + [f for f in hidden if 0 <= f < d]
-        chosen = away[:, [f for f in dict.fromkeys(favoured) if f not in own and 0 <= f < d][: k - 1]]
+        axes_of = [f for f in dict.fromkeys(favoured) if f not in own and 0 <= f < d][: k - 1]
+        chosen = np.column_stack([np.eye(d)[:, f] if f in kept else away[:, f] for f in axes_of]) if axes_of \
+            else np.zeros((d, 0))
         chosen = chosen[:, np.linalg.norm(chosen, axis=0) > 1e-6]  # a feature all in the group directions
         if chosen.shape[1]:  # the favoured features' own axes; the principal axes of what they leave
             chosen = chosen / np.linalg.norm(chosen, axis=0)

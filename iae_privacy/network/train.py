@@ -236,13 +236,16 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
           on_epoch: Callable[[EpochStats], None] | None = None,
           on_rows: Callable[[int, int], None] | None = None,
           protected: tuple[tuple[int, int], ...] = (),
-          favoured: tuple[int, ...] = (), hidden: tuple[int, ...] = ()) -> tuple[ExactINN, TrainReport]:
+          favoured: tuple[int, ...] = (), hidden: tuple[int, ...] = (),
+          kept: tuple[int, ...] = ()) -> tuple[ExactINN, TrainReport]:
     """Train on integer feature codes (``int64``, ``(rows, features)``); return the frozen model.
 
     ``protected``: (value feature, null feature or -1) of each protected column, which ``z_public``
     is fitted to carry no linear information about (architecture 2, :meth:`ExactINN.fitted`);
     ``favoured``: features that get a public axis of their own (a declared target's predictors);
-    ``hidden``: features given no weight in ``z_public`` (proxies of the protected columns).
+    ``hidden``: features given no weight in ``z_public`` (proxies of the protected columns);
+    ``kept``: favoured features whose axis keeps what they tell about the protected columns (the
+    declared target's own values).
     ``on_epoch`` gets each epoch's figures; ``on_rows(done, planned)`` the rows trained on so far
     (all epochs) after the first batch and then about every second: progress from the start, even
     when one epoch of a large table takes minutes.
@@ -265,7 +268,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
     with torch.random.fork_rng(devices=[]):  # seeded weights, without touching the caller's RNG
         torch.manual_seed(config.seed)
         # fitted to the principal components first (architecture 2); train_x is in random order
-        model = ExactINN.fitted(network, key, train_x[:FIT_ROWS], protected, favoured, hidden).to(device)
+        model = ExactINN.fitted(network, key, train_x[:FIT_ROWS], protected, favoured, hidden, kept).to(device)
     train_f = train_x.to(device=device, dtype=torch.float32)
     val_f = (val_x if len(val_x) else train_x[:1]).to(device=device, dtype=torch.float32)
     x_scale = train_f.std(0, unbiased=False).clamp(min=0.5)
