@@ -355,3 +355,17 @@ def test_a_token_shared_with_a_leaked_row_gives_that_rows_value():
     assert covered.tolist() == [True, False, True, False] and given[covered].tolist() == [9, 9]
     numbers = token_lookup(shared, np.array([0, 2, 1]), held[1:], np.array([1.0, 3.0, 8.0]), False)
     assert numbers[0].tolist() == [True, True, False] and numbers[1][:2].tolist() == [3.0, 1.0]  # 7: rows 2; 5: row 0
+    # a first name most rows share, tried first, says nothing of the group; a person id does. The
+    # attacker finds out on its leaked rows and goes by the person id
+    rng = np.random.default_rng(13)
+    n = 4_000
+    person = rng.integers(0, 800, n)
+    group = rng.integers(0, 2, 800)[person]
+    name = rng.integers(0, 5, n)
+    shared = np.column_stack([name, person])
+    leaked, held = np.arange(1_000), np.arange(1_000, n)
+    covered, given = token_lookup(shared, leaked, held, group[leaked], True)
+    on_person = np.isin(person[held], person[leaked])
+    assert np.array_equal(covered, on_person) and (given[covered] == group[held][covered]).mean() > 0.95
+    naive = token_lookup(shared[:, :1], leaked, held, group[leaked], True)  # the name alone: judged useless
+    assert not naive[0].any()

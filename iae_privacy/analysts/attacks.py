@@ -359,23 +359,72 @@ def column_attack(latent: np.ndarray, target: np.ndarray, m: int, rng: np.random
     return (float(1 - ((guess - truth) ** 2).mean() / variance) if variance > 0 else 0.0), baseline, name
 
 
+TOKEN_CHECK_ROWS = 20
+"""Leaked rows sharing a token with another leaked row that :func:`token_lookup` needs to judge an
+identifier column."""
+
+
 def token_lookup(shared: np.ndarray, leaked: np.ndarray, held: np.ndarray, values: np.ndarray,
                  categorical: bool) -> tuple[np.ndarray, np.ndarray]:
     """(whether each ``held`` row shares an identifier value with a ``leaked`` one, the value it is
-    given then: the first such leaked row's, or their mean for a number), the identifier columns of
-    ``shared`` tried in order. ``values``: the leaked rows' values, in the order of ``leaked``."""
+    given then: the most common among the leaked rows sharing it, or their mean for a number).
+    ``values``: the leaked rows' values, in the order of ``leaked``.
+
+    The attacker weighs the identifier columns on the leaked rows themselves: a column is scored by
+    how well each leaked row's value is told by the other leaked rows sharing its token (leave one
+    out: accuracy, or R² for a number) and tried best first; one that tells them no better than
+    the majority share (or the mean), beyond two standard errors, on at least
+    :data:`TOKEN_CHECK_ROWS` such rows is not used (a
+    shared first name says nothing of an income, and would mask a person id that does); one with
+    too few such rows to judge is tried last, in the order given."""
     covered = np.zeros(len(held), dtype=bool)
     given = np.zeros(len(held), dtype=values.dtype if categorical else np.float64)
+    if categorical:
+        baseline = np.unique(values, return_counts=True)[1].max() / max(len(values), 1)
+    tried, untested = [], []
     for c in range(shared.shape[1]):
         keys, ok = shared[leaked, c], shared[leaked, c] >= 0
-        known, first, inverse = np.unique(keys[ok], return_index=True, return_inverse=True)
-        if not len(known):
+        if not ok.any():
             continue
-        per_key = values[ok][first] if categorical else \
-            np.bincount(inverse, weights=values[ok].astype(np.float64)) / np.bincount(inverse)
+        known, per_key, told, right = _per_token(keys[ok], values[ok], categorical)
+        if told < TOKEN_CHECK_ROWS:
+            untested.append((c, known, per_key))
+        elif right > (baseline + 2 * np.sqrt(baseline * (1 - baseline) / told) if categorical else 2 / np.sqrt(told)):
+            tried.append((-right, c, known, per_key))  # beyond chance: two standard errors
+    for c, known, per_key in [(c, k, p) for _, c, k, p in sorted(tried, key=lambda t: t[:2])] + untested:
         theirs = shared[held, c]
         at = np.minimum(np.searchsorted(known, theirs), len(known) - 1)
         hit = (theirs >= 0) & (known[at] == theirs) & ~covered
         given[hit] = per_key[at[hit]]
         covered |= hit
     return covered, given
+
+
+def _per_token(keys: np.ndarray, values: np.ndarray, categorical: bool
+               ) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """(the distinct tokens, sorted; the value each gives: the most common or the mean; how many
+    rows share their token with another; how well the others tell those rows' values, leave one
+    out: accuracy, or R² for a number)."""
+    known, inverse, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    paired = sizes[inverse] > 1
+    if not categorical:
+        values = values.astype(np.float64)
+        sums = np.bincount(inverse, weights=values)
+        per_key = sums / sizes
+        if paired.sum() < 2:
+            return known, per_key, int(paired.sum()), 0.0
+        others = (sums[inverse] - values)[paired] / (sizes[inverse][paired] - 1)
+        truth = values[paired]
+        variance = truth.var()
+        right = float(1 - ((others - truth) ** 2).mean() / variance) if variance > 0 else 0.0
+        return known, per_key, int(paired.sum()), right
+    classes, value_index = np.unique(values, return_inverse=True)
+    counts = np.zeros((len(known), len(classes)), dtype=np.int64)
+    np.add.at(counts, (inverse, value_index.reshape(-1)), 1)
+    per_key = classes[np.argmax(counts, axis=1)]
+    mine = counts[inverse, value_index.reshape(-1)] - 1  # the others in its group with its value
+    others = counts[inverse].copy()
+    others[np.arange(len(inverse)), value_index.reshape(-1)] = -1
+    right = float((mine > others.max(axis=1))[paired].mean()) if paired.any() else 0.0
+    return known, per_key, int(paired.sum()), right
