@@ -108,6 +108,10 @@ def _one_key(path: Path, column: str, target: str, roles: dict) -> dict[str, flo
     utility_release = _target_utility(model.encode(rows).released.astype(np.float64), y)
     utility_raw = _target_utility(model.codec.encode(rows).features[:, predictors].astype(np.float64), y)
     (c,) = report.protection["columns"]
+
+    def figure(key: str) -> float:  # a figure the table's columns give no ground for: NaN
+        return c.get(key, float("nan"))
+
     return {
         **{f"read-out R2, {name}": value for name, value in readout.items()},
         "decode R2, z_public (z_detail = 0)": report.mean_r2,
@@ -118,16 +122,16 @@ def _one_key(path: Path, column: str, target: str, roles: dict) -> dict[str, flo
         "protected, known plaintext, exact z_public": c["known_plaintext_exact"],
         "protected, known plaintext, released": c["known_plaintext_released"],
         "protected, known plaintext, baseline": c["baseline"],
-        "protected, ranking, exact z_public": c.get("ranking_exact", float("nan")),
-        "protected, ranking, released": c.get("ranking_released", float("nan")),
-        "protected, ranking, baseline": c.get("ranking_baseline", float("nan")),
-        "protected, known plaintext, the passthrough columns alone": c["known_plaintext_passthrough"],
-        "protected, known plaintext, exact z_public + passthrough": c["known_plaintext_exact_with_passthrough"],
-        "protected, known plaintext, released + passthrough": c["known_plaintext_released_with_passthrough"],
+        "protected, ranking, exact z_public": figure("ranking_exact"),
+        "protected, ranking, released": figure("ranking_released"),
+        "protected, ranking, baseline": figure("ranking_baseline"),
+        "protected, known plaintext, the passthrough columns alone": figure("known_plaintext_passthrough"),
+        "protected, known plaintext, exact z_public + passthrough": figure("known_plaintext_exact_with_passthrough"),
+        "protected, known plaintext, released + passthrough": figure("known_plaintext_released_with_passthrough"),
         "protected, known plaintext, released + passthrough + identifier tokens":
-            c.get("known_plaintext_released_with_tokens", float("nan")),
-        "protected, attacked rows sharing a token with a leaked row": c.get("token_rows", float("nan")),
-        "protected, known plaintext, the declared target alone": c.get("known_plaintext_target", float("nan")),
+            figure("known_plaintext_released_with_tokens"),
+        "protected, attacked rows sharing a token with a leaked row": figure("token_rows"),
+        "protected, known plaintext, the declared target alone": figure("known_plaintext_target"),
     }
 
 

@@ -67,6 +67,8 @@ def test_a_protected_column_is_measured_absent_from_the_latent_table_and_restore
     assert report.target["column"] == "copay" and report.target["favoured"] == ["copay#null", "copay"]
     assert report.target["in_latent"] and report.target["latent"] > 0.7 > 0.05 > report.target["raw"]
     assert sex["column"] == "sex" and sex["kind"] == "category"
+    # copay is kept as it is for analysts; on its own it tells nothing of sex here (independent columns)
+    assert sex["target"] == "copay" and sex["known_plaintext_target"] <= sex["baseline"] + 0.05
     assert sex["known_plaintext_released"] <= sex["baseline"] + 0.05
     assert sex["ranking_released"] <= sex["ranking_baseline"] + 0.05
     # the network itself is fitted to hide it (linear fair PCA): the exact z_public is at the baseline too
@@ -85,6 +87,10 @@ def test_a_protected_column_is_measured_absent_from_the_latent_table_and_restore
 
     registry = ModelRegistry(tmp_path / "models")
     registry.save(model, "p", 1, keyring, report)
+    from iae_privacy.dataset.dictionary import dictionary_text
+
+    text = dictionary_text("patients", registry.load("p:v1", keyring))  # the analysts' guide says so too
+    assert "The analysis target `copay` is a z_public column as it is" in text and "tells `sex`: " in text
     loaded = registry.load("p:v1", keyring).model
     batch = next(pq.ParquetFile(source).iter_batches(500))
     assert np.array_equal(loaded.encode(batch).released, model.encode(batch).released)

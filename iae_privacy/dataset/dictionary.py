@@ -85,6 +85,12 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
             tokens = score(c["known_plaintext_released_with_tokens"]) if "token_rows" in c else "n/a"
             lines.append(f"| `{c['column']}` | {score(c['known_plaintext_released'])} | {ranking} | "
                          f"{score(c['baseline'])} | {beside} | {tokens} |")
+        for c in protection["columns"]:
+            if "known_plaintext_target" in c:
+                score = _percent if c["kind"] == "category" else (lambda v: f"R² {v:.2f}")
+                lines += ["", f"The analysis target `{c['target']}` is a z_public column as it is (you model it). On "
+                          f"its own it tells `{c['column']}`: {score(c['known_plaintext_target'])} (known plaintext; "
+                          f"baseline {score(c['baseline'])}); the table was calibrated to add little to that."]
     target = training.get("target") or {}
     if target:
         favoured = ", ".join(f"`{name}`" for name in target.get("favoured", [])) or "none"
