@@ -130,7 +130,7 @@ def _one_key(path: Path, column: str, target: str, roles: dict) -> dict[str, flo
         "protected, known plaintext, released + passthrough": figure("known_plaintext_released_with_passthrough"),
         "protected, known plaintext, released + passthrough + identifier tokens":
             figure("known_plaintext_released_with_tokens"),
-        "protected, attacked rows sharing a token with a leaked row": figure("token_rows"),
+        "protected, attacked rows sharing a telling token with a leaked row": figure("token_rows"),
         "protected, known plaintext, the declared target alone": figure("known_plaintext_target"),
     }
 

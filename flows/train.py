@@ -193,9 +193,9 @@ def protection_warnings(protection: dict) -> list[str]:
         if lookup > before + TOLERANCE:
             lines.append(f"the identifier tokens carry {c['column']} from leaked rows to the rows that share them "
                          f"({lookup:.3f} against {before:.3f} without them, known plaintext; {c['token_rows']:.1%} "
-                         "of attacked rows share a token with a leaked row): a value constant per identifier travels "
-                         "with its token. Declare such an identifier vault (sealed, no token) unless analysts must "
-                         "join on it")
+                         "of attacked rows share a telling token with a leaked row): a value constant per identifier "
+                         "travels with its token. Declare such an identifier vault (sealed, no token) unless analysts "
+                         "must join on it")
     return lines
 
 
@@ -232,7 +232,8 @@ def protection_rows(protection: dict) -> list[dict]:
             rows.append({"column": c["column"],
                          "attack": "known plaintext with the identifier tokens"
                                    + (" and the passthrough columns" if "known_plaintext_passthrough" in c else "")
-                                   + f" ({score}; {c['token_rows']:.1%} of rows share a token with a leaked row)",
+                                   + f" ({score}; {c['token_rows']:.1%} of rows share a telling token with a leaked "
+                                     "row)",
                          "exact z_public": round(c["known_plaintext_exact_with_tokens"], 4),
                          "released": round(c["known_plaintext_released_with_tokens"], 4),
                          "baseline": round(c["baseline"], 4)})

@@ -130,6 +130,8 @@ def measure(z_exact: np.ndarray, z_released: np.ndarray, features: np.ndarray, p
                                                             categorical)[0]
         if tokens is not None:  # the same leaked rows again, and what their tokens carry to others
             order = np.random.default_rng(seed).permutation(rows)
+            # the attacked rows the attacker gives a token's value: they share, with a leaked row,
+            # a token of a column that tells the leaked rows' values (or one it could not judge)
             entry["token_rows"] = float(token_lookup(tokens, order[:m], order[m:], target[order[:m]],
                                                      categorical)[0].mean())
             for label, latent in (("exact", exact), ("released", released)):

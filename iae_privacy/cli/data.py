@@ -124,8 +124,9 @@ def train_command(
         "says what attacks still recover.")] = None,
     target: Annotated[Optional[str], typer.Option(
         help="The column analysts will model (or \\[analysis] target in the config): its best predictors get "
-        "z_public columns of their own, and the report compares the latent table's score for it with the raw "
-        "features'.")] = None,
+        "z_public columns of their own (a target the network models: itself, as it is, even with --protect; the "
+        "report says what it tells of each protected column), and the report compares the latent table's score "
+        "for it with the raw features'.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fit the codec and train the keyed network on DATA, then seal the model as NAME:vN.
