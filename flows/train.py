@@ -175,9 +175,8 @@ def protection_warnings(protection: dict) -> list[str]:
         if alone is None or alone <= c["baseline"] + TOLERANCE:
             continue
         lines.append(f"the passthrough columns alone give {c['column']} away ({_told(c, alone)}, known plaintext): "
-                     "analysts get "
-                     "them as they are, and the release only adds no more than its tolerance to what they tell. "
-                     "Declare the columns that carry it protected, or leave them out of the table")
+                     "analysts get them as they are, and the release only adds no more than its tolerance to what "
+                     "they tell. Declare the columns that carry it protected, or leave them out of the table")
     for c in protection.get("columns", []):
         alone = c.get("known_plaintext_target")
         if alone is not None and alone > c["baseline"] + TOLERANCE:

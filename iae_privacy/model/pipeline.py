@@ -146,8 +146,10 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
             )
 
             known = numeric_columns(passthrough, len(x))  # what analysts get beside z_public, if anything
-            by_design = known if not kept else x[:, kept].astype(np.float64) if known is None else \
-                np.hstack([known, x[:, kept]])  # and the declared target's own values, which they model
+            by_design = known  # and the declared target's own values, which they model
+            if kept:
+                own_values = x[:, kept].astype(np.float64)
+                by_design = own_values if known is None else np.hstack([known, own_values])
             protection = Protection.fit_calibrated(z[fit], x[fit], protected, favoured,
                                                    None if by_design is None else by_design[fit])
             released = protection.release(z[held], x[held])
@@ -155,7 +157,7 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
             report.protection = measure(z[held], released, x[held], protected, codec.feature_names,
                                         known=None if known is None else known[held],
                                         shared=None if shared is None else shared[held],
-                                        declared=(target, x[held][:, kept].astype(np.float64)) if kept else None)
+                                        declared=(target, own_values[held]) if kept else None)
             report.protection["proxies"] = [codec.feature_names[j] for j in hidden]
         if target is not None:
             report.target = _target_report(codec, target, favoured, y[held], regression, x[held], theirs, released)
