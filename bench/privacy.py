@@ -57,8 +57,8 @@ def _tables(folder: Path, rows: int) -> list[tuple[str, Path, str, str, dict]]:
     return [("cps1988_wages", DATA / "cps1988_wages.parquet", "ethnicity", "wage", {}),
             ("health_insurance", DATA / "health_insurance.parquet", "gender", "insurance", {}),
             ("rand_hie", DATA / "rand_hie.parquet", "female", "meddol", {"zper": Role.IDENTIFIER}),
-            ("rand_hie, target a feature", DATA / "rand_hie.parquet", "female", "meddol",
-             {"zper": Role.IDENTIFIER, "meddol": None}),
+            ("rand_hie, target a feature", DATA / "rand_hie.parquet", "female", "meddol",  # None: the target
+             {"zper": Role.IDENTIFIER, "meddol": None}),  # keeps its inferred role (a feature), as in the README
             ("patients", patients, "sex", "copay", {})]
 
 

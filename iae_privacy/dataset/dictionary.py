@@ -26,6 +26,11 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def _scorer(column: dict):
+    """How a protected column's attack figure reads: a share for a category, R² for a number."""
+    return _percent if column["kind"] == "category" else (lambda v: f"R² {v:.2f}")
+
+
 def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
     """The dictionary of an encoded dataset whose parts come from the model ``loaded``."""
     codec, network = loaded.model.codec, loaded.model.network
@@ -79,7 +84,7 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for c in protection["columns"]:
             ranking = _percent(c["ranking_released"]) if "ranking_released" in c else "n/a"
-            score = _percent if c["kind"] == "category" else (lambda v: f"R² {v:.2f}")
+            score = _scorer(c)
             beside = (f"{score(c['known_plaintext_released_with_passthrough'])} "
                       f"({score(c['known_plaintext_passthrough'])})") if "known_plaintext_passthrough" in c else "n/a"
             tokens = score(c["known_plaintext_released_with_tokens"]) if "token_rows" in c else "n/a"
@@ -87,7 +92,7 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
                          f"{score(c['baseline'])} | {beside} | {tokens} |")
         for c in protection["columns"]:
             if "known_plaintext_target" in c:
-                score = _percent if c["kind"] == "category" else (lambda v: f"R² {v:.2f}")
+                score = _scorer(c)
                 lines += ["", f"The analysis target `{c['target']}` is a z_public column as it is (you model it). On "
                           f"its own it tells `{c['column']}`: {score(c['known_plaintext_target'])} (known plaintext; "
                           f"baseline {score(c['baseline'])}); the table was calibrated to add little to that."]
