@@ -465,9 +465,11 @@ class TargetDraw:
     of its rows) fitted on the real rows' codes: synthpop's sequential synthesis (Nowok, Raab
     and Dibben 2016) with a boosted model in place of its single tree.
 
-    * A number (its code is a quantile rank): the prediction for the synthetic record plus the
-      residual of a real row whose prediction is among the :attr:`NEIGHBOURS` closest (its null
-      bit too). The real rows are split in :attr:`FOLDS`; each fold's predictions and residuals
+    * A number: the prediction for the synthetic record plus the residual of a real row whose
+      prediction is among the :attr:`NEIGHBOURS` closest (its null bit too), on its values where
+      it is an integer or floating-point column (:meth:`valued`), else on its codes (quantile
+      ranks); its codes are then given by the rank of what was drawn
+      (:meth:`LatentDensity.sample`). The real rows are split in :attr:`FOLDS`; each fold's predictions and residuals
       come from the model fitted on the other fold (cross-fitting), so the noise added is as
       large as on records the model has not seen, and larger where the target is harder to
       predict; a synthetic record's prediction is the mean of the folds' models.
