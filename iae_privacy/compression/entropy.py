@@ -228,7 +228,9 @@ def decode_features(tables: bytes, words: bytes, rows: int, levels: list[int], m
 
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, dtype=np.uint32).copy())
     uniform = constriction.stream.model.Uniform()
-    codes = np.zeros((rows, len(levels)), dtype=np.int64)
+    # column-major: decoded and read (parents, the codec) one column at a time; row-major, decompress
+    # took 1.08-1.15 s per 1M synthetic patients instead of 0.95-1.01
+    codes = np.zeros((rows, len(levels)), dtype=np.int64, order="F")
     offset = 0
     for j in order:
         level, model = levels[j], models[j]

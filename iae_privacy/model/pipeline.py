@@ -53,7 +53,9 @@ class Model:
         import torch
 
         encoded = self.codec.encode(batch, source)
-        z = self.network.encode(torch.from_numpy(encoded.features)).numpy()
+        # the codec's features are column-major (its columns are written and read one by one); the
+        # network takes rows, as it always has
+        z = self.network.encode(torch.from_numpy(np.ascontiguousarray(encoded.features))).numpy()
         k = self.network.config.public_dims
         release = None if self.protection is None else self.protection.release(z[:, :k], encoded.features)
         return LatentBatch(z[:, :k], z[:, k:], encoded, release)
