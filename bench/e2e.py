@@ -218,7 +218,9 @@ NOTES = (
     "[codec] vault_compression = lz4 | zstd | none). (5) Hash once: the latent and vault digests are computed "
     "while writing, not by reading the files back. Issue 19: vault segments entropy-coded (the batch's codes, "
     "not z; a restore then runs the codec alone, without the network's inverse), latent parts written with zstd "
-    "and delta-coded row ids. "
+    "and delta-coded row ids. 2026-12-06: the codec's feature matrix column-major (written, entropy-coded, "
+    "decoded and read one column at a time): decode 600k -> 671k rows/s identifier-heavy, 846k -> 1,186k "
+    "features only, between a run of 2026-12-05 and one of 2026-12-06 on AMD EPYC machines. "
     "Memory: Arrow's Parquet reader with pre_buffer=True (its default) kept every column chunk until the file was "
     "read, so RSS grew with the file; it is read without. Peak RSS is the encoding process's own high-water mark "
     "(VmHWM).")

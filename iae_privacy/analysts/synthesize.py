@@ -469,10 +469,11 @@ class TargetDraw:
       prediction is among the :attr:`NEIGHBOURS` closest (its null bit too), on its values where
       it is an integer or floating-point column (:meth:`valued`), else on its codes (quantile
       ranks); its codes are then given by the rank of what was drawn
-      (:meth:`LatentDensity.sample`). The real rows are split in :attr:`FOLDS`; each fold's predictions and residuals
-      come from the model fitted on the other fold (cross-fitting), so the noise added is as
-      large as on records the model has not seen, and larger where the target is harder to
-      predict; a synthetic record's prediction is the mean of the folds' models.
+      (:meth:`LatentDensity.sample`). The real rows are split in :attr:`FOLDS`; each fold's
+      predictions and residuals come from the model fitted on the other fold (cross-fitting), so
+      the noise added is as large as on records the model has not seen, and larger where the
+      target is harder to predict; a synthetic record's prediction is the mean of the folds'
+      models.
     * A category or boolean (its null bit folded in): drawn from the predicted probabilities.
 
     Categories with fewer than 255 codes are given to the model as categories. Why this and not
