@@ -510,6 +510,34 @@ def test_a_plain_number_target_is_drawn_on_its_values_not_its_ranks():
     assert TargetDraw.valued(model) is None  # dates and the like: by their codes
 
 
+def test_integer_targets_beyond_float_precision_are_trained_for_and_drawn_on_their_codes(tmp_path):
+    """An integer target is drawn on its values, with its nulls' share; one whose values lie
+    beyond 2**53 (a uint64 id-like amount) loses its differences as floats, so it is drawn on its
+    codes. Training with it declared works (it had raised ArrowInvalid from a safe cast to float)."""
+    import pyarrow as pa
+
+    from iae_privacy.analysts.synthesize import LatentDensity, TargetDraw
+    from iae_privacy.analysts.target import target_values
+    from iae_privacy.keys import crypto
+
+    rng = np.random.default_rng(5)
+    n = 2_000
+    x = rng.normal(size=n)
+    amount = np.round(np.exp(x) * 100).astype(np.int64)
+    missing = rng.random(n) < 0.1
+    for values, on_values in ((amount, True), (amount.astype(np.uint64) + np.uint64(2**63), False)):
+        table = pa.table({"x": x, "kind": pa.array(rng.choice(["a", "b"], n)), "y": pa.array(values, mask=missing)})
+        path = tmp_path / f"t{int(on_values)}.parquet"
+        pq.write_table(table, path)
+        y, regression = target_values(table.column("y"))
+        assert regression and np.isnan(y).sum() == missing.sum()
+        model, _ = fit_model(path, crypto.random_key(), CodecConfig(target="y"), TrainConfig(epochs=1))
+        density = LatentDensity.fit(model, table.to_batches(max_chunksize=500), rng)
+        assert isinstance(density.target, TargetDraw) and density.target.valued is on_values
+        drawn = density.records(density.sample(1_000, rng), rng).column("y")
+        assert abs(drawn.null_count / 1_000 - missing.mean()) < 0.04
+
+
 def test_the_pairs_raked_to_are_the_dependent_ones():
     """The two-way margins come from a Chow-Liu tree over coarsened codes: a dependent pair is an
     edge, an independent feature joins no one."""

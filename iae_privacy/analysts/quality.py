@@ -46,7 +46,7 @@ def measurable(table: pa.Table) -> pa.Table:
         if pa.types.is_temporal(t):
             column = column.cast(pa.int32() if pa.types.is_date32(t) else pa.int64()).cast(pa.int64())
         elif pa.types.is_decimal(t):
-            column = column.cast(pa.float64())
+            column = column.cast(pa.float64(), safe=False)  # the nearest float, as a float column would hold
         elif pa.types.is_dictionary(t):
             column = column.cast(t.value_type)
         columns.append(column)

@@ -279,7 +279,10 @@ class LatentDensity:
             _, _, best = min(pool.map(fitted, sorted(counts, reverse=True)), key=lambda r: (r[0], r[1]))
         others = {j: tallies[j] / max(tallies[j].sum(), 1) for j in range(len(levels)) if j not in numbers}
         fixed = {} if condition is None else {j: int(x[0, j]) for j in condition.positions}
-        target = TargetDraw.fit(model, sample, set(fixed), values[order] if valued else None)
+        values = values[order] if valued else None
+        if values is not None and TargetDraw.integral(model) and np.nanmax(np.abs(values), initial=0.0) >= 2.0 ** 53:
+            values = None  # integers beyond float64's: their differences are lost as floats, so on their codes
+        target = TargetDraw.fit(model, sample, set(fixed), values)
         return cls(model, best, center, scale, {j: tallies[j] for j in numbers}, spans, others, condition,
                    fixed, PairMargin.tree(sample, list(levels)), null_bits, target)
 
@@ -516,6 +519,12 @@ class TargetDraw:
                 kind = spec.feature.value_type
                 return name if pa.types.is_integer(kind) or pa.types.is_floating(kind) else None
         return None
+
+    @staticmethod
+    def integral(model: Model) -> bool:
+        """Whether the declared target is an integer column."""
+        return any(spec.name == model.codec.config.target and spec.feature is not None
+                   and pa.types.is_integer(spec.feature.value_type) for spec in model.codec.columns)
 
     @classmethod
     def fit(cls, model: Model, x: np.ndarray, fixed: set[int], values: np.ndarray | None = None) -> TargetDraw | None:

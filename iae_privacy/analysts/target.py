@@ -30,7 +30,8 @@ def target_values(column: pa.ChunkedArray) -> tuple[np.ndarray, bool]:
 
     type_ = column.type
     if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
-        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), True
+        # unsafe: an integer beyond 2**53 (or a long decimal) is modelled as the nearest float, not refused
+        return pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False), True
     if pa.types.is_dictionary(type_):
         column = pc.cast(column, type_.value_type)
     values = np.asarray([str(v) for v in column.to_pylist()])
