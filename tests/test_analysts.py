@@ -533,7 +533,7 @@ def test_integer_targets_beyond_float_precision_are_trained_for_and_drawn_on_the
         assert regression and np.isnan(y).sum() == missing.sum()
         model, _ = fit_model(path, crypto.random_key(), CodecConfig(target="y"), TrainConfig(epochs=1))
         density = LatentDensity.fit(model, table.to_batches(max_chunksize=500), rng)
-        assert isinstance(density.target, TargetDraw) and density.target.valued is on_values
+        assert isinstance(density.target, TargetDraw) and density.target.on_values is on_values
         drawn = density.records(density.sample(1_000, rng), rng).column("y")
         assert abs(drawn.null_count / 1_000 - missing.mean()) < 0.04
 

@@ -39,7 +39,7 @@ import torch
 
 from iae_privacy.analysts.quality import GENERATORS, beside_baselines, plot_fidelity
 from iae_privacy.codec import EncodedBatch, Role
-from iae_privacy.codec.columns import BooleanColumn, CategoryColumn, NumberColumn, array_to_ipc
+from iae_privacy.codec.columns import BooleanColumn, CategoryColumn, FeatureColumn, NumberColumn, array_to_ipc
 from iae_privacy.codec.roles import dense_values
 from iae_privacy.dataset.store import EncodedDataset, Manifest, write_restored
 from iae_privacy.errors import IaeError
@@ -496,14 +496,14 @@ class TargetDraw:
 
     def __init__(self, positions: list[int], others: list[int], learners: list, levels: int, number: bool,
                  predicted: np.ndarray | None = None, residuals: np.ndarray | None = None,
-                 nulls: np.ndarray | None = None, valued: bool = False) -> None:
+                 nulls: np.ndarray | None = None, on_values: bool = False) -> None:
         self.positions, self.others, self.learners = positions, others, learners
         self.levels, self.number = levels, number
         """The target's code's levels; whether it is a number (a regression) or not (a classification
         over its codes, a null bit folded in)."""
         self.predicted, self.residuals, self.nulls = predicted, residuals, nulls
         """A number's donors: the real rows' predictions (out of fold, sorted), residuals and null bits."""
-        self.valued = valued
+        self.on_values = on_values
         """Whether a number was modelled on its values (see :meth:`valued`) rather than its codes."""
 
     @staticmethod
@@ -513,18 +513,17 @@ class TargetDraw:
         of ranks is not that of values: on RAND HIE's medical spending, which is heavy-tailed and
         almost the sum of five other columns, the ranks' residuals (about a hundred ranks) were
         thousands of dollars at the top of the range, where train-on-synthetic's R² is decided."""
-        name = model.codec.config.target
-        for spec, _ in _code_positions(model):
-            if spec.name == name and isinstance(spec.feature, NumberColumn):
-                kind = spec.feature.value_type
-                return name if pa.types.is_integer(kind) or pa.types.is_floating(kind) else None
+        feature = _target_feature(model)
+        if isinstance(feature, NumberColumn) and (pa.types.is_integer(feature.value_type)
+                                                  or pa.types.is_floating(feature.value_type)):
+            return model.codec.config.target
         return None
 
     @staticmethod
     def integral(model: Model) -> bool:
-        """Whether the declared target is an integer column."""
-        return any(spec.name == model.codec.config.target and spec.feature is not None
-                   and pa.types.is_integer(spec.feature.value_type) for spec in model.codec.columns)
+        """Whether the declared target is an integer column the network models."""
+        feature = _target_feature(model)
+        return feature is not None and pa.types.is_integer(feature.value_type)
 
     @classmethod
     def fit(cls, model: Model, x: np.ndarray, fixed: set[int], values: np.ndarray | None = None) -> TargetDraw | None:
@@ -539,7 +538,7 @@ class TargetDraw:
         others = [j for j in range(x.shape[1]) if j not in positions]
         if not positions or fixed & set(positions) or not others or len(x) < cls.MIN_ROWS:
             return None
-        number = any(spec.name == name and isinstance(spec.feature, NumberColumn) for spec in model.codec.columns)
+        number = isinstance(_target_feature(model), NumberColumn)
         levels = int(model.codec.feature_levels[positions[-1]])
         null = x[:, positions[0]] if len(positions) > 1 else np.zeros(len(x), dtype=np.int64)
         code = x[:, positions[-1]]
@@ -595,11 +594,17 @@ class TargetDraw:
         null = self.nulls[donor]
         drawn = predicted + self.residuals[donor]
         # a code to rank by until the rows are given their codes by rank; a value's is its rank here
-        code = drawn.argsort(kind="stable").argsort() * self.levels // len(drawn) if self.valued else np.rint(drawn)
+        code = drawn.argsort(kind="stable").argsort() * self.levels // len(drawn) if self.on_values else np.rint(drawn)
         out[:, self.positions[-1]] = np.where(null == 0, np.clip(code, 0, self.levels - 1), 0)
         if len(self.positions) > 1:
             out[:, self.positions[0]] = null
         return out, drawn
+
+
+def _target_feature(model: Model) -> FeatureColumn | None:
+    """The declared analysis target's feature, if the network models it."""
+    name = model.codec.config.target
+    return next((spec.feature for spec, _ in _code_positions(model) if spec.name == name), None) if name else None
 
 
 def _code_positions(model: Model) -> Iterator[tuple[ColumnSpec, int]]:
