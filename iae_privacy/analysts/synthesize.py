@@ -279,10 +279,7 @@ class LatentDensity:
             _, _, best = min(pool.map(fitted, sorted(counts, reverse=True)), key=lambda r: (r[0], r[1]))
         others = {j: tallies[j] / max(tallies[j].sum(), 1) for j in range(len(levels)) if j not in numbers}
         fixed = {} if condition is None else {j: int(x[0, j]) for j in condition.positions}
-        values = values[order] if valued else None
-        if values is not None and TargetDraw.integral(model) and np.nanmax(np.abs(values), initial=0.0) >= 2.0 ** 53:
-            values = None  # integers beyond float64's: their differences are lost as floats, so on their codes
-        target = TargetDraw.fit(model, sample, set(fixed), values)
+        target = TargetDraw.fit(model, sample, set(fixed), values[order] if valued else None)
         return cls(model, best, center, scale, {j: tallies[j] for j in numbers}, spans, others, condition,
                    fixed, PairMargin.tree(sample, list(levels)), null_bits, target)
 
@@ -519,18 +516,13 @@ class TargetDraw:
             return model.codec.config.target
         return None
 
-    @staticmethod
-    def integral(model: Model) -> bool:
-        """Whether the declared target is an integer column the network models."""
-        feature = _target_feature(model)
-        return feature is not None and pa.types.is_integer(feature.value_type)
-
     @classmethod
     def fit(cls, model: Model, x: np.ndarray, fixed: set[int], values: np.ndarray | None = None) -> TargetDraw | None:
         """None without a declared target that the network models, or when the records' target is
         fixed by a condition, or with too few rows. ``x``: real rows' codes in random order;
         ``values``: their target's values (NaN where null or not a number) for a target that
-        :meth:`valued` names."""
+        :meth:`valued` names; an integer target's beyond 2**53 are not used (it is then drawn on its
+        codes)."""
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         name = model.codec.config.target
@@ -551,6 +543,9 @@ class TargetDraw:
             stop = bool(counts[counts > 0].min() >= 2)
             learner = HistGradientBoostingClassifier(early_stopping=stop, **options).fit(x[:, others], label)
             return cls(positions, others, [learner], levels, number)
+        if values is not None and pa.types.is_integer(_target_feature(model).value_type) \
+                and np.nanmax(np.abs(values), initial=0.0) >= 2.0 ** 53:
+            values = None  # integers beyond float64's: their differences are lost as floats, so on their codes
         folds = np.arange(len(x)) % cls.FOLDS
         # a value the model can learn from: not null (nor NaN, nor infinite, when modelled on values)
         learnt, y = null == 0, code.astype(np.float64)
