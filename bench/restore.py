@@ -5,7 +5,8 @@ against the manifest, model and vault opened, one row restored and written) in u
 2 CPU cores on a 1,000,000-row dataset, excluding Prefect's start-up, which is reported apart:
 the same restore through the Prefect flow in a fresh process (temporary API server included),
 then again with the server up. Issue 16: from the shell, with the workspace's Prefect server
-running, `iae-privacy request` and `iae-privacy decode` of one record by token in <= 3 s wall each.
+running, `iae-privacy request` and `iae-privacy decode` of one record by token in <= 3 s wall each
+(the server's flow worker runs decode's flow: iae_privacy.server).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench.common import Result
 from bench.e2e import _prepare, train_bench_model
 
 SINGLE_RECORD_REPEATS = 7
-SHELL_REPEATS = 3
+SHELL_REPEATS = 5
 
 _FLOW_CHILD = r"""
 import json, sys, time
@@ -51,7 +52,9 @@ def _from_the_shell(home: Path, encoded: Path, tokens: list[str], tmp: Path, env
     cli = [str(Path(sys.executable).with_name("iae-privacy"))]
     env = {**env, "IAE_HOME": str(home)}
     server = WorkspaceServer(home)
-    server.start()
+    if not server.start().worker_pid:
+        server.stop()
+        raise AssertionError(f"the workspace's flow worker did not start (see {server.worker_log})")
     requests, decodes = [], []
     try:
         for i, token in enumerate(tokens):
@@ -142,9 +145,9 @@ def run(rows: int) -> Result:
         result.add("through the Prefect flow: first run in the process (server start included)", flow["times"][0], "s")
         result.add("through the Prefect flow: next run (server up)", flow["times"][1], "s")
         shell = _from_the_shell(workspace.home, dataset.folder, tokens[SINGLE_RECORD_REPEATS + 2:], tmp, env)
-        result.add("from the shell, workspace server running: request, median", statistics.median(shell[0]), "s")
-        result.add("from the shell, workspace server running: decode, median", statistics.median(shell[1]), "s")
-        result.add("from the shell, workspace server running: decode, slowest", max(shell[1]), "s")
+        result.add("from the shell, workspace server and flow worker running: request, median", statistics.median(shell[0]), "s")
+        result.add("from the shell, workspace server and flow worker running: decode, median", statistics.median(shell[1]), "s")
+        result.add("from the shell, workspace server and flow worker running: decode, slowest", max(shell[1]), "s")
     result.target = ("single-record restore under 1 s end to end, excluding Prefect's start-up; from the "
                      "shell with the workspace server running, request and decode <= 3 s wall each")
     result.target_met = max(total) < 1.0 and max(shell[0]) <= 3.0 and max(shell[1]) <= 3.0
@@ -155,5 +158,10 @@ def run(rows: int) -> Result:
                     "vault segments up to the one holding the row, decodes that row and writes it. Through "
                     "the Prefect flow (two tasks) a run costs about 0.8 s more than the library calls even with "
                     "the API server up: Prefect's own bookkeeping (flow and task runs, states, logs), measured "
-                    "as waiting on its API; a fresh process also pays imports and the temporary server's start.")
+                    "as waiting on its API; a fresh process also pays imports and the temporary server's start. "
+                    "From the shell, `decode` sends its flow to the workspace's flow worker (started by `server "
+                    "start`, Prefect and the flows imported once), so a command pays for the CLI's imports and "
+                    "the flow run, not for importing Prefect; the first decode after the server starts is the "
+                    "slowest (the server's first flow run). Before the worker (2026-12-06 06:42 UTC, AMD EPYC): "
+                    "decode median 3.121 s, slowest 3.724 s.")
     return result

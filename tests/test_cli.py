@@ -524,9 +524,15 @@ def test_the_installed_command_exits_with_the_commands_status_and_output(tmp_pat
 
 @pytest.mark.slow
 def test_the_workspace_server_is_started_once_and_used_by_later_commands(tmp_path, data_dir):
+    import json
     import os
+    import signal
     import subprocess
     import sys
+
+    import pyarrow.parquet as pq
+
+    from iae_privacy.arrow.exactness import first_difference
 
     env = {**os.environ, "IAE_HOME": str(tmp_path), "COLUMNS": "300"}
     for name in ("PREFECT_API_URL", "PREFECT_HOME"):
@@ -542,11 +548,41 @@ def test_the_workspace_server_is_started_once_and_used_by_later_commands(tmp_pat
     try:
         assert started.returncode == 0 and "API http://127.0.0.1:" in started.stdout, started.stdout + started.stderr
         assert "running since" in iae("server", "status").stdout
-        trained = iae("train", str(data_dir / "health_insurance.parquet"), "--model", "hi", "--epochs", "1")
+        assert "flow worker running" in started.stdout, started.stdout
+        source = data_dir / "health_insurance.parquet"
+        trained = iae("train", str(source), "--model", "hi", "--epochs", "1")
         assert trained.returncode == 0, trained.stdout + trained.stderr
         assert "Starting temporary server" not in trained.stdout + trained.stderr  # the workspace's was used
         database = b"".join(p.read_bytes() for p in (tmp_path / "server" / "prefect").rglob("*.db*"))
         assert b"iae-train" in database
+        assert iae("encode", str(source), "--model", "hi", "--out", str(tmp_path / "enc")).returncode == 0
+
+        # decode runs its flow in the workspace's flow worker: the run is in the worker's log, its
+        # lines come back to the command, and the restore is the source, bit for bit
+        def decode(name: str):
+            request = tmp_path / f"{name}.json"
+            asked = iae("request", str(tmp_path / "enc"), "--as", "admin", "--out", str(request))
+            assert asked.returncode == 0, asked.stdout + asked.stderr
+            return iae("decode", str(tmp_path / "enc"), "--request", str(request), "--out",
+                       str(tmp_path / f"{name}.parquet")), request
+
+        worker_log = tmp_path / "server" / "worker.log"
+        decoded, request = decode("first")
+        assert decoded.returncode == 0 and "rows restored" in decoded.stdout, decoded.stdout + decoded.stderr
+        assert "Task run 'restore" in decoded.stderr and "Finished in state Completed" in decoded.stderr
+        assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "first.parquet")) is None
+        assert "for flow 'iae-decode'" in worker_log.read_text()  # run there, not in the command's process
+        again = iae("decode", str(tmp_path / "enc"), "--request", str(request), "--out", str(tmp_path / "x.parquet"))
+        assert again.returncode == 2 and "already used" in again.stderr and "Traceback" not in again.stderr
+        assert not (tmp_path / "x.parquet").exists()
+
+        # without the worker (it died), the command runs the flow itself, on the same server
+        worker = json.loads((tmp_path / "server" / "server.json").read_text())["worker_pid"]
+        os.kill(worker, signal.SIGKILL)
+        decoded, _ = decode("second")
+        assert decoded.returncode == 0 and "Starting temporary server" not in decoded.stderr, decoded.stderr
+        assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "second.parquet")) is None
+        assert "flow worker not running" in iae("server", "status").stdout
     finally:
         stopped = iae("server", "stop")
     assert "stopped" in stopped.stdout and iae("server", "status").returncode == 1

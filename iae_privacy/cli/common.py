@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["console", "err_console", "JsonOption", "print_json", "printable", "Session", "session",
            "ask_passphrase", "REPO_DATA", "ConfigOption", "config_path", "config_for", "source_rows", "progress",
-           "flow_progress", "split_list"]
+           "flow_progress", "split_list", "in_flow_worker"]
 
 PIPED_WIDTH = 4096
 """Columns of output when standard output is not a terminal: wide enough that nothing is cut."""
@@ -77,9 +78,18 @@ class Session:
         return self._workspace
 
     def keyring(self) -> Keyring:
-        """The workspace's keyring (a clear error if there is none, or it does not open)."""
+        """The workspace's keyring (a clear error if there is none, or it does not open). A passphrase
+        asked for is held in this process (:func:`~iae_privacy.keys.keyring.hold_passphrase`), for
+        the flows this command runs."""
         if self._keyring is None:
-            self._keyring = self.workspace().keyring(ask_passphrase)
+            from iae_privacy.keys.keyring import hold_passphrase
+
+            def ask() -> str:
+                value = ask_passphrase()
+                hold_passphrase(value)
+                return value
+
+            self._keyring = self.workspace().keyring(ask)
         return self._keyring
 
     def access(self) -> AccessControl:
@@ -153,6 +163,34 @@ def progress(description: str, total: int) -> Iterator:
             next_report += 0.25
 
     yield advance
+
+
+def in_flow_worker(ctx: typer.Context, command: str, args: dict) -> dict | None:
+    """Run ``command``'s flow in the workspace's flow worker (:mod:`iae_privacy.server`), when one
+    runs for the Prefect server this command reports to: its result, or None (then the command
+    runs the flow itself). Not with master keys from the environment, which the worker does not
+    have. Open the keyring first (:meth:`Session.keyring`): a passphrase asked for goes with the
+    command. Progress goes to :func:`flow_progress`'s bars; the run's log lines to standard error,
+    as Prefect's own console shows them (in a terminal, its warnings and errors only, below the bars)."""
+    import logging
+    import os
+
+    from iae_privacy import progress as reports
+    from iae_privacy.keys.keyring import env_passphrase
+    from iae_privacy.server import WorkspaceServer
+
+    if any(name.startswith("IAE_MASTER_KEY_V") for name in os.environ):
+        return None
+    server = WorkspaceServer(session(ctx).workspace().home)
+    state = server.state()
+    if state is None or os.environ.get("PREFECT_API_URL") != state.url:
+        return None
+
+    def show(level: int, line: str) -> None:
+        if level >= logging.WARNING or not console.is_terminal:
+            err_console.print(escape(printable(line)), highlight=False)
+
+    return server.run_flow(command, args, env_passphrase(), on_progress=reports.report, on_log=show)
 
 
 @contextmanager

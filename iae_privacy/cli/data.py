@@ -17,6 +17,7 @@ from iae_privacy.cli.common import (
     config_path,
     console,
     flow_progress,
+    in_flow_worker,
     print_json,
     progress,
     session,
@@ -354,22 +355,28 @@ def decode_command(
     and the vault, checks the parts against the signed manifest, and restores exactly the permitted
     rows and columns, readable by its owner only. A refusal leaves no output and is audited.
     """
-    from iae_privacy_flows.decode import run_decode
-
     if not request.is_file():
         raise IaeError(f"{request}: no such request file")
     workspace = session(ctx).workspace()
     session(ctx).keyring()
     with flow_progress():
-        result = run_decode(encoded=str(encoded), request=str(request), out=str(out), home=str(workspace.home),
-                            with_row_id=with_row_id)
+        # the workspace's flow worker, when one runs: Prefect and the flows are imported there already
+        result = in_flow_worker(ctx, "decode", {"encoded": str(encoded.resolve()), "request": str(request.resolve()),
+                                                "out": str(out.resolve()), "with_row_id": with_row_id})
+        if result is None:
+            from dataclasses import asdict
+
+            from iae_privacy_flows.decode import run_decode
+
+            result = asdict(run_decode(encoded=str(encoded), request=str(request), out=str(out),
+                                       home=str(workspace.home), with_row_id=with_row_id))
+    rows, audit_entry, synthetic = int(result["restored_rows"]), int(result["audit_entry"]), bool(result["synthetic"])
     if as_json:
-        print_json({"out": str(out), "rows": result.restored_rows, "audit_entry": result.audit_entry,
-                    "synthetic": result.synthetic})
+        print_json({"out": str(out), "rows": rows, "audit_entry": audit_entry, "synthetic": synthetic})
         return
-    what = "synthetic records written" if result.synthetic else "rows restored"
-    console.print(f"{result.restored_rows:,} {what} to {out} (audit entry {result.audit_entry})")
-    if result.synthetic:
+    what = "synthetic records written" if synthetic else "rows restored"
+    console.print(f"{rows:,} {what} to {out} (audit entry {audit_entry})")
+    if synthetic:
         import json
 
         from iae_privacy.analysts.synthesize import report_paths

@@ -53,8 +53,10 @@ def serve_command(
 @server_app.command("start")
 def server_start_command(ctx: typer.Context) -> None:
     """Start this workspace's Prefect server in the background (loopback; its database under
-    HOME/server/prefect). Later commands in the workspace use it without any setting; the UI shows
-    every flow run. Stop it with 'iae-privacy server stop'."""
+    HOME/server/prefect), and its flow worker (a process with Prefect and the flows imported, which
+    runs decode's flow when asked: a one-record decode from the shell then takes about a second).
+    Later commands in the workspace use them without any setting; the UI shows every flow run. Stop
+    both with 'iae-privacy server stop'."""
     from iae_privacy.server import START_SECONDS, WorkspaceServer
 
     server = WorkspaceServer(session(ctx).workspace().home)
@@ -63,11 +65,21 @@ def server_start_command(ctx: typer.Context) -> None:
     state = server.start()
     console.print(f"Prefect server running for {session(ctx).workspace().home}: API {state.url}, UI {state.ui} "
                   f"(process {state.pid}, log {server.log})", highlight=False)
+    console.print(_worker_line(server, state), highlight=False)
+
+
+def _worker_line(server, state) -> str:
+    if state.worker_pid:
+        return (f"flow worker running (process {state.worker_pid}, log {server.worker_log}): decode runs its flow "
+                "there, without importing Prefect each time")
+    return (f"flow worker not running (see {server.worker_log}): commands run their flows in their own process; "
+            "'iae-privacy server start' tries again")
 
 
 @server_app.command("stop")
 def server_stop_command(ctx: typer.Context) -> None:
-    """Stop this workspace's Prefect server (flow runs already recorded stay in its database)."""
+    """Stop this workspace's Prefect server and flow worker (flow runs already recorded stay in its
+    database)."""
     from iae_privacy.server import WorkspaceServer
 
     stopped = WorkspaceServer(session(ctx).workspace().home).stop()
@@ -76,7 +88,10 @@ def server_stop_command(ctx: typer.Context) -> None:
 
 @server_app.command("status")
 def server_status_command(ctx: typer.Context) -> None:
-    """Show whether this workspace's Prefect server runs, its API address and its UI."""
+    """Show whether this workspace's Prefect server runs, its API address and its UI, and whether
+    its flow worker answers."""
+    from dataclasses import replace
+
     from iae_privacy.server import WorkspaceServer
 
     server = WorkspaceServer(session(ctx).workspace().home)
@@ -86,4 +101,6 @@ def server_status_command(ctx: typer.Context) -> None:
                       "(without it, each command starts a temporary one)")
         raise typer.Exit(1)
     console.print(f"running since {state.started}: API {state.url}, UI {state.ui} (process {state.pid})",
+                  highlight=False)
+    console.print(_worker_line(server, state if server.worker_answers() else replace(state, worker_pid=0)),
                   highlight=False)

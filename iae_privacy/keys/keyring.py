@@ -34,7 +34,7 @@ from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
 
 __all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
-           "ENV_MASTER_KEY", "ENV_PASSPHRASE", "hold_passphrase", "env_passphrase"]
+           "ENV_MASTER_KEY", "ENV_PASSPHRASE", "hold_passphrase", "release_passphrase", "env_passphrase"]
 
 ENV_MASTER_KEY = "IAE_MASTER_KEY_V{version}"
 ENV_PASSPHRASE = "IAE_PASSPHRASE"
@@ -47,6 +47,11 @@ def hold_passphrase(value: str | None) -> None:
     the one held."""
     if value:
         _held_passphrase[:] = [value]
+
+
+def release_passphrase() -> None:
+    """Forget the passphrase this process holds (the flow worker, once a command's run ends)."""
+    _held_passphrase.clear()
 
 
 def env_passphrase() -> str | None:
