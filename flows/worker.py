@@ -48,7 +48,8 @@ class _Forward(logging.Handler):
     def __init__(self, conn: socket.socket) -> None:
         super().__init__(logging.INFO)
         self.conn = conn
-        self.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run)s%(message)s", "%H:%M:%S"))
+        self.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run)s%(message)s",
+                                            "%H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
         # named as Prefect's console names them: "Task run 'authorize-0d4' - ..."
