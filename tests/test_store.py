@@ -280,6 +280,40 @@ def test_progress_is_reported_as_counts(setup, tmp_path):
     assert restored[-1] == (9_000, 9_000) and len(restored) == record.batches
 
 
+@pytest.mark.parametrize("workers", ["1", "4"])
+def test_batches_encoded_side_by_side_make_the_same_part_in_source_order(setup, tmp_path, monkeypatch, workers):
+    """The pool encodes several batches at once; the latent part (its bytes), the vault's batches
+    and the content digest are those of one batch at a time, and the part restores bit for bit."""
+    from iae_privacy.machine import ENV_ENCODE_WORKERS
+
+    _, keyring, sources, model = setup
+    dataset = EncodedDataset(tmp_path / "one")
+    (source, digest, part), *_ = dataset.plan(sorted(sources.glob("*.parquet")), keyring, DATASET, "p", 1)
+    monkeypatch.setenv(ENV_ENCODE_WORKERS, "1")
+    alone = dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 700)
+    monkeypatch.setenv(ENV_ENCODE_WORKERS, workers)
+    other = EncodedDataset(tmp_path / "many")
+    record = other.encode_source(source, part, model, "p", 1, keyring, DATASET, digest, 700)
+    assert record.batches == alone.batches > 10 and record.batch_rows == alone.batch_rows
+    assert (record.latent_sha256, record.content_digest) == (alone.latent_sha256, alone.content_digest)
+    other.commit([record], keyring, DATASET, "p", 1)
+    assert other.decode_all(model, keyring, tmp_path / "out.parquet") == 9_000
+    assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "out.parquet")) is None
+    ids = RowIds(keyring, DATASET)
+    latent = pq.read_table(tmp_path / "many" / record.latent, columns=[ROW_ID]).column(ROW_ID).to_numpy()
+    assert sorted(ids.positions(latent)[1].tolist()) == list(range(9_000))
+
+
+def test_a_bad_encode_workers_setting_is_named(setup, tmp_path, monkeypatch):
+    from iae_privacy.machine import ENV_ENCODE_WORKERS
+
+    _, keyring, sources, model = setup
+    monkeypatch.setenv(ENV_ENCODE_WORKERS, "many")
+    with pytest.raises(IaeError, match=ENV_ENCODE_WORKERS):
+        EncodedDataset(tmp_path / "enc").encode_source(sources / "a.parquet", 1, model, "p", 1, keyring, DATASET)
+    assert not (tmp_path / "enc" / "vault").exists() or not any((tmp_path / "enc" / "vault").iterdir())
+
+
 @pytest.fixture
 def file_size_limit():
     """A real write failure: ``file_size_limit(N)`` lets no file grow past N bytes (RLIMIT_FSIZE, as on a

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -28,6 +30,7 @@ from iae_privacy.errors import StoreError
 from iae_privacy.files import HashingWriter, atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
 from iae_privacy.keys.sealed import SealedWriter, read_sealed_header, rewrap_sealed
+from iae_privacy.machine import encode_workers
 
 if TYPE_CHECKING:  # the model (and torch) load only where a part is encoded or decoded
     from iae_privacy.model.pipeline import LatentBatch, Model
@@ -116,12 +119,17 @@ class Writer(ManifestFile):
                     latent_sink, latent_path.parent, latent_path.name, -(-parquet_rows(source) // batch_size),
                     ROW_ID) if shuffled else None
 
-                def write(item: tuple[np.ndarray, LatentBatch]) -> None:
-                    """One batch's tokens, latent rows and sealed vault segment, on the second thread."""
+                def prepare(batch: pa.RecordBatch, ids: np.ndarray) -> tuple[pa.Table, LatentBatch]:
+                    """One batch's codec, network and tokens: on a pool thread, several batches at once
+                    (PyTorch, the token loop and most of the codec's Arrow and NumPy work release the GIL)."""
+                    latent = model.encode(batch, source=str(source))
+                    return latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
+                                        model_version, codec.schema.names, shuffled), latent
+
+                def write(item: tuple[pa.Table, LatentBatch]) -> None:
+                    """One batch's latent rows and sealed vault segment, in source order, on the writer thread."""
                     nonlocal writer
-                    ids, latent = item
-                    table = latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
-                                         model_version, codec.schema.names, shuffled)
+                    table, latent = item
                     if writer is None:
                         writer = pq.ParquetWriter(latent_sink, table.schema, **latent_write_options(table.schema))
                     if shuffled:
@@ -131,19 +139,27 @@ class Writer(ManifestFile):
                     vault.write(coder.segment(latent))
 
                 try:
-                    with Behind(write) as behind:
+                    from iae_privacy.network.train import ENV_THREADS, torch_threads, training_threads
+
+                    # several batches at once, each with one PyTorch thread (unless IAE_TORCH_THREADS says)
+                    workers = encode_workers()
+                    threads = training_threads() if os.environ.get(ENV_THREADS) else 1 if workers > 1 else None
+                    with Behind(write) as behind, torch_threads(threads), \
+                            ThreadPoolExecutor(workers, thread_name_prefix="iae-encode") as pool:
+                        prepared: deque[Future] = deque()
                         for batch in read_batches(source, batch_size):
-                            content.update(batch)
-                            latent = model.encode(batch, source=str(source))
+                            content.update(batch)  # in source order, here
                             rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
                             ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
-                            # tokens, the latent rows and the vault segment on a second thread (the
-                            # token loop, Arrow and AES-GCM release the GIL) while the next is encoded
-                            behind.put((ids, latent))
+                            prepared.append(pool.submit(prepare, batch, ids))
                             done += batch.num_rows
                             batch_rows.append(batch.num_rows)
                             if on_rows is not None:
                                 on_rows(done)
+                            while len(prepared) > workers:  # memory: a few batches in flight
+                                behind.put(prepared.popleft().result())
+                        while prepared:
+                            behind.put(prepared.popleft().result())
                     if not batch_rows:
                         raise StoreError(f"{source} has no record batches to encode")
                     # the vault's last segment sealed and the file synced on a second thread while

@@ -117,22 +117,19 @@ FIT_ROWS = 50_000
 
 def training_threads() -> int:
     """PyTorch threads for training: ``IAE_TORCH_THREADS`` if set; else one when the machine is
-    busy (1-minute load average at least its cores less one), else PyTorch's own choice. On a
-    contended 2-core machine two threads trained at about 260 rows/s and one at about 5,000 (the
-    same model): threads that wait for each other's core lose more than they gain."""
+    busy (:func:`iae_privacy.machine.busy`), else PyTorch's own choice. On a contended 2-core
+    machine two threads trained at about 260 rows/s and one at about 5,000 (the same model):
+    threads that wait for each other's core lose more than they gain."""
     import os
+
+    from iae_privacy.machine import busy
 
     if os.environ.get(ENV_THREADS):
         try:
             return max(1, int(os.environ[ENV_THREADS]))
         except ValueError:
             raise NetworkError(f"{ENV_THREADS} must be a whole number of threads") from None
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] >= max(cores - 1, 1)
-    except OSError:
-        busy = False
-    return 1 if busy else torch.get_num_threads()
+    return 1 if busy() else torch.get_num_threads()
 
 
 @contextmanager
@@ -175,7 +172,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 @contextmanager
-def _threads(n: int) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
+    """PyTorch's threads held to ``n`` meanwhile (None: as they are). Process-wide: work on other
+    threads meanwhile gets the same number."""
+    if n is None:
+        yield
+        return
     saved = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -295,7 +297,7 @@ def train(features: np.ndarray, network: NetworkConfig, key: bytes, config: Trai
     last_report = 0.0
     threads = config.threads or training_threads()
     report.threads = threads
-    with _training_precision(device), _threads(threads):
+    with _training_precision(device), torch_threads(threads):
         # all columns public (or one feature): nothing is left to predict, the fitted network stands
         epochs = config.epochs if any(p.requires_grad for p in model.parameters()) else 0
         for epoch in range(1, epochs + 1):
