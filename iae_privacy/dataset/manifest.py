@@ -64,6 +64,11 @@ class PartRecord:
     """Format 2: a keyed MAC of the source's path, size and modification time as it was read
     (:meth:`Scheme.source_stamp`): a later plan skips a file with the same stamp without reading
     it. Empty in manifests written before it, and then left out of the document."""
+    split: list[int] = field(default_factory=list)
+    """Format 2, a source encoded as several parts side by side: ``[index, parts]``, this part
+    holding the source's rows that :class:`~iae_privacy.dataset.rowids.RowSplit` deals to
+    ``index``; its content digest is of those rows. Empty (and left out of the document) for a
+    part that holds its whole source."""
 
     def document(self, version: int) -> dict:
         names = _RECORD_NAMES[version]
@@ -72,6 +77,8 @@ class PartRecord:
             del doc["batch_rows"]
         if version == 1 or not self.source_stamp:
             del doc["source_stamp"]  # what a manifest signed before it holds, bit for bit
+        if not self.split:
+            del doc["split"]
         return doc
 
     @classmethod

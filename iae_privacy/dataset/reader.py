@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -26,7 +27,7 @@ from iae_privacy.dataset.layout import (
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
-from iae_privacy.dataset.rowids import PART_SHIFT, RowIds
+from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, RowSplit
 from iae_privacy.errors import StoreError
 from iae_privacy.files import atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
@@ -92,14 +93,33 @@ class Reader(ManifestFile):
                 on_part(record)
         return problems
 
+    def sources(self, manifest: Manifest) -> list[list[PartRecord]]:
+        """The parts of ``manifest`` by source file, in part order: one part each, or the parts a
+        large source was split into (:attr:`PartRecord.split`), all of them, by index."""
+        groups: dict[str, list[PartRecord]] = {}
+        alone: list[list[PartRecord]] = []
+        for record in sorted(manifest.parts, key=lambda p: p.part):
+            if record.split:
+                groups.setdefault(record.source_digest, []).append(record)
+            else:
+                alone.append([record])
+        for group in groups.values():
+            group.sort(key=lambda r: r.split[0])
+            parts = group[0].split[1]
+            if [r.split for r in group] != [[i, parts] for i in range(parts)]:
+                raise StoreError(f"part {group[0].part} is one of {parts} parts of its source, and the manifest "
+                                 f"has {len(group)} of them: restore with the request that covers them all")
+        return sorted(alone + list(groups.values()), key=lambda g: g[0].part)
+
     def restored_paths(self, manifest: Manifest, out: Path, keyring: Keyring) -> list[Path]:
-        """Where :meth:`decode_all` restores each part, in part order: ``out`` itself for a
-        ``.parquet`` name, else one file per part in the folder ``out``, named after its source."""
-        records = sorted(manifest.parts, key=lambda p: p.part)
+        """Where :meth:`decode_all` restores each source, in part order: ``out`` itself for a
+        ``.parquet`` name, else one file per source in the folder ``out``, named after its (first) part
+        and its source."""
+        sources = self.sources(manifest)
         if out.suffix == ".parquet":
-            return [out] * len(records)
+            return [out] * len(sources)
         scheme = Scheme(keyring, manifest.version)
-        return [out / f"part-{record.part:05d}-{Path(scheme.source(record)).name}" for record in records]
+        return [out / f"part-{group[0].part:05d}-{Path(scheme.source(group[0])).name}" for group in sources]
 
     def decode_all(self, model: Model, keyring: Keyring, out: Path,
                    on_rows: Callable[[int, int], None] | None = None, manifest: Manifest | None = None,
@@ -121,29 +141,28 @@ class Reader(ManifestFile):
         if not verified:
             for record in manifest.parts:
                 self.verify_part(record)
-        single = out.suffix == ".parquet"
-        if single and len(manifest.parts) != 1:
+        sources = self.sources(manifest)
+        if out.suffix == ".parquet" and len(sources) != 1:
             raise StoreError(f"{self.folder} has {len(manifest.parts)} parts; give a folder to --out")
         rows, total, written = 0, sum(p.rows for p in manifest.parts), []
         try:
             scheme = Scheme(keyring, manifest.version)
-            for record, target in zip(sorted(manifest.parts, key=lambda p: p.part),
-                                      self.restored_paths(manifest, out, keyring)):
-                content = scheme.content()
+            for group, target in zip(sources, self.restored_paths(manifest, out, keyring)):
+                contents = [scheme.content() for _ in group]
 
-                def restored(record: PartRecord = record, content: ContentDigest = content,
+                def restored(group: list[PartRecord] = group, contents: list[ContentDigest] = contents,
                              done: int = rows) -> Iterator[pa.RecordBatch]:
-                    for batch in self.decode_part(record, model, keyring, manifest.dataset):
-                        content.update(batch)
+                    for batch in self.source_batches(group, model, keyring, manifest.dataset, contents):
                         done += batch.num_rows
                         if on_rows is not None:
                             on_rows(done, total)
                         yield batch
 
-                def check(record: PartRecord = record, content: ContentDigest = content) -> None:
-                    if content.hexdigest() != record.content_digest:
-                        raise StoreError(f"part {record.part} restored to data that differs from its source "
-                                         f"{scheme.source(record)}: refusing to write it")
+                def check(group: list[PartRecord] = group, contents: list[ContentDigest] = contents) -> None:
+                    for record, content in zip(group, contents):
+                        if content.hexdigest() != record.content_digest:
+                            raise StoreError(f"part {record.part} restored to data that differs from its source "
+                                             f"{scheme.source(record)}: refusing to write it")
 
                 rows += write_restored(target, restored(), check)
                 written.append(target)
@@ -153,6 +172,55 @@ class Reader(ManifestFile):
             raise
         return rows
 
+    def source_batches(self, group: list[PartRecord], model: Model, keyring: Keyring, dataset: str,
+                       contents: list[ContentDigest] | None = None) -> Iterator[pa.RecordBatch]:
+        """One source's record batches, bit for bit, in its order: its part's, or (a split source) its
+        parts' rows dealt back row by row (:class:`~iae_privacy.dataset.rowids.RowSplit`).
+        ``contents``: one digest per part, updated with each part's own batches (what the manifest's
+        content digests are of)."""
+        contents = contents or [ContentDigest() for _ in group]
+        streams = [self._digested(self.decode_part(r, model, keyring, dataset), c) for r, c in zip(group, contents)]
+        if len(group) == 1:
+            yield from streams[0]
+            return
+        dealt = RowSplit(keyring, group[0].source_digest, len(group))
+        waiting: list[deque[pa.RecordBatch]] = [deque() for _ in group]
+        total = sum(r.rows for r in group)
+        for start in range(0, total, MERGE_ROWS):
+            which = dealt.of(start, min(MERGE_ROWS, total - start))
+            counts = np.bincount(which, minlength=len(group))
+            pieces = [self._next_rows(streams[j], waiting[j], int(counts[j]), group[j])
+                      for j in range(len(group)) if counts[j]]
+            merged = pa.concat_tables(pieces)
+            # merged holds part 0's rows, then part 1's...; each source row's place in it:
+            place = np.empty(len(which), dtype=np.int64)
+            place[np.argsort(which, kind="stable")] = np.arange(len(which), dtype=np.int64)
+            yield from merged.take(pa.array(place)).combine_chunks().to_batches()
+        for stream, left, record in zip(streams, waiting, group):
+            if left or any(batch.num_rows for batch in stream):  # also runs decode_part's own last checks
+                raise StoreError(f"part {record.part} holds more rows than its source gives it")
+
+    @staticmethod
+    def _digested(batches: Iterator[pa.RecordBatch], content: ContentDigest) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            content.update(batch)
+            yield batch
+
+    @staticmethod
+    def _next_rows(stream: Iterator[pa.RecordBatch], waiting: deque[pa.RecordBatch], rows: int,
+                   record: PartRecord) -> pa.Table:
+        """The next ``rows`` rows of one part's stream (what is left of a batch waits for the next call)."""
+        taken, have = [], 0
+        while have < rows:
+            batch = waiting.popleft() if waiting else next(stream, None)
+            if batch is None:
+                raise StoreError(f"part {record.part} holds fewer rows than its source gives it")
+            if have + batch.num_rows > rows:
+                waiting.appendleft(batch.slice(rows - have))
+                batch = batch.slice(0, rows - have)
+            taken.append(batch)
+            have += batch.num_rows
+        return pa.Table.from_batches(taken)
 
 
     def decode_rows(self, manifest: Manifest, model: Model, keyring: Keyring, out: Path,
@@ -162,9 +230,10 @@ class Reader(ManifestFile):
         positions; None: all) of the dataset to one Parquet file ``out``, owner-only, atomically.
 
         Check the parts involved with :meth:`verify_part` first. Rows come in source order (part,
-        then row). ``with_row_id``: a last column ``row_id``, each row's id in the latent table (to
-        match a multi-row restore to the request that named them); the restore is then the source's
-        columns plus that one, no longer the source file's exact schema.
+        then row; every row of a source split into several parts, in its own order; some rows of it,
+        or ``with_row_id``, part by part). ``with_row_id``: a last column ``row_id``, each row's id
+        in the latent table (to match a multi-row restore to the request that named them); the
+        restore is then the source's columns plus that one, no longer the source file's exact schema.
         """
         ids = RowIds(keyring, manifest.dataset) if manifest.version >= 2 else None
         if with_row_id and ROW_ID in model.codec.schema.names:
@@ -186,6 +255,14 @@ class Reader(ManifestFile):
 
         def batches() -> Iterator[pa.RecordBatch]:
             done = 0
+            if located is None and not with_row_id:  # every row: each source's in its own order
+                for group in self.sources(manifest):
+                    for batch in self.source_batches(group, model, keyring, manifest.dataset):
+                        done += batch.num_rows
+                        if on_rows is not None:
+                            on_rows(done, total)
+                        yield batch if columns is None else batch.select(columns)
+                return
             for record in records:
                 take = None if located is None else located[record.part]
                 numbers = row_ids(record, take) if with_row_id else None
@@ -265,6 +342,9 @@ class Reader(ManifestFile):
             raise StoreError(f"vault part {record.vault}: batch {group} does not decode with this model "
                              f"({type(exc).__name__})") from None
 
+
+MERGE_ROWS = 65_536
+"""Source rows dealt back at a time when a split source's parts are restored into one file."""
 
 RESTORED_ROW_GROUP = 262_144
 """Rows per row group of a restored file: large groups write faster (a few batches' memory)."""

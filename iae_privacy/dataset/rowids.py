@@ -37,7 +37,7 @@ from iae_privacy.files import TMP_SUFFIX
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
 
-__all__ = ["RowIds", "ShuffledWriter", "PART_SHIFT"]
+__all__ = ["RowIds", "RowSplit", "ShuffledWriter", "PART_SHIFT"]
 
 PART_SHIFT = 32
 _HIGH = np.uint64(63)
@@ -70,6 +70,28 @@ class RowIds:
             out[high] = permutation(self._key, out[high])
             high = (out >> _HIGH) != 0
         return out
+
+
+class RowSplit:
+    """Which of ``parts`` parts each row of one source file goes to, when a large file is encoded as
+    several parts side by side (Dask workers sharing one file): a keyed pseudorandom draw per row
+    (:func:`~iae_privacy.keys.crypto.permute64` of its position, under a key of the dataset's
+    keyring and the source's keyed digest). A part then holds rows from all over its source, in
+    no relation to their order there: contiguous ranges would hand a sorted file's order to whoever
+    sees which part a row is in. Encoding keeps each part's rows (:meth:`of`); a whole restore
+    deals them back, row by row, into the source's order."""
+
+    def __init__(self, keyring: Keyring, source_digest: str, parts: int) -> None:
+        self._key = keyring.subkey(Purpose.MANIFEST, context=f"row-split/{source_digest}")
+        self.parts = parts
+
+    def __repr__(self) -> str:
+        return f"RowSplit(parts={self.parts})"
+
+    def of(self, start: int, rows: int) -> np.ndarray:
+        """The part (0 to parts - 1) of source rows ``start`` to ``start + rows - 1``."""
+        positions = np.arange(start, start + rows, dtype=np.uint64)
+        return (crypto.permute64(self._key, positions) % np.uint64(self.parts)).astype(np.int64)
 
 
 class ShuffledWriter:

@@ -25,7 +25,7 @@ from iae_privacy.dataset.layout import (
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
 from iae_privacy.dataset.overlap import Behind
-from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, ShuffledWriter
+from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, RowSplit, ShuffledWriter
 from iae_privacy.errors import StoreError
 from iae_privacy.files import HashingWriter, atomic_file
 from iae_privacy.keys.keyring import Keyring, Purpose
@@ -41,13 +41,16 @@ __all__ = ["Writer"]
 class Writer(ManifestFile):
     """Encoding: a plan of what is new, one part per source, the commit; vault key rotation."""
 
-    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str,
-             version: int) -> list[tuple[Path, str, int]]:
+    def plan(self, sources: list[Path], keyring: Keyring, dataset: str, model: str, version: int,
+             splits: Callable[[Path], int] | None = None) -> list[tuple[Path, str, int]]:
         """(source, digest, part) for every source not yet encoded with this model version.
 
         Clears what a killed run left behind first. A source whose path, size and modification time
         are those of an encoded part is skipped without being read; any other is hashed, and one
-        whose content is already encoded (or appears twice) is encoded once.
+        whose content is already encoded (or appears twice) is encoded once. ``splits(source)``:
+        into how many parts a source is to be split (:meth:`encode_source`'s ``split``); ``part`` is
+        then its first part, and the next source's comes that many later. A dataset of format 1
+        splits nothing.
         """
         manifest = self.manifest_or_new(keyring, dataset, model, version)
         self.remove_strays(manifest)
@@ -64,7 +67,7 @@ class Writer(ManifestFile):
                 continue
             done.add(digest)
             todo.append((source, digest, part))
-            part += 1
+            part += max(splits(source), 1) if splits is not None and manifest.version >= 2 else 1
         return todo
 
     def commit(self, records: list[PartRecord], keyring: Keyring, dataset: str, model: str, version: int) -> Manifest:
@@ -81,16 +84,20 @@ class Writer(ManifestFile):
 
     def encode_source(self, source: Path, part: int, model: Model, model_name: str, model_version: int,
                       keyring: Keyring, dataset: str, source_digest: str | None = None,
-                      batch_size: int = 65_536, on_rows: Callable[[int], None] | None = None) -> PartRecord:
+                      batch_size: int = 65_536, on_rows: Callable[[int], None] | None = None,
+                      split: tuple[int, int] | None = None) -> PartRecord:
         """Encode one source file into part ``part`` (latent + vault, written atomically), in the
         dataset's format (:data:`CURRENT_FORMAT` for a new one).
 
-        ``on_rows`` gets the running row count after each batch (for progress)."""
+        ``split`` (``(index, parts)``, format 2): this part takes only the source's rows that
+        :class:`~iae_privacy.dataset.rowids.RowSplit` deals to ``index``, so that ``parts`` tasks
+        (Dask workers) encode one large file side by side, as parts ``part - index`` to
+        ``part - index + parts - 1``; commit them together. ``on_rows`` gets the running count of
+        source rows read after each batch (for progress)."""
         scheme = Scheme(keyring, self.format_version(keyring))
         latent_path, vault_path = self.part_paths(part)
         latent_path.parent.mkdir(parents=True, exist_ok=True)
         stamp = scheme.source_stamp(source)  # before reading: a change meanwhile makes the next plan hash it
-        source_digest = source_digest or scheme.file_digest(source)
         codec = model.codec
         identifier_fields = [codec.schema.field(i) for i in codec.indices_with_role(Role.IDENTIFIER)]
         tokenizers = scheme.tokenizers(dataset, [f.name for f in identifier_fields], codec.config.join_domains)
@@ -105,6 +112,14 @@ class Writer(ManifestFile):
                              f"z_public; a model with protected columns ({', '.join(model.protection.columns)}) "
                              "releases other values there: encode into a new folder")
         row_ids = RowIds(keyring, dataset) if shuffled else None
+        source_digest = source_digest or scheme.file_digest(source)
+        dealt = None
+        if split is not None and split[1] > 1:
+            index, parts = split
+            if not shuffled or not 0 <= index < parts:
+                raise StoreError(f"{source}: cannot be split as part {index} of {parts}" +
+                                 ("" if shuffled else f" ({self.folder} is of format 1)"))
+            dealt = RowSplit(keyring, source_digest, parts)
         coder = VaultCoder(codec, complete=shuffled)
         batch_rows: list[int] = []
         content = scheme.content()
@@ -116,7 +131,8 @@ class Writer(ManifestFile):
                 latent_sink = HashingWriter(latent_file)  # the part's digest as it is written: no re-read
                 # format 2: latent rows through a bounded-memory shuffle; format 1: in source order
                 writer: pq.ParquetWriter | ShuffledWriter | None = ShuffledWriter(
-                    latent_sink, latent_path.parent, latent_path.name, -(-parquet_rows(source) // batch_size),
+                    latent_sink, latent_path.parent, latent_path.name,
+                    -(-parquet_rows(source) // (batch_size * (dealt.parts if dealt is not None else 1))),
                     ROW_ID) if shuffled else None
 
                 def prepare(batch: pa.RecordBatch, ids: np.ndarray) -> tuple[pa.Table, LatentBatch]:
@@ -147,14 +163,23 @@ class Writer(ManifestFile):
                     with Behind(write) as behind, torch_threads(threads), \
                             ThreadPoolExecutor(workers, thread_name_prefix="iae-encode") as pool:
                         prepared: deque[Future] = deque()
+                        read = 0
                         for batch in read_batches(source, batch_size):
+                            if dealt is not None:  # this part's rows of the batch
+                                mine = dealt.of(read, batch.num_rows) == split[0]
+                                read += batch.num_rows
+                                batch = batch.filter(pa.array(mine))
+                                if on_rows is not None:
+                                    on_rows(read)
+                                if batch.num_rows == 0:
+                                    continue
                             content.update(batch)  # in source order, here
                             rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
                             ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
                             prepared.append(pool.submit(prepare, batch, ids))
                             done += batch.num_rows
                             batch_rows.append(batch.num_rows)
-                            if on_rows is not None:
+                            if on_rows is not None and dealt is None:
                                 on_rows(done)
                             while len(prepared) > workers:  # memory: a few batches in flight
                                 behind.put(prepared.popleft().result())
@@ -183,7 +208,8 @@ class Writer(ManifestFile):
         return PartRecord(part, scheme.seal_source(str(source)), source_digest, done, len(batch_rows),
                           str(latent_path.relative_to(self.folder)), latent_sink.hexdigest(),
                           str(vault_path.relative_to(self.folder)), vault.content_sha256,
-                          content.hexdigest(), batch_rows if shuffled else [], stamp)
+                          content.hexdigest(), batch_rows if shuffled else [], stamp,
+                          [split[0], split[1]] if dealt is not None else [])
 
     def rewrap_all(self, keyring: Keyring) -> int:
         """Re-wrap every vault part's data key under the current key version."""
