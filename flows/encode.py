@@ -2,8 +2,11 @@
 
 Plan (skip what is already encoded, clear what a killed run left) → encode each source in its own
 task (mapped: a thread pool by default, a Dask cluster with prefect-dask) → commit the manifest.
-On a Dask cluster every worker must see the workspace and the data at the same paths (a shared
-file system); tasks still pass only paths, and each opens the keyring itself.
+With ``split`` (on a Dask cluster: its workers), a large source is encoded as that many parts, one
+task each, its rows dealt to them by a keyed draw (:class:`iae_privacy.dataset.rowids.RowSplit`),
+so that the workers share one big file. On a Dask cluster every worker must see the workspace and
+the data at the same paths (a shared file system); tasks still pass only paths, and each opens the
+keyring itself.
 """
 
 from __future__ import annotations
@@ -46,12 +49,18 @@ def sources_of(source: str, skip_unreadable: bool = False) -> tuple[list[Path], 
     return good, skipped
 
 
+SPLIT_ROWS = 65_536
+"""A source is split into N parts only if it has at least N times this many rows (a batch a part)."""
+
+
 @dataclass(frozen=True)
 class PlannedPart:
     source: str
     digest: str
     """Keyed digest of the source's bytes (what tells a new file from one already encoded)."""
     part: int
+    split: tuple[int, int] = (0, 1)
+    """(index, parts): this part's share of its source (1 part: all of it)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ class Plan:
     parts: list[PlannedPart]
     sources: int
     """Readable sources found (those already encoded included)."""
+    new_sources: int = 0
+    """Sources this run encodes (each in one part or, split, in several)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +89,11 @@ class EncodeResult:
 
 @task(**SAFE_TASK)
 @no_data_in_errors
-def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool) -> Plan:
-    """The parts to encode, and how many readable sources there were (paths, digests, counts)."""
+def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_unreadable: bool,
+               split: int = 1) -> Plan:
+    """The parts to encode, and how many readable sources there were (paths, digests, counts).
+    ``split``: a source of at least ``split`` times :data:`SPLIT_ROWS` rows is encoded as
+    ``split`` parts."""
     workspace, keyring = open_workspace(home)
     name, version = workspace.models.resolve(model)
     logger = get_run_logger()
@@ -95,23 +109,30 @@ def plan_parts(source: str, out: str, model: str, home: str, dataset: str, skip_
     sources, skipped = sources_of(source, skip_unreadable)
     for reason in skipped:
         logger.warning("skipped %s (tried again next run)", reason)
-    todo = encoded.plan(sources, keyring, dataset, name, version)
-    logger.info("%d source file(s) to encode with %s:v%d", len(todo), name, version)
-    return Plan(name, version, [PlannedPart(str(s), digest, part) for s, digest, part in todo], len(sources))
+    shares = {s: split if split > 1 and parquet_rows(s) >= split * SPLIT_ROWS else 1 for s in sources}
+    todo = encoded.plan(sources, keyring, dataset, name, version, splits=shares.__getitem__)
+    if encoded.format_version(keyring) < 2:  # a dataset of format 1 splits nothing
+        shares = dict.fromkeys(sources, 1)
+    parts = [PlannedPart(str(s), digest, first + i, (i, shares[s])) for s, digest, first in todo
+             for i in range(shares[s])]
+    logger.info("%d source file(s) to encode with %s:v%d, in %d part(s)", len(todo), name, version, len(parts))
+    return Plan(name, version, parts, len(sources), len(todo))
 
 
 @task(**SAFE_TASK, retries=1, retry_delay_seconds=5, task_run_name="encode part {part}")
 @no_data_in_errors
 def encode_part(source: str, digest: str, part: int, out: str, model: str, version: int, home: str,
-                dataset: str) -> PartRecord:
-    """One source into one part (written atomically: a retry starts it again from nothing)."""
+                dataset: str, split: tuple[int, int] = (0, 1)) -> PartRecord:
+    """One source (or its share ``split``) into one part (written atomically: a retry starts it
+    again from nothing)."""
     workspace, keyring = open_workspace(home)
     loaded = workspace.models.load(f"{model}:v{version}", keyring)
     logger = get_run_logger()
     rows = pq.ParquetFile(source).metadata.num_rows
     record = EncodedDataset(out).encode_source(Path(source), part, loaded.model, model, version, keyring,
                                                dataset, source_digest=digest,
-                                               on_rows=progress_logger(f"encoding part {part}", rows, logger))
+                                               on_rows=progress_logger(f"encoding part {part}", rows, logger),
+                                               split=tuple(split) if split[1] > 1 else None)
     logger.info("part %d: %d rows in %d batches", record.part, record.rows, record.batches)
     return record
 
@@ -144,14 +165,24 @@ def check_dataset(out: str, home: str) -> int:
     return len(dataset.read_manifest(keyring).parts)
 
 
+DASK_WORKERS = 2
+"""Worker processes of the temporary Dask cluster :func:`run_encode` starts."""
+
+
 def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
-               runner: str = "local", dask_address: str | None = None, skip_unreadable: bool = False) -> EncodeResult:
+               runner: str = "local", dask_address: str | None = None, skip_unreadable: bool = False,
+               split: int | None = None) -> EncodeResult:
     """Run :func:`encode_flow` on the local thread pool or on a Dask cluster (``runner="dask"``:
-    the cluster at ``dask_address``, or a temporary local one with two worker processes)."""
+    the cluster at ``dask_address``, or a temporary local one with two worker processes).
+    ``split``: parts a large source is encoded as (None: one with the local runner, whose part
+    already uses every core; on the temporary cluster, its workers; on a cluster at an address, one)."""
+    if split is not None and split < 1:
+        raise IaeError(f"split must be 1 or more parts, got {split}")
     if runner == "local":
-        return encode_flow(source, model, out, home, dataset, skip_unreadable)
+        return encode_flow(source, model, out, home, dataset, skip_unreadable, split=split or 1)
     if runner != "dask":
         raise IaeError(f"runner must be local or dask, got {runner!r}")
+    split = split or (1 if dask_address else DASK_WORKERS)
     from prefect_dask import DaskTaskRunner
 
     # a passphrase the CLI holds in-process reaches the temporary cluster's workers, and nothing else;
@@ -160,8 +191,9 @@ def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str 
     passphrase = env_passphrase()
     env = {"PREFECT_API_URL": _api_url(), **({ENV_PASSPHRASE: passphrase} if passphrase else {})}
     task_runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
-        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "env": env})
-    return encode_flow.with_options(task_runner=task_runner)(source, model, out, home, dataset, skip_unreadable)
+        cluster_kwargs={"n_workers": DASK_WORKERS, "threads_per_worker": 1, "processes": True, "env": env})
+    return encode_flow.with_options(task_runner=task_runner)(source, model, out, home, dataset, skip_unreadable,
+                                                             split=split)
 
 
 def _api_url() -> str:
@@ -182,19 +214,21 @@ def _api_url() -> str:
 @flow(name="iae-encode")
 @no_data_in_errors
 def encode_flow(source: str, model: str, out: str, home: str = ".", dataset: str | None = None,
-                skip_unreadable: bool = False, check: bool = False) -> EncodeResult:
+                skip_unreadable: bool = False, check: bool = False, split: int = 1) -> EncodeResult:
     """Encode SOURCE (a file or a folder of Parquet files) with MODEL into the dataset folder OUT;
     with SKIP_UNREADABLE (scheduled runs), files that cannot be read yet are skipped and logged;
-    with CHECK (``serve``), the dataset is verified after a run that added parts."""
+    with CHECK (``serve``), the dataset is verified after a run that added parts; with SPLIT, a
+    source of at least SPLIT x 65,536 rows is encoded as SPLIT parts side by side."""
     dataset = dataset or Path(out).name
     logger = get_run_logger()
     # one run at a time per dataset, from the plan to the commit (a manual encode beside serve)
     with EncodedDataset(out).exclusive(lambda: logger.info("waiting for another run writing %s to finish", out)):
-        plan = plan_parts(source, out, model, home, dataset, skip_unreadable)
+        plan = plan_parts(source, out, model, home, dataset, skip_unreadable, split)
         futures = encode_part.map([p.source for p in plan.parts], [p.digest for p in plan.parts],
-                                  [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset)
+                                  [p.part for p in plan.parts], out, plan.model, plan.version, home, dataset,
+                                  [p.split for p in plan.parts])
         records = [f.result() for f in futures]
         parts, rows = commit_parts(records, out, plan.model, plan.version, home, dataset)
         if check and records:
             check_dataset(out, home)
-    return EncodeResult(len(records), sum(r.rows for r in records), plan.sources - len(records), parts, rows)
+    return EncodeResult(len(records), sum(r.rows for r in records), plan.sources - plan.new_sources, parts, rows)

@@ -109,6 +109,40 @@ def test_train_encode_decode_flows_restore_bit_for_bit(tmp_path, prefect_harness
                     check=True)
 
 
+def test_a_large_source_is_encoded_as_several_parts_and_restored_whole(tmp_path, prefect_harness, monkeypatch):
+    """--split: one big file as N parts, one task each (what lets Dask workers share it)."""
+    import iae_privacy_flows.encode as encode
+    from iae_privacy_flows.decode import decode_flow
+    from iae_privacy_flows.train import train_flow
+
+    monkeypatch.setattr(encode, "SPLIT_ROWS", 1_000)  # a small file stands for a big one
+    keyring = Keyring.init(tmp_path / "keys")
+    admin_key = AccessControl(Workspace.at(tmp_path), keyring).initialise()
+    landing = tmp_path / "landing"
+    write_synthetic_patients(landing / "big.parquet", 5_000, seed=3, row_group_size=2_000)
+    write_synthetic_patients(landing / "small.parquet", 1_500, seed=4)  # under 3 x 1,000: one part
+    home = str(tmp_path)
+    train_flow(data=str(landing / "big.parquet"), model="pat", home=home, epochs=0)
+    result = encode.run_encode(str(landing), "pat", str(tmp_path / "enc"), home, split=3)
+    assert (result.encoded_parts, result.skipped_sources, result.rows) == (4, 0, 6_500)
+    assert _encode_part_runs_of_the_last_flow_run() == 4
+    again = encode.run_encode(str(landing), "pat", str(tmp_path / "enc"), home, split=3)
+    assert (again.encoded_parts, again.skipped_sources, again.parts) == (0, 2, 4)
+
+    request = tmp_path / "request.json"
+    request.write_bytes(make_request(tmp_path / "enc", "admin", admin_key, purpose="test"))
+    restored = decode_flow(encoded=str(tmp_path / "enc"), request=str(request), out=str(tmp_path / "restored"),
+                           home=home)
+    assert restored.restored_rows == 6_500
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["part-00001-big.parquet",
+                                                                        "part-00004-small.parquet"]
+    for name, part in (("big", 1), ("small", 4)):
+        got = pq.read_table(tmp_path / "restored" / f"part-{part:05d}-{name}.parquet")
+        assert first_difference(pq.read_table(landing / f"{name}.parquet"), got) is None
+    with pytest.raises(IaeError, match="split must be 1 or more"):
+        encode.run_encode(str(landing), "pat", str(tmp_path / "enc"), home, split=0)
+
+
 def test_the_library_never_imports_prefect():
     code = ("import sys, importlib, pkgutil, iae_privacy\n"
             "for m in pkgutil.walk_packages(iae_privacy.__path__, 'iae_privacy.'):\n"

@@ -223,12 +223,20 @@ def encode_command(
     runner: Annotated[str, typer.Option(help="local (threads) or dask (prefect-dask).")] = "local",
     dask_address: Annotated[Optional[str], typer.Option(
         help="Scheduler address of a running Dask cluster; default a temporary local one.")] = None,
+    split: Annotated[Optional[int], typer.Option(
+        min=1, help="Encode each source of at least N x 65,536 rows as N parts, one task each (Dask workers "
+        "sharing one big file); its rows are dealt to them by a keyed draw, and a restore gives the file back "
+        "whole. Default: the temporary Dask cluster's 2 workers; 1 otherwise (a part already uses every core "
+        "of its machine).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Encode SOURCE into an encoded dataset: latent/ for analysts, vault/ sealed, manifest.json signed.
 
     Runs the Prefect flow 'iae-encode'. Sources already encoded with the same model version are
     skipped; a run killed at any point leaves nothing half-written, and the next run finishes the job.
+
+        iae-privacy encode landing/ --model wages --out encoded/wages
+        iae-privacy encode big.parquet -m wages --out encoded/big --runner dask --dask-address HOST:8786 --split 8
     """
     from iae_privacy_flows.encode import run_encode, sources_of
 
@@ -237,7 +245,7 @@ def encode_command(
     session(ctx).keyring()
     with flow_progress():
         result = run_encode(str(source), model, str(out), str(workspace.home), runner=runner,
-                            dask_address=dask_address)
+                            dask_address=dask_address, split=split)
     if as_json:
         import dataclasses
 
