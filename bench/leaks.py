@@ -4,7 +4,10 @@ The attack (issue 15): most tables are sorted by something. The table is sorted 
 and an attacker who knows the region of m leaked latent rows predicts every other row's region
 from its *position* in the latent part (and, separately, from its ``row_id``) with a 1-nearest-
 neighbour rule. Beside it, the majority-class baseline. A second check: does any byte of the
-encoded folder hold the source file's SHA-256 or its path (the manifest oracle)?
+encoded folder hold the source file's SHA-256 or its path (the manifest oracle)? A third: the
+same file encoded as 4 parts (``encode --split 4``): the attacker predicts a row's region from
+*which part* it is in (the majority among the leaked rows of that part), for the keyed draw that
+deals rows to parts, and, as the counterfactual, for contiguous ranges of the file.
 
     python -m bench --only leaks
 """
@@ -72,8 +75,55 @@ def run(rows: int) -> Result:
             digest = hashlib.sha256(source.read_bytes()).hexdigest().encode()
             oracle = digest in stored or str(source).encode() in stored
             result.add(f"format {version}: source SHA-256 or path readable in the encoded folder", float(oracle), "")
-    recovered = max(x.value for x in result.metrics if x.name.startswith("format 2: region"))
+        _split_parts(tmp, source, model, keyring, regions, result)
+    recovered = max(x.value for x in result.metrics if x.name.startswith(("format 2: region", "split into")))
     baseline = result.metrics[0].value
-    result.target = "format 2: region from position or row_id no better than the majority baseline + 5 points"
+    result.target = ("format 2: region from position, row_id or the part a row is in (a split source) no better "
+                     "than the majority baseline + 5 points")
     result.target_met = bool(recovered <= baseline + 5)
     return result
+
+
+SPLIT = 4
+
+
+def _split_parts(tmp: Path, source: Path, model, keyring, regions: np.ndarray, result: Result) -> None:
+    """The sorted file as SPLIT parts dealt by the keyed draw: region from a row's part, beside
+    contiguous ranges (what splitting by row groups would give)."""
+    from iae_privacy.dataset.rowids import RowSplit
+
+    dataset = EncodedDataset(tmp / "enc-split")
+    (path, digest, first), = dataset.plan([source], keyring, "cps", "w", 1, splits=lambda _: SPLIT)
+    records = [dataset.encode_source(path, first + i, model, "w", 1, keyring, "cps", digest, 8_192, split=(i, SPLIT))
+               for i in range(SPLIT)]
+    dealt = RowSplit(keyring, digest, SPLIT).of(0, len(regions))
+    truth, keyed = [], []
+    for i, record in enumerate(records):  # each latent row: its part, and where it was in the source
+        ids = pq.read_table(dataset.folder / record.latent, columns=["row_id"]).column("row_id").to_numpy()
+        truth.append(regions[np.flatnonzero(dealt == i)[RowIds(keyring, "cps").positions(ids)[1]]])
+        keyed.append(np.full(len(ids), i))
+    truth, keyed = np.concatenate(truth), np.concatenate(keyed)
+    ranges = np.arange(len(regions)) * SPLIT // len(regions)  # contiguous ranges, in source order
+    for m in LEAKED:
+        for what, parts, labels in (("the keyed draw", keyed, truth), ("contiguous ranges (not built)", ranges,
+                                                                        regions)):
+            found = _part_attack(parts, labels, m, np.random.default_rng(m))
+            name = "split into 4 parts" if what == "the keyed draw" else "counterfactual"
+            result.add(f"{name}: region from a row's part, {what}, {m:,} leaked rows", 100 * found, "%")
+
+
+def _part_attack(parts: np.ndarray, labels: np.ndarray, m: int, rng: np.random.Generator) -> float:
+    """Accuracy of guessing each other row's label as the most common one among the leaked rows of
+    its part (all leaked rows where its part has none)."""
+    leaked = rng.choice(len(parts), m, replace=False)
+    others = np.setdiff1d(np.arange(len(parts)), leaked)
+    values, overall = np.unique(labels[leaked], return_counts=True)
+    fallback = values[overall.argmax()]
+    guess = {}
+    for part in np.unique(parts):
+        mine = labels[leaked][parts[leaked] == part]
+        if len(mine):
+            v, c = np.unique(mine, return_counts=True)
+            guess[part] = v[c.argmax()]
+    predicted = np.array([guess.get(p, fallback) for p in parts[others]])
+    return float(np.mean(predicted == labels[others]))

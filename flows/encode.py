@@ -21,6 +21,7 @@ from iae_privacy.codec import parquet_rows
 from iae_privacy.dataset.store import EncodedDataset, PartRecord
 from iae_privacy.errors import IaeError
 from iae_privacy.keys.keyring import ENV_PASSPHRASE, env_passphrase
+from iae_privacy.machine import ENV_ENCODE_WORKERS, usable_cores
 from iae_privacy_flows.common import SAFE_TASK, no_data_in_errors, open_workspace, progress_logger
 
 
@@ -189,7 +190,9 @@ def run_encode(source: str, model: str, out: str, home: str = ".", dataset: str 
     # the workers report to this run's Prefect API (without it each started a temporary server of
     # its own: 10k rows took 104 s, most of it servers starting)
     passphrase = env_passphrase()
-    env = {"PREFECT_API_URL": _api_url(), **({ENV_PASSPHRASE: passphrase} if passphrase else {})}
+    env = {"PREFECT_API_URL": _api_url(), **({ENV_PASSPHRASE: passphrase} if passphrase else {}),
+           # the machine's cores shared by its workers: each part's pool takes its share
+           ENV_ENCODE_WORKERS: str(max(1, usable_cores() // DASK_WORKERS))}
     task_runner = DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(
         cluster_kwargs={"n_workers": DASK_WORKERS, "threads_per_worker": 1, "processes": True, "env": env})
     return encode_flow.with_options(task_runner=task_runner)(source, model, out, home, dataset, skip_unreadable,
