@@ -8,7 +8,9 @@ Layout of an encoded dataset folder (format 2, :data:`CURRENT_FORMAT`)::
     vault/part-00001.vault            sealed, one segment per source batch in source order: z_detail,
                                       codec detail, identifier values, z_public, passthrough columns
 
-One part per source file. The vault is written as a stream, one segment per record batch, and
+One part per source file, or several for a large one (``encode --split``: its rows dealt to them by
+a keyed draw, :class:`~iae_privacy.dataset.rowids.RowSplit`; a whole restore deals them back into
+one file in the source's order). The vault is written as a stream, one segment per record batch, and
 restores alone, in source order; the latent part goes through a bounded-memory shuffle. Parts are
 written to temporary names and renamed; the manifest is rewritten (atomically) only after both
 files of a part are in place, so a run killed at any point leaves no part that the manifest lists
