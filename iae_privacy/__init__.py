@@ -16,7 +16,8 @@ The folders read as the pipeline, bottom-up (a test keeps this list whole)::
 
 and beside them, shared by all: ``errors`` (every error a user can act on), ``files`` (the one
 atomic write), ``documents`` (canonical JSON, and JSON from files anyone can write),
-``workspace`` (every path under a workspace), ``server`` (the workspace's own Prefect server),
+``workspace`` (every path under a workspace), ``server`` (the workspace's own Prefect server and
+its flow worker), ``machine`` (cores, load, and how many batches an encode runs at once),
 ``progress`` (progress reports from the flows), ``samples`` (the bundled sample data). Nothing in
 this package imports Prefect; the flows in ``flows/`` (installed as ``iae_privacy_flows``) call it.
 """
