@@ -144,16 +144,20 @@ class WorkspaceServer:
         self.worker_log = self.folder / "worker.log"
         self.socket = self.folder / WORKER_SOCKET
 
-    def state(self) -> ServerState | None:
-        """The recorded server, if its process is still there (health not checked)."""
+    def _recorded(self) -> ServerState | None:
+        """What ``server.json`` says, whether or not its processes are still there."""
         try:
             doc = parse_json(self.state_file.read_bytes())
-            state = ServerState(str(doc["url"]), int(doc["pid"]), str(doc["started"]), int(doc.get("worker_pid", 0)))
+            return ServerState(str(doc["url"]), int(doc["pid"]), str(doc["started"]), int(doc.get("worker_pid", 0)))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ServerError(f"{self.state_file} is damaged; remove it and run 'iae-privacy server start'") from None
-        return state if _alive(state.pid) else None
+
+    def state(self) -> ServerState | None:
+        """The recorded server, if its process is still there (health not checked)."""
+        state = self._recorded()
+        return state if state is not None and _alive(state.pid) else None
 
     def running(self) -> ServerState | None:
         """The recorded server if it answers."""
@@ -166,6 +170,7 @@ class WorkspaceServer:
         (``worker_pid`` 0): commands then run their flows in their own process."""
         state = self.running()
         if state is None:
+            self.stop()  # what is left of one that stopped answering: its worker, its record
             state = self._start_server(wait, on_wait)
         if not state.worker_pid or not self.worker_answers():
             state = self._start_worker(state, on_wait)
@@ -290,16 +295,17 @@ class WorkspaceServer:
             conn.close()
 
     def stop(self, wait: float = 20.0) -> bool:
-        """Stop the recorded server and its flow worker; whether a server was running."""
-        state = self.state()
+        """Stop the recorded server and its flow worker (each if still there); whether the server was running."""
+        state = self._recorded()
         self.state_file.unlink(missing_ok=True)
         if state is None:
             return False
         if state.worker_pid:
             _stop_process(state.worker_pid, WORKER_PROGRAM, wait)
         self.socket.unlink(missing_ok=True)
+        running = _alive(state.pid)
         _stop_process(state.pid, b"prefect", wait)
-        return True
+        return running
 
 
 WORKER_PROGRAM = b"iae_privacy_flows.worker"
