@@ -135,6 +135,9 @@ def serve(home: Path) -> None:
     old = os.umask(0o177)  # the socket is created owner-only
     try:
         listener.bind(str(path))
+    except OSError as exc:  # e.g. a path longer than a Unix socket's (about 100 characters)
+        sys.exit(f"flow worker: cannot listen on {path} ({exc.strerror or exc}); commands run their flows in "
+                 "their own process")
     finally:
         os.umask(old)
     listener.listen(16)
