@@ -80,44 +80,49 @@ def handle(conn: socket.socket, home: str) -> None:
         try:
             if not _same_user(conn):
                 return
-            message = read_message(conn.makefile("rb"))
-            if message is None:
-                return
-            command = message.get("command")
+            try:
+                message = read_message(conn.makefile("rb"))
+                if message is None:
+                    return
+                command, args = message.get("command"), message.get("args")
+                passphrase = message.get("passphrase") or None
+                if command != "ping" and not isinstance(args, dict):
+                    raise ValueError("options")
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise IaeError(f"the flow worker got an unreadable command ({type(exc).__name__})") from None
             if command == "ping":
                 send_message(conn, {"result": {}})
                 return
             if command not in COMMANDS:
                 raise IaeError(f"the flow worker runs no command {command!r}")
-            args = message.get("args")
-            if not isinstance(args, dict):
-                raise IaeError("the flow worker got a command without its options")
-            forward = _Forward(conn)
-
-            def report(what: str, done: int, total: int, unit: str) -> None:
-                try:
-                    send_message(conn, {"progress": [what, done, total, unit]})
-                except OSError:
-                    pass
-
-            with _one_run:
-                hold_passphrase(message.get("passphrase") or None)
-                logging.getLogger("prefect").addHandler(forward)
-                try:
-                    with progress.listening(report):
-                        result = COMMANDS[command](home, args)
-                finally:
-                    logging.getLogger("prefect").removeHandler(forward)
-                    release_passphrase()
-            send_message(conn, {"result": result})
+            send_message(conn, {"result": _run(conn, home, command, args, passphrase)})
         except IaeError as exc:
             _answer_error(conn, exc)
-        except (ValueError, KeyError, TypeError) as exc:
-            _answer_error(conn, IaeError(f"the flow worker got an unreadable command ({type(exc).__name__})"))
         except OSError:  # the command went away
             pass
         except Exception as exc:  # a bug: its message may quote a cell
             _answer_error(conn, withheld(exc, "the flow worker"))
+
+
+def _run(conn: socket.socket, home: str, command: str, args: dict, passphrase: str | None) -> dict:
+    """``command``'s flow, alone in this process, its log lines and progress sent to ``conn``."""
+    forward = _Forward(conn)
+
+    def report(what: str, done: int, total: int, unit: str) -> None:
+        try:
+            send_message(conn, {"progress": [what, done, total, unit]})
+        except OSError:
+            pass
+
+    with _one_run:
+        hold_passphrase(passphrase)
+        logging.getLogger("prefect").addHandler(forward)
+        try:
+            with progress.listening(report):
+                return COMMANDS[command](home, args)
+        finally:
+            logging.getLogger("prefect").removeHandler(forward)
+            release_passphrase()
 
 
 def _answer_error(conn: socket.socket, exc: IaeError) -> None:

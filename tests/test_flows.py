@@ -279,3 +279,51 @@ def test_a_failed_seal_is_retried_without_training_again(tmp_path, prefect_harne
     result = train_module.train_flow(data=str(data), model="pat", home=str(tmp_path), epochs=1)
     assert (len(fits), len(saves), result.version) == (1, 2, 1)
     assert Path(result.path).is_file()
+
+
+def test_the_flow_worker_runs_a_command_sends_back_its_lines_and_forgets_the_passphrase(tmp_path, monkeypatch):
+    """The protocol of the workspace's flow worker, with a stand-in for the flow it would run (the
+    real decode through a real worker is in test_cli's workspace-server test)."""
+    import logging
+    import threading
+    import time
+
+    import iae_privacy_flows.worker as worker
+    from iae_privacy.keys.keyring import ENV_PASSPHRASE, env_passphrase
+    from iae_privacy.server import WorkspaceServer
+
+    monkeypatch.delenv(ENV_PASSPHRASE, raising=False)
+    seen = []
+
+    def decode(home: str, args: dict) -> dict:
+        seen.append((home, args, env_passphrase()))
+        progress.report("restoring", 1, 2)
+        logging.getLogger("prefect.iae-test").warning("half way")
+        if args.get("refuse"):
+            raise AccessRefused("this request was already used")
+        if args.get("crash"):
+            raise ValueError("a cell value 1234-5678")
+        return {"restored_rows": 2}
+
+    monkeypatch.setitem(worker.COMMANDS, "decode", decode)
+    (tmp_path / "server").mkdir(mode=0o700)
+    threading.Thread(target=worker.serve, args=(tmp_path,), daemon=True).start()
+    server = WorkspaceServer(tmp_path)
+    until = time.monotonic() + 10
+    while not server.worker_answers() and time.monotonic() < until:
+        time.sleep(0.05)
+    assert server.worker_answers() and oct(server.socket.stat().st_mode & 0o777) == "0o600"
+
+    reports, lines = [], []
+    result = server._call("decode", {"out": "x"}, "secret words", on_progress=lambda *r: reports.append(r),
+                          on_log=lambda level, line: lines.append((level, line)))
+    assert result == {"restored_rows": 2} and seen == [(str(tmp_path), {"out": "x"}, "secret words")]
+    assert reports == [("restoring", 1, 2, "rows")] and lines[0][0] == logging.WARNING and "half way" in lines[0][1]
+    assert env_passphrase() is None  # held for that run only
+    with pytest.raises(AccessRefused, match="already used"):
+        server._call("decode", {"refuse": True}, None)
+    with pytest.raises(IaeError, match="the flow worker failed: ValueError") as failed:
+        server._call("decode", {"crash": True}, None)
+    assert "1234" not in str(failed.value)  # a library's message is withheld, as anywhere else
+    with pytest.raises(IaeError, match="runs no command 'train'"):
+        server._call("train", {}, None)
