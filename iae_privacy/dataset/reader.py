@@ -177,9 +177,10 @@ class Reader(ManifestFile):
         """One source's record batches, bit for bit, in its order: its part's, or (a split source) its
         parts' rows dealt back row by row (:class:`~iae_privacy.dataset.rowids.RowSplit`).
         ``contents``: one digest per part, updated with each part's own batches (what the manifest's
-        content digests are of)."""
-        contents = contents or [ContentDigest() for _ in group]
-        streams = [self._digested(self.decode_part(r, model, keyring, dataset), c) for r, c in zip(group, contents)]
+        content digests are of); None: none kept."""
+        streams = [self.decode_part(r, model, keyring, dataset) for r in group]
+        if contents is not None:
+            streams = [self._digested(stream, content) for stream, content in zip(streams, contents)]
         if len(group) == 1:
             yield from streams[0]
             return
