@@ -125,6 +125,24 @@ def read_message(stream) -> dict | None:
     return message
 
 
+def _answer(message: dict | None) -> tuple[str, object]:
+    """(kind, value) of one line of a worker's answer; raises ValueError, TypeError, KeyError or
+    AttributeError for a line that is not one."""
+    if message is None:
+        return "end", None
+    if "progress" in message:
+        what, done, total, unit = message["progress"]
+        return "progress", (str(what), int(done), int(total), str(unit))
+    if "log" in message:
+        level, line = message["log"]
+        return "log", (int(level), str(line))
+    if "error" in message:
+        return "error", (str(message["error"]["type"]), str(message["error"]["message"]))
+    if "result" in message:
+        return "result", dict(message["result"])
+    raise ValueError("an answer of no known kind")
+
+
 def _error(kind: object, message: object) -> IaeError:
     """The error a worker reported, as the class it named (an :class:`IaeError` of ours) or IaeError."""
     cls = getattr(errors, str(kind), None)
@@ -274,23 +292,21 @@ class WorkspaceServer:
             stream = conn.makefile("rb")
             while True:
                 try:
-                    message = read_message(stream)
-                except (ValueError, OSError):
+                    kind, value = _answer(read_message(stream))
+                except (ValueError, TypeError, KeyError, AttributeError, OSError):
                     raise ServerError(f"the workspace's flow worker gave an unreadable answer; see {self.worker_log}"
                                       ) from None
-                if message is None:
+                if kind == "end":
                     raise ServerError(f"the workspace's flow worker stopped during the {command}; see "
                                       f"{self.worker_log} (iae-privacy server start starts it again)")
-                if "progress" in message and on_progress is not None:
-                    what, done, total, unit = message["progress"]
-                    on_progress(str(what), int(done), int(total), str(unit))
-                elif "log" in message and on_log is not None:
-                    level, line = message["log"]
-                    on_log(int(level), str(line))
-                elif "error" in message:
-                    raise _error(message["error"].get("type"), message["error"].get("message"))
-                elif "result" in message:
-                    return dict(message["result"])
+                if kind == "progress" and on_progress is not None:
+                    on_progress(*value)
+                elif kind == "log" and on_log is not None:
+                    on_log(*value)
+                elif kind == "error":
+                    raise _error(*value)
+                elif kind == "result":
+                    return value
         finally:
             conn.close()
 

@@ -327,3 +327,32 @@ def test_the_flow_worker_runs_a_command_sends_back_its_lines_and_forgets_the_pas
     assert "1234" not in str(failed.value)  # a library's message is withheld, as anywhere else
     with pytest.raises(IaeError, match="runs no command 'train'"):
         server._call("train", {}, None)
+
+
+@pytest.mark.parametrize("answer", [b'{"nonsense": 1}\n', b'{"progress": [1]}\n', b'{"error": "text"}\n', b"[1]\n",
+                                    b"not json\n", b""])
+def test_an_answer_the_flow_worker_should_not_give_is_one_line_naming_its_log(tmp_path, answer):
+    import socket
+    import threading
+
+    from iae_privacy.errors import ServerError
+    from iae_privacy.server import WorkspaceServer
+
+    (tmp_path / "server").mkdir()
+    server = WorkspaceServer(tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(server.socket))
+    listener.listen(1)
+
+    def answer_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.makefile("rb").readline()
+            conn.sendall(answer)
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    expected = "stopped during the decode" if not answer else "gave an unreadable answer"
+    with pytest.raises(ServerError, match=expected) as failed:
+        server._call("decode", {}, None, timeout=10)
+    assert str(server.worker_log) in str(failed.value)
+    listener.close()
