@@ -86,7 +86,7 @@ def handle(conn: socket.socket, home: str) -> None:
                     return
                 command, args = message.get("command"), message.get("args")
                 passphrase = message.get("passphrase") or None
-                if command != "ping" and not isinstance(args, dict):
+                if command != "ping" and not isinstance(args, dict) or not isinstance(passphrase, (str, type(None))):
                     raise ValueError("options")
             except (ValueError, TypeError, AttributeError) as exc:
                 raise IaeError(f"the flow worker got an unreadable command ({type(exc).__name__})") from None

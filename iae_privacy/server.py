@@ -43,7 +43,7 @@ from iae_privacy import errors
 from iae_privacy.documents import parse_json, utc_now
 from iae_privacy.errors import IaeError, ServerError
 from iae_privacy.files import write_private
-from iae_privacy.keys.keyring import ENV_PASSPHRASE
+from iae_privacy.keys.keyring import ENV_MASTER_KEY_PREFIX, ENV_PASSPHRASE
 
 __all__ = ["WorkspaceServer", "ServerState", "ServerError", "WORKER_SOCKET", "child_environment", "read_message",
            "send_message"]
@@ -102,7 +102,7 @@ def child_environment(**settings: str) -> dict[str, str]:
     """The environment of a process the workspace starts: this one's without the passphrase, master
     keys or ``PREFECT_API_URL``, plus ``settings``."""
     env = {k: v for k, v in os.environ.items()
-           if k not in (ENV_PASSPHRASE, "PREFECT_API_URL") and not k.startswith("IAE_MASTER_KEY_V")}
+           if k not in (ENV_PASSPHRASE, "PREFECT_API_URL") and not k.startswith(ENV_MASTER_KEY_PREFIX)}
     env.update(settings)
     return env
 

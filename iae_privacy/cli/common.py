@@ -176,10 +176,10 @@ def in_flow_worker(ctx: typer.Context, command: str, args: dict) -> dict | None:
     import os
 
     from iae_privacy import progress as reports
-    from iae_privacy.keys.keyring import env_passphrase
+    from iae_privacy.keys.keyring import ENV_MASTER_KEY_PREFIX, env_passphrase
     from iae_privacy.server import WorkspaceServer
 
-    if any(name.startswith("IAE_MASTER_KEY_V") for name in os.environ):
+    if any(name.startswith(ENV_MASTER_KEY_PREFIX) for name in os.environ):
         return None
     server = WorkspaceServer(session(ctx).workspace().home)
     state = server.state()

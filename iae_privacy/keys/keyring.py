@@ -34,9 +34,12 @@ from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
 
 __all__ = ["Purpose", "Keyring", "KeyringError", "check_private", "KeyVersion", "WrongKeyError", "RetiredKeyError",
-           "ENV_MASTER_KEY", "ENV_PASSPHRASE", "hold_passphrase", "release_passphrase", "env_passphrase"]
+           "ENV_MASTER_KEY", "ENV_MASTER_KEY_PREFIX", "ENV_PASSPHRASE", "hold_passphrase", "release_passphrase",
+           "env_passphrase"]
 
 ENV_MASTER_KEY = "IAE_MASTER_KEY_V{version}"
+ENV_MASTER_KEY_PREFIX = ENV_MASTER_KEY.partition("{")[0]
+"""What every master-key variable's name starts with (processes the workspace starts get none)."""
 ENV_PASSPHRASE = "IAE_PASSPHRASE"
 _held_passphrase: list[str] = []
 
