@@ -300,3 +300,18 @@ def test_registry_names_what_it_cannot_find(tmp_path, keyring):
         registry.resolve("m:v7")
     with pytest.raises(IaeError, match="is not allowed"):
         registry.resolve("../etc")
+
+
+def test_processes_the_workspace_starts_inherit_no_key_material(monkeypatch):
+    """The workspace's Prefect server and flow worker get this environment (iae_privacy.server)."""
+    from iae_privacy.server import child_environment
+
+    monkeypatch.setenv("IAE_PASSPHRASE", "correct horse")
+    monkeypatch.setenv("IAE_MASTER_KEY_V1", "00" * 32)
+    monkeypatch.setenv("IAE_MASTER_KEY_V12", "11" * 32)
+    monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
+    monkeypatch.setenv("IAE_HOME", "/somewhere")
+    env = child_environment(PREFECT_API_URL="http://127.0.0.1:1/api")
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:1/api" and env["IAE_HOME"] == "/somewhere"
+    assert not {"IAE_PASSPHRASE", "IAE_MASTER_KEY_V1", "IAE_MASTER_KEY_V12"} & set(env)
+    assert "correct horse" not in env.values() and "00" * 32 not in env.values()
