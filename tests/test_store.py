@@ -779,3 +779,15 @@ def test_one_row_of_a_split_source_is_found_by_its_token_and_restored(setup, tmp
     assert len(emails) == 1 and (email := emails.pop()) is not None
     matches = source.filter(pa.compute.equal(source.column("email"), email))
     assert matches.num_rows == one.num_rows == 1 and first_difference(matches, one) is None
+
+
+@pytest.mark.parametrize("change, message", [(1, "holds fewer rows than its source gives it"),
+                                             (-1, "holds more rows than its source gives it")])
+def test_split_parts_whose_rows_do_not_add_up_are_refused_and_nothing_is_written(setup, tmp_path, change, message):
+    _, keyring, sources, model = setup
+    dataset, _ = encode_split(tmp_path / "enc", keyring, sources, model, 2)
+    manifest = dataset.read_manifest(keyring)
+    manifest.parts[0].rows += change  # what a restore deals back is counted from the manifest
+    with pytest.raises(StoreError, match=message):
+        dataset.decode_all(model, keyring, tmp_path / "out", manifest=manifest, verified=True)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
