@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["usable_cores", "busy", "encode_workers", "ENV_ENCODE_WORKERS"]
+__all__ = ["usable_cores", "busy", "encode_workers", "chunk_workers", "ENV_ENCODE_WORKERS"]
 
 ENV_ENCODE_WORKERS = "IAE_ENCODE_WORKERS"
 
@@ -44,3 +44,14 @@ def encode_workers() -> int:
         except ValueError:
             raise IaeError(f"{ENV_ENCODE_WORKERS} must be a whole number of batches") from None
     return min(usable_cores(), MAX_ENCODE_WORKERS)
+
+
+MAX_CHUNK_WORKERS = 4
+"""At most this many chunks of a compressed file are coded or decoded at once (memory: each is
+``CHUNK_ROWS`` records)."""
+
+
+def chunk_workers() -> int:
+    """How many chunks of a compressed file are coded or decoded at once: the usable cores, at
+    most :data:`MAX_CHUNK_WORKERS`."""
+    return min(usable_cores(), MAX_CHUNK_WORKERS)

@@ -133,6 +133,48 @@ def packed(data_dir, tmp_path) -> Path:
     return out
 
 
+def test_chunks_coded_on_several_threads_make_the_same_file_and_come_back_in_order(data_dir, tmp_path, monkeypatch):
+    import iae_privacy.compression.container as container
+
+    source = data_dir / "health_insurance.parquet"
+    files = []
+    for workers in (1, 4):
+        monkeypatch.setattr(container, "chunk_workers", lambda n=workers: n)
+        files.append(tmp_path / f"w{workers}.iaez")
+        compress(source, files[-1], chunk_rows=500)
+        decompress(files[-1], tmp_path / f"w{workers}.parquet")
+        assert first_difference(pq.read_table(source), pq.read_table(tmp_path / f"w{workers}.parquet")) is None
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
+def test_in_order_gives_results_in_the_items_order_holds_few_ahead_and_raises_when_due():
+    import threading
+    import time
+
+    from iae_privacy.dataset.overlap import in_order
+
+    drawn, lock = [], threading.Lock()
+
+    def items():
+        for i in range(24):
+            with lock:
+                drawn.append(i)
+            yield i
+
+    def work(i: int) -> int:
+        time.sleep(0.002 * ((7 * i) % 5))  # finished out of order
+        if i == 17:
+            raise ValueError("item 17")
+        return 10 * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 17"):
+        for value in in_order(work, items(), 3):
+            got.append(value)
+            assert len(drawn) - len(got) <= 4  # workers + 1 ahead, at most
+    assert got == [10 * i for i in range(17)]
+
+
 def _frames(data: bytes) -> list[tuple[int, int]]:
     """(start, end) of each framed segment."""
     at, out = len(MAGIC), []

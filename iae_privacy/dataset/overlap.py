@@ -8,12 +8,14 @@ thread competes with PyTorch's two threads), so batches are still read in line.
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
-__all__ = ["Behind"]
+__all__ = ["Behind", "in_order"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Behind(Generic[T]):
@@ -46,3 +48,23 @@ class Behind(Generic[T]):
                 self._running.exception()  # the caller's error wins; the work must still stop first
         finally:
             self._pool.shutdown(wait=True)
+
+
+def in_order(work: Callable[[T], R], items: Iterable[T], workers: int, name: str = "iae-chunk") -> Iterator[R]:
+    """``work(item)`` for each of ``items`` on ``workers`` threads, the results in the items' order.
+    At most ``workers + 1`` items are taken ahead of the caller (memory: that many results). The
+    items are drawn on the caller's thread, so what raises there raises to the caller; an error of
+    ``work`` raises when its result is due. Leaving early cancels what has not started and waits
+    for what has."""
+    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix=name) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(work, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
