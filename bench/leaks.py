@@ -41,7 +41,7 @@ def run(rows: int) -> Result:
     rows = min(rows, table.num_rows)
     table = table.slice(0, rows)
     result = Result("leaks", "row order and manifest leaks of the latent table, CPS 1988 sorted by region, "
-                    "format 1 (before) vs format 2 (now)", rows)
+                    "format 1 (before) vs formats 2 and 3 (now: dense keyed row ids)", rows)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         source = tmp / "landing" / "cps_sorted.parquet"
@@ -52,7 +52,7 @@ def run(rows: int) -> Result:
         regions = np.asarray(table.column("region").to_pylist())
         _, counts = np.unique(regions, return_counts=True)
         result.add("majority baseline: region", 100 * counts.max() / rows, "%")
-        for version in (1, 2):
+        for version in (1, 2, 3):
             manifest_format.CURRENT_FORMAT, saved = version, manifest_format.CURRENT_FORMAT
             try:
                 dataset = EncodedDataset(tmp / f"enc-v{version}")
@@ -64,7 +64,8 @@ def run(rows: int) -> Result:
             latent = pq.read_table(dataset.folder / records[0].latent, columns=["row_id"])
             ids = latent.column("row_id").to_numpy()
             # where each latent row was in the source: what the attack tries to learn
-            source_rows = RowIds(keyring, "cps").positions(ids)[1] if version == 2 else ids & 0xFFFFFFFF
+            numbering = RowIds.of(keyring, dataset.read_manifest(keyring))
+            source_rows = numbering.positions(ids)[1] if numbering is not None else ids & 0xFFFFFFFF
             truth = regions[source_rows]
             position = np.arange(rows, dtype=np.float64)
             for m in LEAKED:
@@ -75,10 +76,14 @@ def run(rows: int) -> Result:
             digest = hashlib.sha256(source.read_bytes()).hexdigest().encode()
             oracle = digest in stored or str(source).encode() in stored
             result.add(f"format {version}: source SHA-256 or path readable in the encoded folder", float(oracle), "")
+            metadata = pq.read_metadata(dataset.folder / records[0].latent)
+            id_bytes = sum(metadata.row_group(g).column(0).total_compressed_size for g in range(metadata.num_row_groups))
+            result.add(f"format {version}: row_id column in the latent part, bits/row", 8 * id_bytes / rows, "bits")
         _split_parts(tmp, source, model, keyring, regions, result)
-    recovered = max(x.value for x in result.metrics if x.name.startswith(("format 2: region", "split into")))
+    recovered = max(x.value for x in result.metrics
+                    if x.name.startswith(("format 2: region", "format 3: region", "split into")))
     baseline = result.metrics[0].value
-    result.target = ("format 2: region from position, row_id or the part a row is in (a split source) no better "
+    result.target = ("formats 2 and 3: region from position, row_id or the part a row is in (a split source) no better "
                      "than the majority baseline + 5 points")
     result.target_met = bool(recovered <= baseline + 5)
     return result
@@ -96,11 +101,13 @@ def _split_parts(tmp: Path, source: Path, model, keyring, regions: np.ndarray, r
     (path, digest, first), = dataset.plan([source], keyring, "cps", "w", 1, splits=lambda _: SPLIT)
     records = [dataset.encode_source(path, first + i, model, "w", 1, keyring, "cps", digest, 8_192, split=(i, SPLIT))
                for i in range(SPLIT)]
+    dataset.commit(records, keyring, "cps", "w", 1)
     dealt = RowSplit(keyring, digest, SPLIT).of(0, len(regions))
     truth, keyed = [], []
     for i, record in enumerate(records):  # each latent row: its part, and where it was in the source
         ids = pq.read_table(dataset.folder / record.latent, columns=["row_id"]).column("row_id").to_numpy()
-        truth.append(regions[np.flatnonzero(dealt == i)[RowIds(keyring, "cps").positions(ids)[1]]])
+        numbering = RowIds.of(keyring, dataset.read_manifest(keyring))
+        truth.append(regions[np.flatnonzero(dealt == i)[numbering.positions(ids)[1]]])
         keyed.append(np.full(len(ids), i))
     truth, keyed = np.concatenate(truth), np.concatenate(keyed)
     ranges = np.arange(len(regions)) * SPLIT // len(regions)  # contiguous ranges, in source order

@@ -56,10 +56,15 @@ class World:
     encoded: Path
 
     def id(self, part: int, row: int) -> int:
-        """The row id of row ``row`` of part ``part`` (only the keyring knows it)."""
+        """The row id of row ``row`` of part ``part`` (only the keyring knows it); of a row the
+        dataset does not have: ``part << 32 | row``, an id it has none of (ids are part << 32 | a
+        position below the part's rows)."""
         import numpy as np
 
-        return int(RowIds(self.keyring, DATASET).ids(part, np.array([row]))[0])
+        manifest = EncodedDataset(self.encoded).read_manifest(self.keyring)
+        if not any(p.part == part and row < p.rows for p in manifest.parts):
+            return part << 32 | row
+        return int(RowIds.of(self.keyring, manifest).ids(part, np.array([row]))[0])
 
     def request(self, who: str = "admin", key: Path | None = None, encoded: Path | None = None, **scope) -> bytes:
         key = key or (self.admin_key if who == "admin" else self.clerk_key)
@@ -125,7 +130,8 @@ def source_rows(world: World, row_ids: list[int]):
     import numpy as np
     import pyarrow as pa
 
-    parts, rows = RowIds(world.keyring, DATASET).positions(np.array(row_ids))
+    numbering = RowIds.of(world.keyring, EncodedDataset(world.encoded).read_manifest(world.keyring))
+    parts, rows = numbering.positions(np.array(row_ids))
     tables = [pq.read_table(world.sources[part - 1]).slice(row, 1) for part, row in sorted(zip(parts, rows))]
     return pa.concat_tables(tables)
 

@@ -194,7 +194,9 @@ def test_nearest_neighbours_in_the_latent_table_are_near_in_the_source_too(encod
     root, source = encoded
     frame = query("SELECT * FROM patients ORDER BY row_id", {"patients": root / "enc"})
     z = StandardScaler().fit_transform(frame.filter(like="z_public_").to_numpy(float))
-    _, rows = RowIds(Keyring.open(root / "keys"), "patients").positions(frame["row_id"].to_numpy())
+    keyring = Keyring.open(root / "keys")
+    numbering = RowIds.of(keyring, EncodedDataset(root / "enc").read_manifest(keyring))
+    _, rows = numbering.positions(frame["row_id"].to_numpy())
     numeric = pq.read_table(source, columns=["copay", "weight_kg", "visits"]).to_pandas().to_numpy(float)[rows]
     keep = ~np.isnan(numeric).any(axis=1)
     x, z = StandardScaler().fit_transform(numeric[keep]), z[keep]

@@ -110,7 +110,10 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     from iae_privacy.dataset.rowids import RowIds
     from iae_privacy.keys.keyring import Keyring
 
-    _, rows = RowIds(Keyring.open(tmp_path / "keys"), "enc").positions(ids)  # what only the keyring knows
+    from iae_privacy.dataset.store import EncodedDataset
+
+    keyring = Keyring.open(tmp_path / "keys")
+    _, rows = RowIds.of(keyring, EncodedDataset(encoded).read_manifest(keyring)).positions(ids)  # only the keyring
     expected = pq.read_table(source).take(sorted(rows)).select(["health", "region"])  # source order
     assert first_difference(expected, pq.read_table(out)) is None
 

@@ -315,3 +315,20 @@ def test_processes_the_workspace_starts_inherit_no_key_material(monkeypatch):
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:1/api" and env["IAE_HOME"] == "/somewhere"
     assert not {"IAE_PASSPHRASE", "IAE_MASTER_KEY_V1", "IAE_MASTER_KEY_V12"} & set(env)
     assert "correct horse" not in env.values() and "00" * 32 not in env.values()
+
+
+@pytest.mark.parametrize("bound", [1, 2, 3, 7, 64, 1_338, 65_537, 300_000])
+def test_permute_below_is_a_keyed_permutation_of_its_domain_and_undone_by_its_inverse(bound):
+    """Format 3's row ids (the position of each row among its part's): every position once, the
+    key's own order, undone exactly; a value outside the domain is refused, not wrapped."""
+    key, other = bytes(range(32)), bytes(range(1, 33))  # fixed: the same permutations on every run
+    values = np.arange(bound, dtype=np.uint64)
+    mapped = crypto.permute_below(key, values, bound)
+    assert np.array_equal(np.sort(mapped), values)
+    assert np.array_equal(crypto.unpermute_below(key, mapped, bound), values)
+    if bound >= 64:
+        assert not np.array_equal(mapped, values)
+        assert np.mean(crypto.permute_below(other, values, bound) == mapped) < 0.05
+        assert abs(np.corrcoef(values.astype(float), mapped.astype(float))[0, 1]) < 0.35
+    with pytest.raises(ValueError):
+        crypto.permute_below(key, np.array([bound], dtype=np.uint64), bound)

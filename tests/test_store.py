@@ -68,7 +68,7 @@ def test_latent_parts_hold_tokens_and_z_public_but_no_raw_identifiers(setup, tmp
     latent = pq.read_table(tmp_path / "enc" / records[0].latent)
     source = pq.read_table(sources / "a.parquet")
     # rows in a keyed order, under keyed ids: each latent row is the source row its id names
-    parts, rows = RowIds(keyring, DATASET).positions(latent.column(ROW_ID).to_numpy())
+    parts, rows = RowIds.of(keyring, dataset.read_manifest(keyring)).positions(latent.column(ROW_ID).to_numpy())
     assert set(parts) == {records[0].part} and sorted(rows) == list(range(9_000))
     assert latent.column("sex").equals(source.column("sex").take(pa.array(rows)))  # passthrough, unchanged
     emails = set(source.column("email").drop_null().to_pylist())
@@ -82,6 +82,35 @@ def test_latent_parts_hold_tokens_and_z_public_but_no_raw_identifiers(setup, tmp
     ids = columns.column(latent.schema.get_field_index(ROW_ID))
     assert {columns.column(i).compression for i in range(columns.num_columns)} == {"ZSTD"}
     assert "DELTA_BINARY_PACKED" in ids.encodings and "RLE_DICTIONARY" not in ids.encodings
+    # format 3: consecutive ids, under a byte for a whole row group (format 2's: 51-53 bits a row)
+    assert ids.total_compressed_size < 256 and columns.num_rows > 1_000
+
+
+def test_a_format_2_dataset_still_restores_by_its_63_bit_row_ids(setup, tmp_path, monkeypatch):
+    import iae_privacy.dataset.manifest as manifest_format
+
+    _, keyring, sources, model = setup
+    monkeypatch.setattr(manifest_format, "CURRENT_FORMAT", 2)
+    dataset, records = encode_all(tmp_path / "enc", keyring, sources, model)
+    monkeypatch.undo()
+    manifest = dataset.read_manifest(keyring)
+    assert manifest.version == 2
+    latent = pq.read_table(tmp_path / "enc" / records[0].latent, columns=[ROW_ID]).column(ROW_ID).to_numpy()
+    assert latent.max() > 1 << 40  # format 2's ids: spread over the 63-bit integers
+    numbering = RowIds.of(keyring, manifest)
+    _, rows = numbering.positions(latent[:3])
+    located = dataset.locate(manifest, latent[:3], keyring)
+    dataset.decode_rows(manifest, model, keyring, tmp_path / "some.parquet", located, None)
+    expected = pq.read_table(sources / "a.parquet").take(np.sort(rows))
+    assert first_difference(expected, pq.read_table(tmp_path / "some.parquet")) is None
+    # a part added now keeps the dataset's format
+    extra = tmp_path / "extra.parquet"
+    pq.write_table(pq.read_table(sources / "a.parquet").slice(0, 2_000), extra)
+    (source, digest, part), = dataset.plan([extra], keyring, DATASET, "p", 1)
+    record = dataset.encode_source(source, part, model, "p", 1, keyring, DATASET, digest)
+    dataset.commit([record], keyring, DATASET, "p", 1)
+    added = pq.read_table(tmp_path / "enc" / record.latent, columns=[ROW_ID]).column(ROW_ID).to_numpy()
+    assert added.max() > 1 << 40 and dataset.read_manifest(keyring).version == 2
 
 
 def test_rerun_skips_what_is_encoded(setup, tmp_path):
@@ -240,7 +269,7 @@ def test_dotted_and_nested_column_names_restore_exactly(tmp_path, struct_role):
     assert {"p", "p.q"} <= set(latent_names)
     dataset.decode_all(model, keyring, tmp_path / "all.parquet")
     assert first_difference(table, pq.read_table(tmp_path / "all.parquet")) is None
-    rows = RowIds(keyring, "dotted").ids(1, np.array([0, 1_500, 2_999]))
+    rows = RowIds.of(keyring, manifest).ids(1, np.array([0, 1_500, 2_999]))
     located = dataset.locate(manifest, rows, keyring)
     dataset.decode_rows(manifest, model, keyring, tmp_path / "some.parquet", located, None)
     assert first_difference(table.take([0, 1_500, 2_999]), pq.read_table(tmp_path / "some.parquet")) is None
@@ -299,7 +328,7 @@ def test_batches_encoded_side_by_side_make_the_same_part_in_source_order(setup, 
     other.commit([record], keyring, DATASET, "p", 1)
     assert other.decode_all(model, keyring, tmp_path / "out.parquet") == 9_000
     assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "out.parquet")) is None
-    ids = RowIds(keyring, DATASET)
+    ids = RowIds.of(keyring, other.read_manifest(keyring))
     latent = pq.read_table(tmp_path / "many" / record.latent, columns=[ROW_ID]).column(ROW_ID).to_numpy()
     assert sorted(ids.positions(latent)[1].tolist()) == list(range(9_000))
 
@@ -406,7 +435,7 @@ def test_no_readable_byte_of_an_encoded_dataset_confirms_or_locates_its_source(s
             assert secret.encode() not in stored
         assert name.encode() not in stored
     manifest = EncodedDataset(tmp_path / "enc").read_manifest(keyring)
-    assert manifest.version == 2
+    assert manifest.version == 3
     # the keyring still tells where each part came from, and the restore checks the keyed digest
     assert EncodedDataset(tmp_path / "enc").decode_all(model, keyring, tmp_path / "out") == 14_000
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part-00001-a.parquet", "part-00002-b.parquet"]
@@ -493,8 +522,10 @@ def test_a_sorted_tables_latent_part_shows_no_order_relation_to_its_source(setup
         latent = pq.read_table(tmp_path / "enc" / record.latent)
         assert latent.num_rows == 9_000 and pq.ParquetFile(tmp_path / "enc" / record.latent).num_row_groups > 4
         part_ids = latent.column(ROW_ID).to_numpy()
-        parts, rows = RowIds(keyring, DATASET).positions(part_ids)
+        parts, rows = RowIds.of(keyring, dataset.read_manifest(keyring)).positions(part_ids)
         assert set(parts) == {record.part} and sorted(rows) == list(range(9_000))
+        # format 3: the ids are the part's positions, so they cost almost nothing in Parquet
+        assert np.array_equal(np.sort(part_ids), (record.part << 32) + np.arange(9_000))
         assert abs(spearmanr(np.arange(9_000), rows)[0]) < 0.05  # latent position vs source row
         assert abs(spearmanr(part_ids, rows)[0]) < 0.05            # row id vs source row
         assert part_ids.min() >= 0

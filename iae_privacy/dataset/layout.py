@@ -1,6 +1,6 @@
 """The layout of an encoded dataset folder, and what its files hold.
 
-Format 2 (:data:`~iae_privacy.dataset.manifest.CURRENT_FORMAT`)::
+Format 3 (:data:`~iae_privacy.dataset.manifest.CURRENT_FORMAT`; format 2 differs in its row ids only)::
 
     manifest.json                     every part: sealed source path, keyed digests, rows, part hashes; signed
     latent/part-00001.parquet         row_id, passthrough columns, identifier tokens, z_public columns,
@@ -41,6 +41,9 @@ __all__ = ["ROW_ID", "VAULT_MAGIC", "DatasetFolder", "file_sha256", "public_name
            "segment_rows", "restore_segment", "ENTROPY_SEGMENT"]
 
 ROW_ID = "row_id"
+ROW_ID_MEANINGS = {1: "record id: part << 32 | row", 2: "record id: keyed pseudorandom, unrelated to source order",
+                   3: "record id: part << 32 | keyed pseudorandom position in the part, unrelated to source order"}
+"""What a latent part's metadata says its row ids are, by dataset format (:mod:`.rowids`)."""
 VAULT_MAGIC = b"IAE-VAULT\x01"
 LATENT_PART = re.compile(r"^part-\d{5,}\.parquet$")
 VAULT_PART = re.compile(r"^part-\d{5,}\.vault$")
@@ -225,13 +228,12 @@ def vault_key_aad(doc: dict) -> bytes:
 
 def latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list[pa.Field],
                   tokenizers: list[Tokenizer], model_name: str, model_version: int,
-                  source_columns: list[str], shuffled: bool) -> pa.Table:
+                  source_columns: list[str], version: int) -> pa.Table:
     e = latent.encoded
     columns = [row_ids] + list(e.passthrough.columns) + [t.tokens(c) for t, c in zip(tokenizers, e.identifiers.columns)]
     released = latent.released  # the exact z_public, or its release when the model protects columns
     columns += [pa.array(released[:, j]) for j in range(released.shape[1])]
-    meanings = {"row_id": "record id: keyed pseudorandom, unrelated to source order" if shuffled else
-                "record id: part << 32 | row", "passthrough": e.passthrough.schema.names,
+    meanings = {"row_id": ROW_ID_MEANINGS[min(version, max(ROW_ID_MEANINGS))], "passthrough": e.passthrough.schema.names,
                 "tokens": [f.name for f in identifier_fields],
                 "z_public": [public_name(j) for j in range(latent.z_public.shape[1])],
                 "source": source_columns}

@@ -43,13 +43,14 @@ class Lookup(ManifestFile):
 
     def locate(self, manifest: Manifest, row_ids: np.ndarray, keyring: Keyring) -> dict[int, dict[int, np.ndarray]]:
         """{part: {batch: row positions in the batch}} for ``row_ids`` (duplicates dropped);
-        :class:`StoreError` for a row id the dataset does not have. In format 2 only the keyring
+        :class:`StoreError` for a row id the dataset does not have. From format 2 only the keyring
         maps an id to its part and row."""
         row_ids = np.unique(np.asarray(row_ids, dtype=np.int64))
         if len(row_ids) and row_ids[0] < 0:
             raise StoreError(f"row id {int(row_ids[0])} is not in {self.folder} (row ids are not negative)")
-        if manifest.version >= 2:
-            parts_of, rows_of = RowIds(keyring, manifest.dataset).positions(row_ids)
+        ids = RowIds.of(keyring, manifest)
+        if ids is not None:
+            parts_of, rows_of = ids.positions(row_ids)
         else:
             parts_of, rows_of = row_ids >> PART_SHIFT, row_ids & ((1 << PART_SHIFT) - 1)
         parts = {p.part: p for p in manifest.parts}

@@ -27,16 +27,19 @@ __all__ = ["CURRENT_FORMAT", "MANIFEST_FORMAT", "PartRecord", "Manifest", "Schem
 
 MANIFEST_FORMAT = "iae-privacy/encoded-dataset"
 
-CURRENT_FORMAT = 2
+CURRENT_FORMAT = 3
 """Encoded datasets made now. Format 1 (before): the manifest held the source's path and plain
 SHA-256 digests of its bytes and content (an oracle: anyone holding a candidate copy confirms it,
 and an unknown cell of a known record falls to a few guesses), and tokens were keyed per type
 family for the whole keyring. Format 2: the path is sealed, both digests are keyed (HMAC under the
 manifest subkey), and tokens are keyed per (dataset, column) or declared join domain. A dataset
-keeps the format it was made with, so new parts match its old ones."""
+keeps the format it was made with, so new parts match its old ones. Format 3: row ids are
+``part << 32 | position``, the position a keyed permutation of the part's rows (format 2: a keyed
+permutation of 63-bit integers; :mod:`iae_privacy.dataset.rowids`); the rest is format 2's."""
 
 _RECORD_NAMES = {1: {"source": "source", "source_digest": "source_sha256", "content_digest": "content_sha256"},
                  2: {"source": "source_sealed", "source_digest": "source_mac", "content_digest": "content_mac"}}
+_RECORD_NAMES[3] = _RECORD_NAMES[2]
 """How each format spells the fields of a part whose meaning changed."""
 
 

@@ -236,7 +236,7 @@ class Reader(ManifestFile):
         in the latent table (to match a multi-row restore to the request that named them); the
         restore is then the source's columns plus that one, no longer the source file's exact schema.
         """
-        ids = RowIds(keyring, manifest.dataset) if manifest.version >= 2 else None
+        ids = RowIds.of(keyring, manifest)
         if with_row_id and ROW_ID in model.codec.schema.names:
             raise StoreError(f"the source already has a column {ROW_ID!r}: restore without --with-row-id")
 

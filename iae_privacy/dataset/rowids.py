@@ -4,11 +4,18 @@ Most real tables are sorted by something (a date, a site, an id). A latent table
 with ``row_id = part << 32 | row``, hands that order to anyone who reads it: on CPS 1988 sorted by
 region, 10 leaked rows gave ``region`` for 87 % of all rows. So, from dataset format 2:
 
-* **ids** are a keyed pseudorandom permutation of the 63-bit integers, applied to
-  ``part << 32 | row`` (:func:`iae_privacy.keys.crypto.permute64`, cycle-walked into 63 bits so that
-  they stay positive int64: Black and Rogaway 2002). They are unique in the dataset, have no order
-  relation to the source, and only the keyring maps one back to its part and row, which is how a
-  restore by row id finds its record, with no index to store or leak;
+* **ids** have no order relation to the source, and only the keyring maps one back to its part and
+  row, which is how a restore by row id finds its record, with no index to store or leak:
+
+  - format 3 (now): ``part << 32 | position``, the position a keyed pseudorandom permutation of
+    the part's rows 0 .. n - 1 (:func:`iae_privacy.keys.crypto.permute_below`, a key per part).
+    Sorted, a part's ids are consecutive: Parquet stores them in almost nothing (format 2's took
+    51-53 bits a row, a fifth to a third of a latent part). The part is in the id, as it is in
+    the file the row is in;
+  - format 2: a keyed pseudorandom permutation of the 63-bit integers applied to
+    ``part << 32 | row`` (:func:`iae_privacy.keys.crypto.permute64`, cycle-walked into 63 bits so
+    that they stay positive int64: Black and Rogaway 2002), unique in the dataset;
+
 * **rows** of a latent part are written sorted by id, which is a keyed pseudorandom order, through
   :class:`ShuffledWriter`: an external bucket shuffle (rows go to a private spill file as they are
   encoded, one slice per bucket of the id range; each bucket, about one batch, is then sorted and
@@ -25,7 +32,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +40,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from iae_privacy.dataset.layout import latent_write_options
+from iae_privacy.errors import StoreError
 from iae_privacy.files import TMP_SUFFIX
 from iae_privacy.keys import crypto
 from iae_privacy.keys.keyring import Keyring, Purpose
+
+if TYPE_CHECKING:
+    from iae_privacy.dataset.manifest import Manifest
 
 __all__ = ["RowIds", "RowSplit", "ShuffledWriter", "PART_SHIFT"]
 
@@ -44,24 +55,66 @@ _HIGH = np.uint64(63)
 
 
 class RowIds:
-    """The keyed ids of one dataset's rows: ``ids(part, rows)`` and back with ``positions(ids)``."""
+    """The keyed ids of one dataset's rows: ``ids(part, rows)`` and back with ``positions(ids)``.
 
-    def __init__(self, keyring: Keyring, dataset: str) -> None:
+    ``counts`` (format 3): each part's rows, whose ids are ``part << 32 | position``; None:
+    format 2's 63-bit ids. :meth:`of` makes the right one for a dataset's manifest."""
+
+    def __init__(self, keyring: Keyring, dataset: str, counts: Mapping[int, int] | None = None) -> None:
+        self._keyring, self._dataset, self._counts = keyring, dataset, counts
         self._key = keyring.subkey(Purpose.MANIFEST, context=f"row-ids/{dataset}")
+        self._part_keys: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
         return "RowIds()"
 
+    @classmethod
+    def of(cls, keyring: Keyring, manifest: Manifest) -> RowIds | None:
+        """The ids of ``manifest``'s dataset (None for format 1, whose ids are ``part << 32 | row``)."""
+        if manifest.version < 2:
+            return None
+        counts = {p.part: p.rows for p in manifest.parts} if manifest.version >= 3 else None
+        return cls(keyring, manifest.dataset, counts)
+
     def ids(self, part: int, rows: np.ndarray) -> np.ndarray:
         """The ids (int64, non-negative) of rows ``rows`` of part ``part``."""
+        if self._counts is not None:
+            positions = crypto.permute_below(self._part_key(part), np.asarray(rows, dtype=np.uint64),
+                                             self._count(part))
+            return ((np.uint64(part) << np.uint64(PART_SHIFT)) | positions).astype(np.int64)
         x = (np.uint64(part) << np.uint64(PART_SHIFT)) | np.asarray(rows, dtype=np.uint64)
         return self._walk(crypto.permute64, x).astype(np.int64)
 
     def positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(parts, rows) of ``ids`` (non-negative int64; any such value maps to some position,
-        which the caller checks against the dataset)."""
-        x = self._walk(crypto.unpermute64, np.asarray(ids, dtype=np.int64).astype(np.uint64))
-        return (x >> np.uint64(PART_SHIFT)).astype(np.int64), (x & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        """(parts, rows) of ``ids`` (non-negative int64). Format 2: any such value maps to some
+        position, which the caller checks against the dataset; format 3: an id beyond its part's
+        rows (or of no part) maps to a row past the part's end (or to part -1)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._counts is None:
+            x = self._walk(crypto.unpermute64, ids.astype(np.uint64))
+            return (x >> np.uint64(PART_SHIFT)).astype(np.int64), (x & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        parts, rows = ids >> PART_SHIFT, ids & ((1 << PART_SHIFT) - 1)
+        for part in np.unique(parts):
+            mine = parts == part
+            count = self._counts.get(int(part))
+            if count is None:
+                parts[mine] = -1
+                continue
+            inside = mine & (rows < count)
+            rows[inside] = crypto.unpermute_below(self._part_key(int(part)), rows[inside].astype(np.uint64),
+                                                  max(count, 1)).astype(np.int64)
+        return parts, rows
+
+    def _count(self, part: int) -> int:
+        if self._counts is None or part not in self._counts:
+            raise StoreError(f"row ids: part {part} is not in the dataset")
+        return max(self._counts[part], 1)
+
+    def _part_key(self, part: int) -> bytes:
+        if part not in self._part_keys:
+            self._part_keys[part] = self._keyring.subkey(Purpose.MANIFEST,
+                                                         context=f"row-positions/{self._dataset}/{part}")
+        return self._part_keys[part]
 
     def _walk(self, permutation, values: np.ndarray) -> np.ndarray:
         out = permutation(self._key, values)
@@ -88,6 +141,11 @@ class RowSplit:
     def __repr__(self) -> str:
         return f"RowSplit(parts={self.parts})"
 
+    def count(self, index: int, total: int, step: int = 1 << 20) -> int:
+        """How many of a ``total``-row source's rows part ``index`` takes (a step of rows at a time)."""
+        return sum(int(np.count_nonzero(self.of(start, min(step, total - start)) == index))
+                   for start in range(0, total, step))
+
     def of(self, start: int, rows: int) -> np.ndarray:
         """The part (0 to parts - 1) of source rows ``start`` to ``start + rows - 1``."""
         positions = np.arange(start, start + rows, dtype=np.uint64)
@@ -101,12 +159,18 @@ class ShuffledWriter:
     appends its rows, split by bucket of the id range, to a spill file beside the part (owner-only,
     removed at the end or, after a crash, by the next run as a part temporary); :meth:`finish`
     writes each bucket, sorted by id, as one row group of ``sink``. ``buckets`` (a power of two)
-    is about the number of batches, so a bucket holds about a batch.
+    is about the number of batches, so a bucket holds about a batch; ``span`` = (base, bits): the
+    ids lie in ``base`` .. ``base + 2**bits - 1`` (format 2: all 63-bit integers; format 3: a part's
+    positions, a bucket then at most two batches).
     """
 
-    def __init__(self, sink: BinaryIO, folder: Path, name: str, buckets: int, id_column: str) -> None:
+    def __init__(self, sink: BinaryIO, folder: Path, name: str, buckets: int, id_column: str,
+                 span: tuple[int, int] = (0, 63)) -> None:
         self._sink, self._id = sink, id_column
-        self._bits = max(int(buckets - 1).bit_length(), 0)
+        # ids lie in base .. base + 2**width - 1: the buckets split that range by its high bits
+        self._base, width = np.uint64(span[0]), span[1]
+        self._bits = min(max(int(buckets - 1).bit_length(), 0), width)
+        self._shift = np.uint64(width - self._bits)
         fd, spill = tempfile.mkstemp(dir=folder, prefix=f".{name}.spill.", suffix=TMP_SUFFIX)
         self._spill_path = Path(spill)
         self._spill = os.fdopen(fd, "wb")
@@ -118,8 +182,8 @@ class ShuffledWriter:
         if self._ipc is None:
             self._schema = table.schema
             self._ipc = pa.ipc.new_file(self._spill, table.schema)
-        ids = table.column(self._id).to_numpy().astype(np.uint64)
-        bucket = (ids >> np.uint64(63 - self._bits)).astype(np.int64) if self._bits else np.zeros(len(ids), np.int64)
+        ids = table.column(self._id).to_numpy().astype(np.uint64) - self._base
+        bucket = (ids >> self._shift).astype(np.int64) if self._bits else np.zeros(len(ids), np.int64)
         order = np.argsort(bucket, kind="stable")
         counts = np.bincount(bucket, minlength=1 << self._bits)
         grouped = table.take(pa.array(order)).combine_chunks()

@@ -111,7 +111,6 @@ class Writer(ManifestFile):
             raise StoreError(f"{self.folder} is an encoded dataset of format 1, whose latent part restores "
                              f"z_public; a model with protected columns ({', '.join(model.protection.columns)}) "
                              "releases other values there: encode into a new folder")
-        row_ids = RowIds(keyring, dataset) if shuffled else None
         source_digest = source_digest or scheme.file_digest(source)
         dealt = None
         if split is not None and split[1] > 1:
@@ -120,6 +119,11 @@ class Writer(ManifestFile):
                 raise StoreError(f"{source}: cannot be split as part {index} of {parts}" +
                                  ("" if shuffled else f" ({self.folder} is of format 1)"))
             dealt = RowSplit(keyring, source_digest, parts)
+        # format 3: ids are positions among the part's rows, so their number is needed first
+        expected = None if scheme.version < 3 else \
+            dealt.count(split[0], parquet_rows(source)) if dealt is not None else parquet_rows(source)
+        row_ids = RowIds(keyring, dataset, None if expected is None else {part: expected}) if shuffled else None
+        span = (0, 63) if expected is None else (part << PART_SHIFT, max(int(expected - 1).bit_length(), 1))
         coder = VaultCoder(codec, complete=shuffled)
         batch_rows: list[int] = []
         content = scheme.content()
@@ -133,14 +137,14 @@ class Writer(ManifestFile):
                 writer: pq.ParquetWriter | ShuffledWriter | None = ShuffledWriter(
                     latent_sink, latent_path.parent, latent_path.name,
                     -(-parquet_rows(source) // (batch_size * (dealt.parts if dealt is not None else 1))),
-                    ROW_ID) if shuffled else None
+                    ROW_ID, span) if shuffled else None
 
                 def prepare(batch: pa.RecordBatch, ids: np.ndarray) -> tuple[pa.Table, LatentBatch]:
                     """One batch's codec, network and tokens: on a pool thread, several batches at once
                     (PyTorch, the token loop and most of the codec's Arrow and NumPy work release the GIL)."""
                     latent = model.encode(batch, source=str(source))
                     return latent_table(pa.array(ids), latent, identifier_fields, tokenizers, model_name,
-                                        model_version, codec.schema.names, shuffled), latent
+                                        model_version, codec.schema.names, scheme.version), latent
 
                 def write(item: tuple[pa.Table, LatentBatch]) -> None:
                     """One batch's latent rows and sealed vault segment, in source order, on the writer thread."""
@@ -187,6 +191,9 @@ class Writer(ManifestFile):
                             behind.put(prepared.popleft().result())
                     if not batch_rows:
                         raise StoreError(f"{source} has no record batches to encode")
+                    if expected is not None and done != expected:
+                        raise StoreError(f"{source} changed while it was encoded: {done} rows read, "
+                                         f"{expected} when it began")
                     # the vault's last segment sealed and the file synced on a second thread while
                     # the latent rows are written in their keyed order
                     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iae-vault") as pool:

@@ -38,6 +38,7 @@ __all__ = [
     "KEY_BYTES", "NONCE_BYTES", "AuthenticationFailed", "random_key", "derive_key", "seal", "open_sealed",
     "passphrase_key", "hmac_sha256_many", "constant_time_equal", "mac", "mac_matches",
     "new_signing_key", "sign", "signature_matches", "InvalidSigningKey", "permute64", "unpermute64",
+    "permute_below", "unpermute_below",
 ]
 
 KEY_BYTES = 32
@@ -179,12 +180,14 @@ def signature_matches(public_raw: bytes, signature: bytes, message: bytes) -> bo
 _FEISTEL_ROUNDS = 4
 
 
-def _round(key: bytes, index: int, half: np.ndarray) -> np.ndarray:
-    """The Feistel round function: the first 32 bits of AES-256(key, index | half | zeros), as
-    little-endian words (one AES block per value: a pseudorandom function of the half)."""
+def _round(key: bytes, index: int, half: np.ndarray, width: int = 0) -> np.ndarray:
+    """The Feistel round function: the first 32 bits of AES-256(key, index | half | zeros | width),
+    as little-endian words (one AES block per value: a pseudorandom function of the half; ``width``,
+    the bits of a half in :func:`permute_below`, 0 in :func:`permute64`, separates the two)."""
     blocks = np.zeros((len(half), 4), dtype="<u4")
     blocks[:, 0] = (half << np.uint32(8)) | np.uint32(index)  # bytes 0..3: index, half's low 3 bytes
     blocks[:, 1] = half >> np.uint32(24)                       # byte 4: half's high byte
+    blocks[:, 2] = np.uint32(width)                            # bytes 8..11: the width
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     out = np.frombuffer(encryptor.update(blocks.tobytes()) + encryptor.finalize(), dtype="<u4")
     return out[0::4].astype(np.uint32)
@@ -205,3 +208,52 @@ def unpermute64(key: bytes, values: np.ndarray) -> np.ndarray:
     for index in reversed(range(_FEISTEL_ROUNDS)):
         left, right = right ^ _round(key, index, left), left
     return (left.astype(np.uint64) << np.uint64(32)) | right.astype(np.uint64)
+
+
+_SMALL_ROUNDS = 10
+"""Rounds of :func:`permute_below`: as NIST's FF1 (SP 800-38G), whose radix-2 case it follows
+(a balanced Feistel network on bit strings, cycle-walked into the domain), for domains as small
+as a few rows."""
+
+
+def _halves(bound: int) -> int:
+    """The bits of each half of the Feistel network that holds 0 .. ``bound`` - 1 (1 to 31)."""
+    if not 1 <= bound <= 1 << 62:
+        raise ValueError("permute_below: the bound must be 1 to 2**62")
+    return max(-(-int(bound - 1).bit_length() // 2), 1)
+
+
+def _feistel(key: bytes, values: np.ndarray, width: int, inverse: bool) -> np.ndarray:
+    mask = np.uint64((1 << width) - 1)
+    left, right = (values >> np.uint64(width)) & mask, values & mask
+    rounds = range(_SMALL_ROUNDS)
+    for index in reversed(rounds) if inverse else rounds:
+        if inverse:
+            left, right = right ^ (_round(key, index, left.astype(np.uint32), width).astype(np.uint64) & mask), left
+        else:
+            left, right = right, left ^ (_round(key, index, right.astype(np.uint32), width).astype(np.uint64) & mask)
+    return (left << np.uint64(width)) | right
+
+
+def _below(key: bytes, values: np.ndarray, bound: int, inverse: bool) -> np.ndarray:
+    width = _halves(bound)
+    values = np.asarray(values, dtype=np.uint64)
+    if len(values) and int(values.max()) >= bound:
+        raise ValueError("permute_below: a value is not below the bound")
+    out = _feistel(key, values, width, inverse)
+    outside = out >= np.uint64(bound)
+    while outside.any():  # the domain holds at most 4x the bound: a few steps (Black and Rogaway 2002)
+        out[outside] = _feistel(key, out[outside], width, inverse)
+        outside = out >= np.uint64(bound)
+    return out
+
+
+def permute_below(key: bytes, values: np.ndarray, bound: int) -> np.ndarray:
+    """A keyed pseudorandom permutation of the integers 0 .. ``bound`` - 1 (uint64; the inverse is
+    :func:`unpermute_below`): ten Feistel rounds on two halves of ``ceil(bits / 2)`` bits, cycle-walked
+    back below ``bound``."""
+    return _below(key, values, bound, inverse=False)
+
+
+def unpermute_below(key: bytes, values: np.ndarray, bound: int) -> np.ndarray:
+    return _below(key, values, bound, inverse=True)
