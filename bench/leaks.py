@@ -77,7 +77,8 @@ def run(rows: int) -> Result:
             oracle = digest in stored or str(source).encode() in stored
             result.add(f"format {version}: source SHA-256 or path readable in the encoded folder", float(oracle), "")
             metadata = pq.read_metadata(dataset.folder / records[0].latent)
-            id_bytes = sum(metadata.row_group(g).column(0).total_compressed_size for g in range(metadata.num_row_groups))
+            id_bytes = sum(metadata.row_group(g).column(0).total_compressed_size
+                           for g in range(metadata.num_row_groups))
             result.add(f"format {version}: row_id column in the latent part, bits/row", 8 * id_bytes / rows, "bits")
         _split_parts(tmp, source, model, keyring, regions, result)
     recovered = max(x.value for x in result.metrics

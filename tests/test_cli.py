@@ -108,9 +108,8 @@ def test_request_decode_and_audit_from_the_command_line(tmp_path, data_dir, monk
     result = run("decode", str(encoded), "--request", str(request), "--out", str(out), "--json", home=tmp_path)
     assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 2, result.output
     from iae_privacy.dataset.rowids import RowIds
-    from iae_privacy.keys.keyring import Keyring
-
     from iae_privacy.dataset.store import EncodedDataset
+    from iae_privacy.keys.keyring import Keyring
 
     keyring = Keyring.open(tmp_path / "keys")
     _, rows = RowIds.of(keyring, EncodedDataset(encoded).read_manifest(keyring)).positions(ids)  # only the keyring

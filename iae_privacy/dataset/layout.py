@@ -233,7 +233,8 @@ def latent_table(row_ids: pa.Array, latent: LatentBatch, identifier_fields: list
     columns = [row_ids] + list(e.passthrough.columns) + [t.tokens(c) for t, c in zip(tokenizers, e.identifiers.columns)]
     released = latent.released  # the exact z_public, or its release when the model protects columns
     columns += [pa.array(released[:, j]) for j in range(released.shape[1])]
-    meanings = {"row_id": ROW_ID_MEANINGS[min(version, max(ROW_ID_MEANINGS))], "passthrough": e.passthrough.schema.names,
+    meanings = {"row_id": ROW_ID_MEANINGS[min(version, max(ROW_ID_MEANINGS))],
+                "passthrough": e.passthrough.schema.names,
                 "tokens": [f.name for f in identifier_fields],
                 "z_public": [public_name(j) for j in range(latent.z_public.shape[1])],
                 "source": source_columns}
