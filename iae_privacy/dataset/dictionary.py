@@ -42,8 +42,9 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
              f"Encoded with model {loaded.header.model}:v{loaded.header.model_version}. One row per source record, "
              "in a keyed pseudorandom order. Written by iae-privacy at each encode; it holds names and measured "
              "figures, never a value.", "", "## Columns", "", "| column | what it is |", "| --- | --- |",
-             "| `row_id` | a keyed pseudorandom 63-bit record id, unrelated to the record's place in its source: "
-             "name rows with it in a restore request |"]
+             "| `row_id` | a keyed record id, unrelated to the record's place in its source (`part << 32` plus the "
+             "record's keyed pseudorandom position among the part's rows; in datasets of format 2, a keyed "
+             "pseudorandom 63-bit number): name rows with it in a restore request |"]
     for spec in codec.columns:
         kind = codec.schema.field(spec.name).type
         if spec.role is Role.PASSTHROUGH:

@@ -178,6 +178,9 @@ class Writer(ManifestFile):
                                 if batch.num_rows == 0:
                                     continue
                             content.update(batch)  # in source order, here
+                            if expected is not None and done + batch.num_rows > expected:
+                                raise StoreError(f"{source} changed while it was encoded: more rows than "
+                                                 f"the {expected} it had when it began")
                             rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
                             ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
                             prepared.append(pool.submit(prepare, batch, ids))
