@@ -58,9 +58,10 @@ def test_high_cardinality_strings_are_identifiers_whatever_their_name():
 def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     path = tmp_path / "dataset.toml"
     path.write_text('[columns]\nregion = "passthrough"\nage = "identifier"\n\n[codec]\nlevels = 8\n'
-                    'vault_compression = "none"\n')
+                    'vault_compression = "none"\npublic_bits = 8\n')
     config = CodecConfig.load(path)
     assert config.vault_compression == "none" and CodecConfig().vault_compression == "entropy"
+    assert config.public_bits == 8 and CodecConfig().public_bits is None
     codec = TableCodec.fit(FIT, config)
     assert codec.names_with_role(Role.PASSTHROUGH) == ["region"]
     assert codec.names_with_role(Role.IDENTIFIER) == ["patient_id", "age"]
@@ -77,6 +78,9 @@ def test_config_file_overrides_roles_and_codec_settings(tmp_path):
     ("[codec]\nlevels = 'many'\n", "codec.levels must be an integer"),
     ("[codec]\nvault_compression = 'gzip'\n", "codec.vault_compression must be one of entropy, lz4, zstd, none"),
     ("[codec]\nvault_compression = 1\n", "codec.vault_compression must be a string"),
+    ("[codec]\npublic_bits = 0\n", "codec.public_bits must be a whole number from 1 to 24"),
+    ("[codec]\npublic_bits = 'fine'\n", "codec.public_bits must be an integer"),
+    ('[columns]\nage = "protected"\n[codec]\npublic_bits = 8\n', "codec.public_bits and protected columns"),
     ("[columns\n", "not valid TOML"),
 ])
 def test_config_errors_name_the_file_and_the_key(tmp_path, text, message):

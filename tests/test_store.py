@@ -840,3 +840,34 @@ def test_a_source_whose_rows_change_while_it_is_encoded_is_refused_and_nothing_i
     with pytest.raises(StoreError, match=f"{source} changed while it was encoded"):
         dataset.encode_source(path, part, model, "p", 1, keyring, DATASET, digest, 3_000)
     assert not [p for p in (tmp_path / "enc").rglob("*") if p.is_file()]
+
+
+def test_a_coarse_z_public_release_is_rounded_to_its_steps_smaller_and_restores_bit_for_bit(data_dir, tmp_path):
+    """``[codec] public_bits``: analysts get z_public rounded to power-of-two steps fixed at
+    training (about 2**bits across each column); the vault still restores every record exactly."""
+    from iae_privacy.codec import CodecConfig, TableCodec
+    from iae_privacy.model.pipeline import fit_model
+    from iae_privacy.model.registry import transform_key
+    from iae_privacy.network.train import TrainConfig
+
+    source = data_dir / "health_insurance.parquet"
+    keyring = Keyring.init(tmp_path / "keys")
+    model, _ = fit_model(source, transform_key(keyring, "h", 1), CodecConfig(public_bits=6), TrainConfig(epochs=1))
+    steps = model.codec.config.public_steps
+    assert len(steps) == model.network.config.public_dims and all(s >= 1 and s & (s - 1) == 0 for s in steps)
+    assert TableCodec.from_dict(model.codec.to_dict()).config.public_steps == steps  # kept in the profile
+    dataset = EncodedDataset(tmp_path / "enc")
+    (path, digest, part), = dataset.plan([source], keyring, "h", "h", 1)
+    record = dataset.encode_source(path, part, model, "h", 1, keyring, "h", digest)
+    dataset.commit([record], keyring, "h", "h", 1)
+    latent = pq.read_table(tmp_path / "enc" / record.latent)
+    metadata = pq.read_metadata(tmp_path / "enc" / record.latent)
+    exact = model.encode(pq.read_table(source).combine_chunks().to_batches()[0]).z_public
+    for j, step in enumerate(steps):
+        z = latent.column(f"z_public_{j}").to_numpy()
+        assert np.all(z % step == 0) and len(np.unique(z)) <= 8 * 2**6
+        assert len(np.unique(z)) < len(np.unique(exact[:, j]))  # coarser than the network's integers
+        chunk = metadata.row_group(0).column(latent.schema.get_field_index(f"z_public_{j}"))
+        assert 8 * chunk.total_compressed_size / latent.num_rows < 6 + 3  # bits a row: about public_bits
+    dataset.decode_all(model, keyring, tmp_path / "back.parquet")
+    assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "back.parquet")) is None

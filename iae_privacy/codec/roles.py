@@ -116,6 +116,7 @@ class CodecConfig:
         max_categories = 256     # more distinct strings than this: an identifier
         sample_rows = 200000     # rows read to fit the codec
         vault_compression = "entropy"  # vault segments compressed before sealing: entropy, lz4, zstd or none
+        public_bits = 8          # z_public released coarse: about 2**8 steps across each column (default: exact)
 
         [tokens]
         patient_id = "patient"   # a join domain: every column naming it, in any dataset, shares tokens
@@ -147,8 +148,29 @@ class CodecConfig:
     own (:func:`iae_privacy.analysts.target.favoured_features`), and the train report states how well
     the latent table predicts it."""
 
+    public_bits: int | None = None
+    """z_public released coarse (``[codec] public_bits``): each column rounded to a power-of-two
+    step, about ``2**public_bits`` steps across its spread (four standard deviations of the
+    training sample's z_public); None: the network's exact integers. A smaller latent part (issue
+    19: 10-21 bits a column become about ``public_bits``) that tells less; restores do not use it
+    (the vault holds every record whole). Not with protected columns, whose release is rounded
+    already."""
+    public_steps: tuple[int, ...] = ()
+    """The steps themselves, one per z_public column: set when the model is trained
+    (:func:`iae_privacy.model.pipeline.fit_model`), kept in the codec profile."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "protected", tuple(dict.fromkeys(self.protected)))
+        object.__setattr__(self, "public_steps", tuple(int(s) for s in self.public_steps))
+        if self.public_bits is not None:
+            if isinstance(self.public_bits, bool) or not isinstance(self.public_bits, int) \
+                    or not 1 <= self.public_bits <= 24:
+                raise ConfigError(f"codec.public_bits must be a whole number from 1 to 24, got {self.public_bits!r}")
+            if self.protected:
+                raise ConfigError("codec.public_bits and protected columns: the protected columns' release is "
+                                  "rounded already; choose one")
+        if any(s < 1 or s & (s - 1) for s in self.public_steps):
+            raise ConfigError("codec public_steps must be powers of two")
         if self.target is not None and (not isinstance(self.target, str) or not self.target):
             raise ConfigError(f"analysis.target must be a column name, got {self.target!r}")
         if self.target in self.protected:
@@ -214,7 +236,7 @@ class CodecConfig:
                     f"{path}: column {column!r} has role {value!r}; expected one of {allowed}"
                 ) from None
         codec = dict(doc.get("codec", {}))
-        unknown = set(codec) - {"levels", "max_categories", "sample_rows", "vault_compression"}
+        unknown = set(codec) - {"levels", "max_categories", "sample_rows", "vault_compression", "public_bits"}
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) in [codec]: {sorted(unknown)}")
         for key, value in codec.items():

@@ -327,7 +327,9 @@ class TableCodec:
                        **({"protected": list(self.config.protected)} if self.config.protected else {}),
                        **({"target": self.config.target} if self.config.target else {}),
                        **({"vault_compression": self.config.vault_compression}
-                          if self.config.vault_compression != "lz4" else {})},
+                          if self.config.vault_compression != "lz4" else {}),
+                       **({"public_bits": self.config.public_bits, "public_steps": list(self.config.public_steps)}
+                          if self.config.public_bits is not None else {})},
             "fit_rows": self.fit_rows,
             "columns": [
                 {"name": c.name, "role": c.role.value, "reason": c.reason,

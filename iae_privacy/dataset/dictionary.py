@@ -38,6 +38,9 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
     training: dict[str, Any] = loaded.training or {}
     protection = training.get("protection") or {}
     released = loaded.model.protection is not None
+    steps = codec.config.public_steps
+    coarse = (f" (integers, rounded to steps of {', '.join(f'{s:,}' for s in steps)}: about "
+              f"2^{codec.config.public_bits} steps across each column)") if steps else ""
     lines = [f"# {dataset}: the latent table", "",
              f"Encoded with model {loaded.header.model}:v{loaded.header.model_version}. One row per source record, "
              "in a keyed pseudorandom order. Written by iae-privacy at each encode; it holds names and measured "
@@ -56,7 +59,7 @@ def dictionary_text(dataset: str, loaded: LoadedModel) -> str:
                          f"{shared}); the value is sealed |")
     lines.append(f"| `z_public_0` .. `z_public_{k - 1}` | the public latent: {k} columns computed from the feature "
                  "columns below" + (", released with calibrated noise (floating point, 2 decimals)" if released
-                                    else " (integers)") + "; their order and scale carry no meaning |")
+                                    else coarse or " (integers)") + "; their order and scale carry no meaning |")
     sealed = [spec.name for spec in codec.columns if spec.role is Role.VAULT]
     if sealed:
         lines += ["", "Not in the table (sealed whole in the vault; restored only through an authorised request): "

@@ -107,10 +107,11 @@ class Writer(ManifestFile):
         if clash:
             raise StoreError(f"{source}: column(s) {clash} collide with latent column names; rename them")
         shuffled = scheme.version >= 2
-        if not shuffled and model.protection is not None:
+        if not shuffled and model.releases_z_public:
+            why = f"protected columns ({', '.join(model.protection.columns)})" if model.protection is not None \
+                else f"a coarse z_public (public_bits = {codec.config.public_bits})"
             raise StoreError(f"{self.folder} is an encoded dataset of format 1, whose latent part restores "
-                             f"z_public; a model with protected columns ({', '.join(model.protection.columns)}) "
-                             "releases other values there: encode into a new folder")
+                             f"z_public; a model with {why} releases other values there: encode into a new folder")
         source_digest = source_digest or scheme.file_digest(source)
         dealt = None
         if split is not None and split[1] > 1:

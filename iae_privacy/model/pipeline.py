@@ -5,6 +5,7 @@ This is the library call the train and encode flows make; it imports nothing fro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -58,7 +59,15 @@ class Model:
         z = self.network.encode(torch.from_numpy(np.ascontiguousarray(encoded.features))).numpy()
         k = self.network.config.public_dims
         release = None if self.protection is None else self.protection.release(z[:, :k], encoded.features)
+        if self.codec.config.public_steps:
+            release = coarse_release(z[:, :k], self.codec.config.public_steps)
         return LatentBatch(z[:, :k], z[:, k:], encoded, release)
+
+    @property
+    def releases_z_public(self) -> bool:
+        """Whether analysts get other values than the exact z_public (protected columns, or a
+        coarse release): a format-1 dataset, which restores from the latent part, cannot take it."""
+        return self.protection is not None or bool(self.codec.config.public_steps)
 
     def decode(self, latent: LatentBatch) -> pa.RecordBatch:
         import torch
@@ -67,6 +76,24 @@ class Model:
         features = self.network.decode(z).numpy()
         e = latent.encoded
         return self.codec.decode(EncodedBatch(features, e.passthrough, e.identifiers, e.detail))
+
+
+SPREAD_SIGMAS = 4
+"""A z_public column's spread, for its coarse release: this many standard deviations."""
+
+
+def public_steps(z_public: np.ndarray, bits: int) -> tuple[int, ...]:
+    """Each column's step for a release of about ``2**bits`` steps across its spread: the largest
+    power of two at most the spread (:data:`SPREAD_SIGMAS` standard deviations) over ``2**bits``."""
+    spread = SPREAD_SIGMAS * np.asarray(z_public, dtype=np.float64).std(axis=0)
+    return tuple(1 << max(int(np.floor(np.log2(max(s, 1.0) / (1 << bits)))), 0) for s in spread)
+
+
+def coarse_release(z_public: np.ndarray, steps: tuple[int, ...]) -> np.ndarray:
+    """z_public rounded to the nearest multiple of each column's step (halves up), in integers:
+    the same on any machine."""
+    step = np.asarray(steps, dtype=np.int64)
+    return (z_public + step // 2) // step * step
 
 
 def default_public_dims(features: int) -> int:
@@ -131,6 +158,9 @@ def fit_model(path: str | Path, key: bytes, codec_config: CodecConfig | None = N
         kept = tuple(j for j in kept if j in favoured)
     model, report = train(x, network, key, train_config or TrainConfig(), codec.feature_names, on_epoch, on_rows,
                           tuple((f, null) for _, f, null in protected), favoured, hidden, kept)
+    if codec.config.public_bits is not None:  # the coarse release's steps, from the training sample
+        z = model.encode(torch.from_numpy(x)).numpy()[:, : network.public_dims]
+        codec.config = dataclasses.replace(codec.config, public_steps=public_steps(z, codec.config.public_bits))
     if not protected and target is None:
         return Model(codec, model), report
     # fitted on most of the sample, measured on the rest, picked at random (files are often sorted
