@@ -846,16 +846,24 @@ def test_a_coarse_z_public_release_is_rounded_to_its_steps_smaller_and_restores_
     """``[codec] public_bits``: analysts get z_public rounded to power-of-two steps fixed at
     training (about 2**bits across each column); the vault still restores every record exactly."""
     from iae_privacy.codec import CodecConfig, TableCodec
+    from iae_privacy.dataset.dictionary import dictionary_text
     from iae_privacy.model.pipeline import fit_model
-    from iae_privacy.model.registry import transform_key
+    from iae_privacy.model.registry import ModelRegistry, transform_key
     from iae_privacy.network.train import TrainConfig
 
     source = data_dir / "health_insurance.parquet"
     keyring = Keyring.init(tmp_path / "keys")
-    model, _ = fit_model(source, transform_key(keyring, "h", 1), CodecConfig(public_bits=6), TrainConfig(epochs=1))
+    model, report = fit_model(source, transform_key(keyring, "h", 1), CodecConfig(public_bits=6),
+                              TrainConfig(epochs=1))
     steps = model.codec.config.public_steps
     assert len(steps) == model.network.config.public_dims and all(s >= 1 and s & (s - 1) == 0 for s in steps)
     assert TableCodec.from_dict(model.codec.to_dict()).config.public_steps == steps  # kept in the profile
+    registry = ModelRegistry(tmp_path / "models")
+    registry.save(model, "h", 1, keyring, report)
+    loaded = registry.load("h:v1", keyring)
+    model = loaded.model  # what encode uses: the sealed bundle's
+    assert model.codec.config.public_steps == steps
+    assert f"rounded to steps of {', '.join(f'{s:,}' for s in steps)}" in dictionary_text("h", loaded)
     dataset = EncodedDataset(tmp_path / "enc")
     (path, digest, part), = dataset.plan([source], keyring, "h", "h", 1)
     record = dataset.encode_source(path, part, model, "h", 1, keyring, "h", digest)

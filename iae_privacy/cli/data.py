@@ -48,7 +48,8 @@ def profile_command(
         region = "passthrough"  # declared non-sensitive: analysts get it as it is
         female = "protected"    # the latent table must not give it away (train --protect)
         \\[codec]
-        vault_compression = "lz4"  # before sealing: lz4 (default), zstd, or none (hides lengths)
+        vault_compression = "entropy"  # before sealing: entropy (default), lz4, zstd, or none (hides lengths)
+        public_bits = 8         # z_public rounded to about 2^8 steps a column (default: exact integers)
         \\[analysis]
         target = "meddol"       # what analysts will model (train --target)
     """
