@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
-__all__ = ["canonical", "parse_json", "utc_now", "MAX_DOCUMENT_BYTES"]
+__all__ = ["canonical", "parse_json", "hex_bytes", "utc_now", "MAX_DOCUMENT_BYTES"]
 
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 """Larger documents are refused before parsing (a request or policy is a few KB)."""
 
@@ -36,6 +38,19 @@ def parse_json(data: bytes | str) -> Any:
         return json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def hex_bytes(value: Any) -> bytes:
+    """The bytes of a MAC, signature or key written in a document: lower-case hex, as this
+    project writes it, and nothing else (``bytes.fromhex`` also takes upper case and spaces, so an
+    edited file whose tag only changed case would read as the genuine one). ValueError otherwise.
+
+    >>> hex_bytes("00ff")
+    b'\\x00\\xff'
+    """
+    if not isinstance(value, str) or not _LOWER_HEX.fullmatch(value):
+        raise ValueError("not lower-case hex")
+    return bytes.fromhex(value)
 
 
 def canonical(doc: Any, *, ascii: bool = False) -> bytes:

@@ -85,6 +85,21 @@ def test_request_files_parse_or_refuse_with_value_error(workspace, data):
     assert request.serialize(signature) == candidate
 
 
+@pytest.mark.parametrize("spelling", ["upper", "spaced", "tabbed"])
+def test_a_policy_whose_mac_is_spelled_otherwise_is_refused(workspace, tmp_path, spelling):
+    """Found by the fuzz test below: a MAC only changed in case read as the genuine one
+    (``bytes.fromhex`` takes upper case and whitespace); the file is not what was written."""
+    root, keyring, access, _ = workspace
+    doc = json.loads(access.policy_path.read_bytes())
+    mac = doc["mac"]
+    doc["mac"] = {"upper": mac.upper(), "spaced": mac[:8] + " " + mac[8:], "tabbed": mac[:8] + "\t" + mac[8:]}[spelling]
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(doc, indent=1))
+    with pytest.raises(AccessRefused, match="damaged"):
+        Policy.load(path, keyring)
+    Policy.load(access.policy_path, keyring)  # the genuine one loads
+
+
 @FUZZ
 @given(data=st.data())
 def test_the_policy_loads_or_is_refused(workspace, data, tmp_path_factory):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from iae_privacy.documents import canonical, parse_json, utc_now
+from iae_privacy.documents import canonical, hex_bytes, parse_json, utc_now
 from iae_privacy.errors import AuditError, NonceUsedError
 from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
@@ -150,7 +150,7 @@ class AuditLog:
     def _read_checkpoint(self) -> tuple[int, str] | None:
         try:
             doc = parse_json(self.checkpoint.read_bytes())
-            seq, mac, check = int(doc["seq"]), str(doc["mac"]), bytes.fromhex(doc["check"])
+            seq, mac, check = int(doc["seq"]), str(doc["mac"]), hex_bytes(doc["check"])
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):

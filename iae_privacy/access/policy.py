@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iae_privacy.access.audit import AuditLog
-from iae_privacy.documents import canonical, parse_json, utc_now
+from iae_privacy.documents import canonical, hex_bytes, parse_json, utc_now
 from iae_privacy.errors import AccessRefused, IaeError
 from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
@@ -138,7 +138,7 @@ class Policy:
     def load(cls, path: Path, keyring: Keyring) -> Policy:
         try:
             doc = parse_json(path.read_bytes())
-            body, tag = doc["body"], bytes.fromhex(doc["mac"])
+            body, tag = doc["body"], hex_bytes(doc["mac"])
             if body["format"] != POLICY_FORMAT:
                 raise ValueError("format")
             policy = cls({n: AccessRole.from_document(r) for n, r in body["roles"].items()},

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from iae_privacy.arrow.exactness import ContentDigest
 from iae_privacy.dataset.layout import LATENT_PART, DatasetFolder, file_sha256
 from iae_privacy.dataset.tokens import Tokenizer, token_domain
-from iae_privacy.documents import canonical, parse_json, utc_now
+from iae_privacy.documents import canonical, hex_bytes, parse_json, utc_now
 from iae_privacy.errors import StoreError
 from iae_privacy.files import write_private
 from iae_privacy.keys import crypto
@@ -196,7 +196,7 @@ class ManifestFile(DatasetFolder):
             manifest = Manifest(str(b["dataset"]), str(b["model"]), int(b["model_version"]),
                                 [PartRecord.from_document(p, version) for p in b["parts"]], str(b["updated"]),
                                 version)
-            tag = bytes.fromhex(signature)
+            tag = hex_bytes(signature)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise StoreError(f"{self.manifest_path} is damaged") from None
         if not crypto.mac_matches(_manifest_key(keyring), body, tag) or manifest.body() != body:
