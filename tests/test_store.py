@@ -842,7 +842,8 @@ def test_a_source_whose_rows_change_while_it_is_encoded_is_refused_and_nothing_i
     assert not [p for p in (tmp_path / "enc").rglob("*") if p.is_file()]
 
 
-def test_a_coarse_z_public_release_is_rounded_to_its_steps_smaller_and_restores_bit_for_bit(data_dir, tmp_path):
+def test_a_coarse_z_public_release_is_rounded_to_its_steps_smaller_and_restores_bit_for_bit(data_dir, tmp_path,
+                                                                                           monkeypatch):
     """``[codec] public_bits``: analysts get z_public rounded to power-of-two steps fixed at
     training (about 2**bits across each column); the vault still restores every record exactly."""
     from iae_privacy.codec import CodecConfig, TableCodec
@@ -879,3 +880,11 @@ def test_a_coarse_z_public_release_is_rounded_to_its_steps_smaller_and_restores_
         assert 8 * chunk.total_compressed_size / latent.num_rows < 6 + 3  # bits a row: about public_bits
     dataset.decode_all(model, keyring, tmp_path / "back.parquet")
     assert first_difference(pq.read_table(source), pq.read_table(tmp_path / "back.parquet")) is None
+    # a format-1 dataset restores z_public from its latent part: it cannot take a coarse release
+    import iae_privacy.dataset.manifest as manifest_format
+
+    monkeypatch.setattr(manifest_format, "CURRENT_FORMAT", 1)
+    old = EncodedDataset(tmp_path / "old")
+    (path, digest, part), = old.plan([source], keyring, "h", "h", 1)
+    with pytest.raises(StoreError, match=r"format 1.*public_bits = 6"):
+        old.encode_source(path, part, model, "h", 1, keyring, "h", digest)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +23,7 @@ from iae_privacy.dataset.layout import (
     vault_key_aad,
 )
 from iae_privacy.dataset.manifest import Manifest, ManifestFile, PartRecord, Scheme
-from iae_privacy.dataset.overlap import Behind
+from iae_privacy.dataset.overlap import Behind, in_order
 from iae_privacy.dataset.rowids import PART_SHIFT, RowIds, RowSplit, ShuffledWriter
 from iae_privacy.errors import StoreError
 from iae_privacy.files import HashingWriter, atomic_file
@@ -165,9 +164,11 @@ class Writer(ManifestFile):
                     # several batches at once, each with one PyTorch thread (unless IAE_TORCH_THREADS says)
                     workers = encode_workers()
                     threads = training_threads() if os.environ.get(ENV_THREADS) else 1 if workers > 1 else None
-                    with Behind(write) as behind, torch_threads(threads), \
-                            ThreadPoolExecutor(workers, thread_name_prefix="iae-encode") as pool:
-                        prepared: deque[Future] = deque()
+
+                    def batches() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+                        """This part's batches and their row ids, read and digested in source order
+                        on this thread (the pool draws them)."""
+                        nonlocal done
                         read = 0
                         for batch in read_batches(source, batch_size):
                             if dealt is not None:  # this part's rows of the batch
@@ -184,15 +185,16 @@ class Writer(ManifestFile):
                                                  f"the {expected} it had when it began")
                             rows = np.arange(done, done + batch.num_rows, dtype=np.int64)
                             ids = row_ids.ids(part, rows) if shuffled else (np.int64(part) << PART_SHIFT) | rows
-                            prepared.append(pool.submit(prepare, batch, ids))
                             done += batch.num_rows
                             batch_rows.append(batch.num_rows)
                             if on_rows is not None and dealt is None:
                                 on_rows(done)
-                            while len(prepared) > workers:  # memory: a few batches in flight
-                                behind.put(prepared.popleft().result())
-                        while prepared:
-                            behind.put(prepared.popleft().result())
+                            yield batch, ids
+
+                    # memory: a few batches in flight; written in source order on the writer thread
+                    with Behind(write) as behind, torch_threads(threads):
+                        for prepared in in_order(lambda item: prepare(*item), batches(), workers, "iae-encode"):
+                            behind.put(prepared)
                     if not batch_rows:
                         raise StoreError(f"{source} has no record batches to encode")
                     if expected is not None and done != expected:
